@@ -1,0 +1,102 @@
+"""SMTP login: look the user up, verify the password, count failures.
+
+Database reads and argon2 run on worker threads; the event loop only waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from sqlalchemy import Engine, select
+
+from relay.auth.limiter import FailureLimiter
+from relay.auth.passwords import Hasher, LoginCache
+from relay.core.replies import AUTH_INVALID, AUTH_LOCKED, AUTH_OK, AUTH_TEMPFAIL, Reply
+from relay.core.settings import AuthSettings
+from relay.store.models import Account, Credential, Domain
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who is sending: the credential and the account it belongs to."""
+
+    credential_id: int
+    username: str
+    account_id: int
+    account_name: str
+    purpose: str
+    policy: str | None  # the credential's own policy for unverified senders
+
+    @property
+    def login(self) -> str:  # aiosmtpd reads .login from auth_data
+        return self.username
+
+
+@dataclass(frozen=True)
+class LoginResult:
+    reply: Reply
+    identity: Identity | None = None
+
+
+@dataclass(frozen=True)
+class _Row:
+    identity: Identity
+    password_hash: str
+
+
+def normalise_username(username: str) -> str:
+    local, _, domain = username.strip().rpartition("@")
+    return f"{local}@{domain.lower()}" if local else username.strip()
+
+
+class Authenticator:
+    def __init__(self, engine: Engine, settings: AuthSettings, hasher: Hasher) -> None:
+        self._engine = engine
+        self._hasher = hasher
+        self._cache = LoginCache(settings.cache_size)
+        self._by_ip = FailureLimiter(settings.max_failures_per_ip, settings.failure_window,
+                                     settings.lockout)
+        self._by_user = FailureLimiter(settings.max_failures_per_user,
+                                       settings.failure_window, settings.lockout)
+        self.failures = 0
+
+    def _lookup(self, username: str) -> _Row | None:
+        query = (select(Credential.id, Credential.username, Credential.password_hash,
+                        Credential.purpose, Credential.unverified_policy,
+                        Account.id, Account.name)
+                 .join(Domain, Credential.domain_id == Domain.id)
+                 .join(Account, Domain.account_id == Account.id)
+                 .where(Credential.username == username))
+        with self._engine.connect() as conn:
+            row = conn.execute(query).first()
+        if row is None:
+            return None
+        cid, user, pw, purpose, policy, aid, aname = row
+        return _Row(Identity(cid, user, aid, aname, purpose, policy), pw)
+
+    async def login(self, username: str, password: str, peer_ip: str) -> LoginResult:
+        username = normalise_username(username)
+        if self._by_ip.locked(peer_ip) or self._by_user.locked(username):
+            self.failures += 1
+            return LoginResult(AUTH_LOCKED)
+        try:
+            row = await asyncio.to_thread(self._lookup, username)
+        except Exception:
+            return LoginResult(AUTH_TEMPFAIL)
+        if row is not None and self._cache.hit(row.identity.credential_id, row.password_hash,
+                                               password):
+            return self._success(row, password, peer_ip, username)
+        stored = row.password_hash if row else None
+        if await asyncio.to_thread(self._hasher.verify, stored, password) and row:
+            return self._success(row, password, peer_ip, username)
+        self._by_ip.fail(peer_ip)
+        self._by_user.fail(username)
+        self.failures += 1
+        return LoginResult(AUTH_INVALID)
+
+    def _success(self, row: _Row, password: str, peer_ip: str, username: str) -> LoginResult:
+        self._cache.remember(row.identity.credential_id, row.password_hash, password)
+        self._by_ip.succeed(peer_ip)
+        self._by_user.succeed(username)
+        return LoginResult(AUTH_OK, row.identity)

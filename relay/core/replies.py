@@ -1,0 +1,96 @@
+"""SMTP replies as named constants, each with its enhanced status code.
+
+Basic codes are RFC 5321 section 4.2; enhanced codes are RFC 3463 (and RFC
+4954 for AUTH, RFC 3207 for STARTTLS). Every reply says which rule applied.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Reply:
+    code: int
+    status: str
+    text: str
+
+    def __str__(self) -> str:
+        return f"{self.code} {self.status} {self.text}"
+
+    def with_text(self, text: str) -> Reply:
+        return Reply(self.code, self.status, text)
+
+    @property
+    def is_success(self) -> bool:
+        return self.code < 400
+
+
+OK = Reply(250, "2.0.0", "OK")
+SENDER_OK = Reply(250, "2.1.0", "Sender OK")
+RECIPIENT_OK = Reply(250, "2.1.5", "Recipient OK")
+AUTH_OK = Reply(235, "2.7.0", "Authentication successful")
+
+# RFC 4954 section 6: one answer for a bad password and an unknown user.
+AUTH_INVALID = Reply(535, "5.7.8", "Authentication credentials invalid")
+AUTH_LOCKED = Reply(454, "4.7.0", "Too many failed logins; try again later")
+AUTH_REQUIRED = Reply(530, "5.7.0", "Authentication required")
+AUTH_TEMPFAIL = Reply(454, "4.7.0", "Temporary authentication failure")
+STARTTLS_REQUIRED = Reply(530, "5.7.0", "Must issue a STARTTLS command first")
+ENCRYPTION_REQUIRED = Reply(538, "5.7.11", "Encryption required for requested "
+                                           "authentication mechanism")
+
+# RFC 1870: SIZE. 552 with 5.3.4 "message too big for system".
+MESSAGE_TOO_BIG = Reply(552, "5.3.4", "Message size exceeds fixed maximum message size")
+# RFC 5321 4.5.3.1.10: 452 for too many recipients, the client sends the rest later.
+TOO_MANY_RECIPIENTS = Reply(452, "4.5.3", "Too many recipients")
+BAD_SENDER_ADDRESS = Reply(553, "5.1.7", "Malformed sender address")
+BAD_RECIPIENT_ADDRESS = Reply(553, "5.1.3", "Malformed recipient address")
+TOO_MANY_CONNECTIONS = Reply(421, "4.7.0", "Too many connections from your address")
+SERVER_BUSY = Reply(421, "4.3.2", "Service busy, try again later")
+SMUGGLING = Reply(550, "5.5.2", "Bare <CR> or <LF> before '.' in message data "
+                                "(SMTP smuggling); message refused")
+MALFORMED_MESSAGE = Reply(550, "5.6.0", "Message has no valid header section")
+SPOOL_UNAVAILABLE = Reply(451, "4.3.0", "Queue unavailable, message not accepted; "
+                                        "try again later")
+SENDER_NOT_VERIFIED = Reply(550, "5.7.1", "Sender not verified for this account")
+CROSS_TENANT = Reply(550, "5.7.1", "Sender domain belongs to another account")
+
+
+def queued(queue_id: str) -> Reply:
+    return Reply(250, "2.0.0", f"Ok: queued as {queue_id}")
+
+
+_ENHANCED = re.compile(r"^\d{3}[ -][245]\.\d{1,3}\.\d{1,3}( |$)")
+# Enhanced codes for aiosmtpd's stock replies, which carry only the basic code.
+# RFC 3463: X.5.x protocol errors, X.3.4 too big, X.7.x security.
+_DEFAULT_STATUS = {
+    "221": "2.0.0", "250": "2.0.0", "252": "2.0.0",
+    "421": "4.4.2", "451": "4.3.0", "454": "4.7.0",
+    "500": "5.5.2", "501": "5.5.4", "502": "5.5.1", "503": "5.5.1", "504": "5.5.4",
+    "530": "5.7.0", "550": "5.0.0", "552": "5.3.4", "553": "5.1.3", "554": "5.0.0",
+    "555": "5.5.4",
+}
+_REWRITE = {
+    "552 Error: Too much mail data": str(MESSAGE_TOO_BIG),
+    "552 Error: message size exceeds fixed maximum message size": str(MESSAGE_TOO_BIG),
+    "530 Must issue a STARTTLS command first": str(STARTTLS_REQUIRED),
+    "530 5.7.0 Authentication required": str(AUTH_REQUIRED),
+}
+
+
+def with_enhanced_code(line: str) -> str:
+    """Give a stock reply line an enhanced status code (RFC 2034 section 3).
+
+    aiosmtpd writes most replies without one, but once ENHANCEDSTATUSCODES is
+    advertised every reply after EHLO must carry one.
+    """
+    if line in _REWRITE:
+        return _REWRITE[line]
+    if _ENHANCED.match(line) or len(line) < 4 or line[3] not in " -":
+        return line
+    status = _DEFAULT_STATUS.get(line[:3])
+    if status is None:
+        return line
+    return f"{line[:4]}{status} {line[4:]}"

@@ -1,0 +1,297 @@
+"""Typed configuration: one TOML file plus ``RELAY_*`` environment variables.
+
+Every key has a type, a default and a description (``describe()`` lists them).
+Lookup order, as Starlette does it: environment, then file, then default. An
+environment variable is ``RELAY_<SECTION>_<KEY>`` upper-cased
+(``RELAY_DATABASE_URL``, ``RELAY_LIMITS_MAX_RECIPIENTS``). A bad value fails
+with the key's name, never with a traceback from deep inside.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from relay.core.errors import ConfigError
+
+LISTENER_NAMES = ("smtp", "submissions", "submission", "alt")
+
+
+class Secret:
+    """A string that never shows itself in a repr, a log line or a traceback."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')" if self._value else "Secret('')"
+
+    __str__ = __repr__
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+def _doc(description: str, default: Any = dataclasses.MISSING, **kw: Any) -> Any:
+    if default is dataclasses.MISSING:
+        return field(metadata={"doc": description}, **kw)
+    return field(default=default, metadata={"doc": description}, **kw)
+
+
+@dataclass(frozen=True)
+class DatabaseSettings:
+    url: str = _doc("SQLAlchemy URL: sqlite:///var/relay.db or postgresql+psycopg://...",
+                    "sqlite:///var/relay.db")
+    pool_size: int = _doc("Connections kept per process (PostgreSQL).", 10)
+
+
+@dataclass(frozen=True)
+class ListenerSettings:
+    name: str
+    host: str
+    port: int
+    allow_plaintext_auth: bool = False
+
+    @property
+    def mode(self) -> str:
+        """How TLS works here: implicit (465), required STARTTLS (587), optional."""
+        return {"submissions": "implicit", "submission": "starttls-required"}.get(
+            self.name, "starttls-optional"
+        )
+
+
+@dataclass(frozen=True)
+class TLSSettings:
+    cert: str = _doc("PEM certificate chain; empty makes a self-signed one under var/.", "")
+    key: str = _doc("PEM private key for cert.", "")
+
+
+@dataclass(frozen=True)
+class AdminSettings:
+    listen: str = _doc("host:port of /metrics and the admin API; empty turns it off.",
+                       "127.0.0.1:8025")
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    hostname: str = _doc("Name in the greeting, EHLO and Received (never looked up).",
+                         "relay.localhost")
+    var_dir: str = _doc("Where the self-signed certificate and outbox live.", "var")
+    processes: int = _doc("Processes sharing the listeners (SO_REUSEPORT).", 1)
+    log_format: str = _doc("text or json", "text")
+    log_level: str = _doc("DEBUG, INFO, WARNING or ERROR", "INFO")
+
+
+@dataclass(frozen=True)
+class LimitSettings:
+    # RFC 5321 4.5.3.1.10 asks for at least 100 recipients; we allow ten times that.
+    max_message_size: int = _doc("Largest message in bytes (SIZE; 552 5.3.4 past it).",
+                                 25 * 1024 * 1024)
+    max_recipients: int = _doc("Recipients per message (452 4.5.3 past it).", 1000)
+    max_connections_per_ip: int = _doc("Concurrent sessions per client address.", 100)
+    max_connections: int = _doc("Concurrent sessions per process.", 20000)
+    idle_timeout: float = _doc("Seconds a client may stay silent between commands "
+                               "(RFC 5321 4.5.3.2.7 suggests 5 minutes).", 300.0)
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    max_failures_per_ip: int = _doc("Failed logins from one address before lock-out.", 10)
+    max_failures_per_user: int = _doc("Failed logins for one username before lock-out.", 5)
+    failure_window: float = _doc("Seconds over which failures are counted.", 300.0)
+    lockout: float = _doc("Seconds a locked address or username is refused.", 300.0)
+    argon2_time_cost: int = _doc("argon2id iterations for new hashes.", 3)
+    argon2_memory_kib: int = _doc("argon2id memory for new hashes, KiB.", 65536)
+    max_credentials_per_domain: int = _doc("SMTP users a sending domain may have.", 5)
+    cache_size: int = _doc("Verified logins kept in memory.", 10000)
+
+
+@dataclass(frozen=True)
+class QueueSettings:
+    lifetime: float = _doc("Seconds before an undelivered message fails (5 days).",
+                           5 * 86400.0)
+    retry_schedule: tuple[float, ...] = _doc(
+        "Seconds between attempts; the last repeats until the lifetime ends.",
+        (60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0))
+    batch_size: int = _doc("Messages one worker claims at a time.", 100)
+    lease: float = _doc("Seconds a claim is held before another node may take it.", 300.0)
+    poll_interval: float = _doc("Seconds between looks at the queue when idle.", 1.0)
+    workers: bool = _doc("Run delivery workers in this process.", True)
+    concurrency: int = _doc("Deliveries in flight per process.", 50)
+
+
+@dataclass(frozen=True)
+class PolicySettings:
+    default_unverified: str = _doc(
+        "What to do with an unverified sender when neither credential nor account says: "
+        "'auto' (pause campaign mail, drop the rest), reject, drop or pause.", "auto")
+    system_provider: str = _doc("Provider used when an account has no route; empty: none.",
+                                "")
+
+
+@dataclass(frozen=True)
+class BillingSettings:
+    price_per_1000: float = _doc("Price per thousand recipients on invoices.", 0.675)
+
+
+@dataclass(frozen=True)
+class SecretSettings:
+    secret_key: Secret = _doc("Key that encrypts provider secrets at rest "
+                              "(RELAY_SECRET_KEY).", Secret(""))
+
+
+@dataclass(frozen=True)
+class Settings:
+    database: DatabaseSettings = field(default_factory=DatabaseSettings)
+    listeners: tuple[ListenerSettings, ...] = ()
+    tls: TLSSettings = field(default_factory=TLSSettings)
+    admin: AdminSettings = field(default_factory=AdminSettings)
+    server: ServerSettings = field(default_factory=ServerSettings)
+    limits: LimitSettings = field(default_factory=LimitSettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    queue: QueueSettings = field(default_factory=QueueSettings)
+    policy: PolicySettings = field(default_factory=PolicySettings)
+    billing: BillingSettings = field(default_factory=BillingSettings)
+    secrets: SecretSettings = field(default_factory=SecretSettings)
+    source: str = ""
+
+    @property
+    def var_path(self) -> Path:
+        return Path(self.server.var_dir)
+
+
+_SECTIONS: dict[str, type[Any]] = {
+    "database": DatabaseSettings,
+    "tls": TLSSettings,
+    "admin": AdminSettings,
+    "server": ServerSettings,
+    "limits": LimitSettings,
+    "auth": AuthSettings,
+    "queue": QueueSettings,
+    "policy": PolicySettings,
+    "billing": BillingSettings,
+    "secrets": SecretSettings,
+}
+
+
+def _coerce(key: str, value: Any, default: Any) -> Any:
+    """Turn a TOML or environment value into the type of the default."""
+    try:
+        if isinstance(default, Secret):
+            return value if isinstance(value, Secret) else Secret(str(value))
+        if isinstance(default, bool):
+            if isinstance(value, str):
+                if value.lower() not in ("1", "0", "true", "false", "yes", "no"):
+                    raise ValueError(value)
+                return value.lower() in ("1", "true", "yes")
+            if not isinstance(value, bool):
+                raise ValueError(value)
+            return value
+        if isinstance(default, tuple):
+            items = value.split(",") if isinstance(value, str) else list(value)
+            return tuple(float(i) for i in items)
+        if isinstance(default, int):
+            if isinstance(value, bool):
+                raise ValueError(value)
+            return int(value)
+        if isinstance(default, float):
+            return float(value)
+        if not isinstance(value, str):
+            raise ValueError(value)
+        return value
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{key}: {value!r} is not a valid {type(default).__name__}") from exc
+
+
+def _section(name: str, cls: type[Any], table: Mapping[str, Any], env: Mapping[str, str]) -> Any:
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(table) - set(known)
+    if unknown:
+        raise ConfigError(f"[{name}]: unknown key(s) {', '.join(sorted(unknown))}")
+    values: dict[str, Any] = {}
+    for fname, f in known.items():
+        default = f.default
+        env_key = f"RELAY_{name}_{fname}".upper()
+        if name == "secrets":
+            env_key = f"RELAY_{fname}".upper()
+        if env_key in env:
+            values[fname] = _coerce(f"{env_key}", env[env_key], default)
+        elif fname in table:
+            values[fname] = _coerce(f"[{name}] {fname}", table[fname], default)
+    return cls(**values)
+
+
+def parse_hostport(key: str, value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"{key}: {value!r} is not host:port")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def _listeners(table: Mapping[str, Any], env: Mapping[str, str]) -> tuple[ListenerSettings, ...]:
+    out = []
+    for name, raw in table.items():
+        if name not in LISTENER_NAMES:
+            raise ConfigError(f"[listeners]: unknown listener {name!r} "
+                              f"(known: {', '.join(LISTENER_NAMES)})")
+        spec = {"listen": raw} if isinstance(raw, str) else dict(raw)
+        env_key = f"RELAY_LISTENERS_{name.upper()}"
+        if env_key in env:
+            spec["listen"] = env[env_key]
+        if not spec.get("listen"):
+            continue
+        host, port = parse_hostport(f"[listeners] {name}", str(spec["listen"]))
+        plain = _coerce(f"[listeners.{name}] allow_plaintext_auth",
+                        spec.get("allow_plaintext_auth", False), False)
+        out.append(ListenerSettings(name, host, port, plain))
+    return tuple(out)
+
+
+def load_settings(path: str | os.PathLike[str] | None = None,
+                  env: Mapping[str, str] | None = None,
+                  overrides: Mapping[str, Any] | None = None) -> Settings:
+    """Read the TOML file (``path`` or ``RELAY_CONFIG``), then apply the environment."""
+    env = os.environ if env is None else env
+    path = path or env.get("RELAY_CONFIG")
+    data: dict[str, Any] = {}
+    if path:
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError as exc:
+            raise ConfigError(f"config file {path} does not exist") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path}: {exc}") from exc
+    for key, value in (overrides or {}).items():
+        data.setdefault(key, {}).update(value)
+    unknown = set(data) - set(_SECTIONS) - {"listeners"}
+    if unknown:
+        raise ConfigError(f"unknown section(s): {', '.join(sorted(unknown))}")
+    sections = {name: _section(name, cls, data.get(name, {}), env)
+                for name, cls in _SECTIONS.items()}
+    listeners = _listeners(data.get("listeners", {}), env)
+    return Settings(listeners=listeners, source=str(path or ""), **sections)
+
+
+def describe() -> list[tuple[str, str, str]]:
+    """Every key with its default and description, for docs and `relay config`."""
+    rows = []
+    for name, cls in _SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            rows.append((f"[{name}] {f.name}", repr(f.default), f.metadata.get("doc", "")))
+    return rows

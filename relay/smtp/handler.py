@@ -1,0 +1,217 @@
+"""The session handler: speaks SMTP, and asks auth, policy and the spool.
+
+aiosmtpd calls ``handle_<VERB>(server, session, envelope, ...)`` and
+``auth_<MECH>(server, args)``; each returns the reply. Hooks that exist must
+set ``envelope.mail_from`` and append ``rcpt_tos`` themselves. Nothing here
+runs SQL or HTTP: the collaborators do, off the event loop.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from aiosmtpd.smtp import MISSING, AuthResult, Envelope, Session
+
+from relay.auth.authenticator import Authenticator, Identity
+from relay.core.errors import SpoolError
+from relay.core.message import (
+    MalformedMessage,
+    classify,
+    has_smuggling,
+    normalise_line_endings,
+    parse,
+    received_header,
+    rewrite_headers,
+)
+from relay.core.replies import (
+    BAD_RECIPIENT_ADDRESS,
+    MALFORMED_MESSAGE,
+    RECIPIENT_OK,
+    SENDER_OK,
+    SMUGGLING,
+    TOO_MANY_RECIPIENTS,
+    Reply,
+    queued,
+)
+from relay.queue.spool import Acceptance, Spool
+from relay.routing.policy import Policy, Submission
+from relay.smtp.protocol import RelaySMTP
+
+log = logging.getLogger("relay.smtp")
+
+CAMPAIGN_HEADER = "X-Relay-Campaign"
+
+
+@dataclass
+class Accepted:
+    """One message's result, for counters and logs."""
+
+    queue_id: str | None
+    account: str
+    state: str
+    recipients: list[tuple[str, str]]
+    size: int
+    seconds: float
+
+
+@dataclass
+class HandlerConfig:
+    hostname: str
+    max_recipients: int
+    observers: list[Callable[[Accepted], None]] = field(default_factory=list)
+    on_auth_failure: list[Callable[[str], None]] = field(default_factory=list)
+
+
+def _decode(blob: bytes) -> str:
+    return blob.decode("utf-8", "surrogateescape")
+
+
+class SessionHandler:
+    def __init__(self, config: HandlerConfig, authenticator: Authenticator, policy: Policy,
+                 spool: Spool) -> None:
+        self._config = config
+        self._auth = authenticator
+        self._policy = policy
+        self._spool = spool
+
+    # -- AUTH (RFC 4954), replacing aiosmtpd's synchronous authenticator ---------
+
+    async def _login(self, server: RelaySMTP, login: bytes, password: bytes) -> AuthResult:
+        peer = server.session.peer[0] if server.session.peer else "?"
+        result = await self._auth.login(_decode(login), _decode(password), str(peer))
+        if result.identity is None:
+            for callback in self._config.on_auth_failure:
+                callback(server.listener)
+            return AuthResult(success=False, handled=False, message=str(result.reply))
+        return AuthResult(success=True, auth_data=result.identity, message=str(result.reply))
+
+    async def _initial_or_challenge(self, server: RelaySMTP, args: list[str],
+                                    challenge: str) -> bytes | None:
+        if len(args) == 1:
+            blob = await server.challenge_auth(challenge)
+            return None if blob is MISSING else bytes(blob)
+        try:
+            return base64.b64decode(args[1], validate=True)
+        except (binascii.Error, ValueError):
+            await server.push("501 5.5.2 Can't decode base64")
+            return None
+
+    async def auth_PLAIN(self, server: RelaySMTP, args: list[str]) -> AuthResult:
+        blob = await self._initial_or_challenge(server, args, "")
+        if blob is None:
+            return AuthResult(success=False, handled=True)
+        parts = blob.split(b"\x00")
+        if len(parts) != 3:  # RFC 4616: [authzid] NUL authcid NUL passwd
+            await server.push("501 5.5.2 Can't split auth value")
+            return AuthResult(success=False, handled=True)
+        return await self._login(server, parts[1], parts[2])
+
+    async def auth_LOGIN(self, server: RelaySMTP, args: list[str]) -> AuthResult:
+        login = await self._initial_or_challenge(server, args, "Username:")
+        if login is None:
+            return AuthResult(success=False, handled=True)
+        password = await server.challenge_auth("Password:")
+        if password is MISSING:
+            return AuthResult(success=False, handled=True)
+        return await self._login(server, login, bytes(password))
+
+    # -- the transaction ---------------------------------------------------------
+
+    async def handle_EHLO(self, server: RelaySMTP, session: Session, envelope: Envelope,
+                          hostname: str, responses: list[str]) -> list[str]:
+        session.host_name = hostname
+        last = responses.pop()  # "250 HELP"
+        responses += ["250-PIPELINING", "250-ENHANCEDSTATUSCODES", last]
+        return responses
+
+    async def handle_MAIL(self, server: RelaySMTP, session: Session, envelope: Envelope,
+                          address: str, mail_options: list[str]) -> str:
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return str(SENDER_OK)
+
+    async def handle_RCPT(self, server: RelaySMTP, session: Session, envelope: Envelope,
+                          address: str, rcpt_options: list[str]) -> str:
+        local, at, domain = address.rpartition("@")
+        if not (local and at and domain):
+            return str(BAD_RECIPIENT_ADDRESS)
+        if len(envelope.rcpt_tos) >= self._config.max_recipients:
+            return str(TOO_MANY_RECIPIENTS)
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        return str(RECIPIENT_OK)
+
+    async def handle_DATA(self, server: RelaySMTP, session: Session,
+                          envelope: Envelope) -> str:
+        started = time.perf_counter()
+        identity: Identity = session.auth_data
+        raw = envelope.original_content or b""
+        if has_smuggling(raw):
+            return self._refuse(SMUGGLING, identity, envelope)
+        try:
+            parsed = parse(normalise_line_endings(raw))
+        except MalformedMessage:
+            return self._refuse(MALFORMED_MESSAGE, identity, envelope)
+        campaign = (parsed.headers.get(CAMPAIGN_HEADER) or "").strip() or None
+        senders = (envelope.mail_from, *parsed.addresses("From"), *parsed.addresses("Sender"))
+        decision = await self._policy.decide(Submission(
+            identity.account_id, identity.policy,
+            campaign is not None or identity.purpose == "campaign", tuple(senders)))
+        recipients = classify(envelope.rcpt_tos, parsed.addresses("To"),
+                              parsed.addresses("Cc"))
+        if decision.reply is not None:
+            log.info("reject: account=%s from=<%s> reason=%s", identity.account_name,
+                     envelope.mail_from, decision.reason)
+            self._observe(None, identity, "rejected", recipients, len(raw), started)
+            return str(decision.reply)
+        acc = Acceptance(
+            account_id=identity.account_id, credential_id=identity.credential_id,
+            mail_from=envelope.mail_from, recipients=recipients, data=b"",
+            state=decision.state, reason=decision.reason, provider_id=decision.provider_id,
+            header_from=", ".join(parsed.addresses("From"))[:998] or None, campaign=campaign)
+        acc.data = rewrite_headers(
+            parsed, hostname=self._config.hostname, remove=("bcc", CAMPAIGN_HEADER),
+            received=self._received(server, session, envelope, acc.queue_id))
+        try:
+            queue_id = await self._spool.accept(acc)
+        except SpoolError as exc:
+            log.error("not accepted: account=%s from=<%s>: %s", identity.account_name,
+                      envelope.mail_from, exc)
+            self._observe(None, identity, "tempfail", recipients, len(raw), started)
+            return str(exc.reply)
+        log.info("%s: account=%s from=<%s> size=%d nrcpt=%d state=%s%s", queue_id,
+                 identity.account_name, envelope.mail_from, len(acc.data), len(recipients),
+                 acc.state, f" reason={acc.reason!r}" if acc.reason else "")
+        self._observe(queue_id, identity, acc.state, recipients, len(acc.data), started)
+        return str(queued(queue_id))
+
+    # -- helpers -----------------------------------------------------------------
+
+    def _received(self, server: RelaySMTP, session: Session, envelope: Envelope,
+                  queue_id: str) -> str:
+        # RFC 3848: ESMTPSA is ESMTP with AUTH over TLS, ESMTPA without TLS.
+        protocol = "ESMTPSA" if server.encrypted else "ESMTPA"
+        if envelope.smtp_utf8:
+            protocol = "UTF8" + protocol.removeprefix("E")
+        peer = session.peer[0] if session.peer else "unknown"
+        one = envelope.rcpt_tos[0] if len(envelope.rcpt_tos) == 1 else None
+        return received_header(helo=session.host_name or "unknown", peer=f"[{peer}]",
+                               hostname=self._config.hostname, queue_id=queue_id,
+                               protocol=protocol, recipient=one)
+
+    def _refuse(self, reply: Reply, identity: Identity, envelope: Envelope) -> str:
+        log.info("refused: account=%s from=<%s> reply=%s", identity.account_name,
+                 envelope.mail_from, reply)
+        return str(reply)
+
+    def _observe(self, queue_id: str | None, identity: Identity, state: str,
+                 recipients: list[tuple[str, str]], size: int, started: float) -> None:
+        event = Accepted(queue_id, identity.account_name, state, recipients, size,
+                         time.perf_counter() - started)
+        for observer in self._config.observers:
+            observer(event)
+

@@ -1,0 +1,119 @@
+"""aiosmtpd's protocol, adjusted for a relay.
+
+* Every reply after EHLO carries an enhanced status code (RFC 2034), which
+  aiosmtpd's stock replies lack; ``push`` adds it from one table.
+* Connection limits per client address and per process: the 421 is sent
+  before the greeting (RFC 5321 3.1 lets a server refuse that way).
+* A Session whose ``login_data`` is a plain attribute: aiosmtpd 1.4 warns on
+  every successful AUTH through the deprecated property otherwise.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from typing import Any
+
+from aiosmtpd.smtp import SMTP, Session
+
+from relay.core.replies import SERVER_BUSY, TOO_MANY_CONNECTIONS, with_enhanced_code
+
+
+class _QuietAiosmtpd(logging.Filter):
+    """Drop aiosmtpd's per-connection chatter that is not a fault of ours."""
+
+    NOISE = ("auth_required == True but auth_require_tls == False",)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(n in record.getMessage() for n in self.NOISE)
+
+
+def quiet_aiosmtpd() -> None:
+    logger = logging.getLogger("mail.log")
+    logger.setLevel(logging.WARNING)
+    if not any(isinstance(f, _QuietAiosmtpd) for f in logger.filters):
+        logger.addFilter(_QuietAiosmtpd())
+
+
+class RelaySession(Session):  # type: ignore[misc]
+    login_data: Any = None  # shadows the deprecated property
+
+
+class ConnectionTracker:
+    """Open sessions per client address and per listener, for one process."""
+
+    def __init__(self, per_ip: int, total: int) -> None:
+        self.per_ip = per_ip
+        self.total = total
+        self.by_ip: Counter[str] = Counter()
+        self.by_listener: Counter[str] = Counter()
+
+    @property
+    def open(self) -> int:
+        return sum(self.by_listener.values())
+
+    def enter(self, ip: str, listener: str) -> str | None:
+        """Admit a session, or return the reply that refuses it."""
+        if self.open >= self.total:
+            return str(SERVER_BUSY)
+        if self.by_ip[ip] >= self.per_ip:
+            return str(TOO_MANY_CONNECTIONS)
+        self.by_ip[ip] += 1
+        self.by_listener[listener] += 1
+        return None
+
+    def leave(self, ip: str, listener: str) -> None:
+        self.by_ip[ip] -= 1
+        if self.by_ip[ip] <= 0:
+            del self.by_ip[ip]
+        self.by_listener[listener] -= 1
+
+
+class RelaySMTP(SMTP):  # type: ignore[misc]
+    def __init__(self, handler: Any, *, listener: str, tracker: ConnectionTracker,
+                 **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self.listener = listener
+        self._tracker = tracker
+        self._raw_replies = False
+
+    def _create_session(self) -> Session:
+        return RelaySession(self.loop)
+
+    @property
+    def encrypted(self) -> bool:
+        return self.transport is not None and \
+            self.transport.get_extra_info("ssl_object") is not None
+
+    async def push(self, status: str | bytes) -> None:
+        if isinstance(status, str) and not self._raw_replies:
+            status = with_enhanced_code(status)
+        await super().push(status)
+
+    async def smtp_EHLO(self, hostname: str) -> None:
+        # RFC 2034 section 3: no enhanced codes in the EHLO or HELO reply.
+        self._raw_replies = True
+        try:
+            await super().smtp_EHLO(hostname)
+        finally:
+            self._raw_replies = False
+
+    async def smtp_HELO(self, hostname: str) -> None:
+        self._raw_replies = True
+        try:
+            await super().smtp_HELO(hostname)
+        finally:
+            self._raw_replies = False
+
+    async def _handle_client(self) -> None:
+        ip = str(self.session.peer[0]) if self.session.peer else "?"
+        refusal = self._tracker.enter(ip, self.listener)
+        if refusal is not None:
+            await self.push(refusal)
+            if self.transport is not None:
+                self.transport.close()
+            return
+        try:
+            await super()._handle_client()
+        finally:
+            self._tracker.leave(ip, self.listener)

@@ -1,0 +1,231 @@
+"""The database schema, portable between SQLite and PostgreSQL.
+
+Nothing here is SQLite-only: types are SQLAlchemy's generic ones, times are
+timezone-aware UTC, and ids are strings or integers made by the database.
+Migrations live in ``relay/store/migrations`` and are applied by ``relay
+migrate`` (and at start-up).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Date,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+# Stable constraint names so migrations work the same on both engines.
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class UTCDateTime(DateTime):
+    """A DateTime that always comes back timezone-aware (SQLite forgets the zone)."""
+
+    cache_ok = True
+
+    def __init__(self) -> None:
+        super().__init__(timezone=True)
+
+    def result_processor(self, dialect: Any, coltype: Any) -> Any:
+        parent = super().result_processor(dialect, coltype)
+
+        def process(value: Any) -> Any:
+            if parent is not None:
+                value = parent(value)
+            if isinstance(value, dt.datetime) and value.tzinfo is None:
+                value = value.replace(tzinfo=dt.UTC)
+            return value
+
+        return process
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class Account(Base):
+    """An agency (parent_id is NULL) or one of its sub-accounts."""
+
+    __tablename__ = "accounts"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("accounts.id"), index=True)
+    # reject | drop | pause, or NULL for the default by credential purpose.
+    unverified_policy: Mapped[str | None] = mapped_column(String(10))
+    default_provider_id: Mapped[int | None] = mapped_column(Integer)
+    subaccount_provider_id: Mapped[int | None] = mapped_column(Integer)
+    assigned_provider_id: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    parent: Mapped[Account | None] = relationship(remote_side=[id])
+
+
+class Domain(Base):
+    __tablename__ = "domains"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(253), unique=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    account: Mapped[Account] = relationship()
+
+
+class Credential(Base):
+    """An SMTP user ``local@domain`` of a sending domain."""
+
+    __tablename__ = "credentials"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    username: Mapped[str] = mapped_column(String(320), unique=True)
+    domain_id: Mapped[int] = mapped_column(ForeignKey("domains.id"), index=True)
+    password_hash: Mapped[str] = mapped_column(String(200))
+    purpose: Mapped[str] = mapped_column(String(20), default="transactional")
+    unverified_policy: Mapped[str | None] = mapped_column(String(10))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    domain: Mapped[Domain] = relationship()
+
+
+class Sender(Base):
+    """An address or a whole domain verified for an account."""
+
+    __tablename__ = "senders"
+    __table_args__ = (UniqueConstraint("account_id", "pattern"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
+    # "user@example.com" or "example.com" (a domain covers every address in it).
+    pattern: Mapped[str] = mapped_column(String(320))
+    verified: Mapped[bool] = mapped_column(Boolean, default=True)
+    dns_token: Mapped[str | None] = mapped_column(String(100))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class Provider(Base):
+    """An outbound service an account sends through."""
+
+    __tablename__ = "providers"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    account_id: Mapped[int | None] = mapped_column(ForeignKey("accounts.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(20))
+    # Non-secret options (hosts, ports, TLS mode, ip pool, test address, domain).
+    options: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # API key and SMTP password, encrypted with RELAY_SECRET_KEY.
+    secrets: Mapped[str | None] = mapped_column(Text)
+    domain: Mapped[str | None] = mapped_column(String(253), index=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class Message(Base):
+    """One accepted message: its envelope, state and route. The bytes are apart."""
+
+    __tablename__ = "messages"
+    __table_args__ = (
+        # Workers look for due messages by state and time: indexed so a
+        # deferred backlog never slows the claim of fresh mail.
+        Index("ix_messages_due", "state", "next_attempt_at"),
+    )
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
+    credential_id: Mapped[int | None] = mapped_column(Integer)
+    mail_from: Mapped[str] = mapped_column(String(320))
+    header_from: Mapped[str | None] = mapped_column(String(998))
+    # queued | deferred | paused | delivered | failed | dropped
+    state: Mapped[str] = mapped_column(String(10))
+    reason: Mapped[str | None] = mapped_column(Text)
+    provider_id: Mapped[int | None] = mapped_column(Integer)
+    campaign: Mapped[str | None] = mapped_column(String(200))
+    size: Mapped[int] = mapped_column(BigInteger)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    next_attempt_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    locked_by: Mapped[str | None] = mapped_column(String(100))
+    locked_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+
+
+class MessageContent(Base):
+    """The message bytes, kept out of the queue table so claims scan narrow rows."""
+
+    __tablename__ = "message_contents"
+    message_id: Mapped[str] = mapped_column(
+        ForeignKey("messages.id", ondelete="CASCADE"), primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class Recipient(Base):
+    __tablename__ = "recipients"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    message_id: Mapped[str] = mapped_column(
+        ForeignKey("messages.id", ondelete="CASCADE"), index=True)
+    address: Mapped[str] = mapped_column(String(320))
+    kind: Mapped[str] = mapped_column(String(3))  # to | cc | bcc
+    # pending | delivered | failed | dropped
+    state: Mapped[str] = mapped_column(String(10), default="pending")
+    reply: Mapped[str | None] = mapped_column(Text)
+
+
+class Attempt(Base):
+    """One try of one provider by one transport."""
+
+    __tablename__ = "attempts"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    message_id: Mapped[str] = mapped_column(
+        ForeignKey("messages.id", ondelete="CASCADE"), index=True)
+    provider: Mapped[str] = mapped_column(String(200))
+    transport: Mapped[str] = mapped_column(String(10))  # api | smtp | file
+    result: Mapped[str] = mapped_column(String(12))  # delivered | transient | permanent | ...
+    code: Mapped[str | None] = mapped_column(String(20))
+    text: Mapped[str | None] = mapped_column(Text)
+    provider_message_id: Mapped[str | None] = mapped_column(String(200))
+    duration: Mapped[float] = mapped_column(Float)
+    at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class Usage(Base):
+    """The billing ledger: append-only, one row per message, class and event.
+
+    ``event`` is ``accepted`` (written in the spool's transaction) or the
+    outcome (``delivered``, ``dropped``, ``failed``) written once, when the
+    message reaches it. The unique key makes a repeated write fail rather than
+    count twice, whatever retries, fallbacks, restarts or nodes do.
+    """
+
+    __tablename__ = "usage"
+    __table_args__ = (
+        UniqueConstraint("message_id", "kind", "event", name="uq_usage_event"),
+        Index("ix_usage_account_day", "account_id", "day"),
+    )
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"))
+    day: Mapped[dt.date] = mapped_column(Date)
+    message_id: Mapped[str] = mapped_column(String(32))
+    kind: Mapped[str] = mapped_column(String(3))
+    event: Mapped[str] = mapped_column(String(10))
+    recipients: Mapped[int] = mapped_column(Integer)
