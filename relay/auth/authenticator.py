@@ -55,19 +55,29 @@ class Authenticator:
         self._engine = engine
         self._hasher = hasher
         self._cache = LoginCache(settings.cache_size)
-        self._by_ip = FailureLimiter(settings.max_failures_per_ip, settings.failure_window,
-                                     settings.lockout)
-        self._by_user = FailureLimiter(settings.max_failures_per_user,
-                                       settings.failure_window, settings.lockout)
+        self._by_ip = FailureLimiter(
+            settings.max_failures_per_ip, settings.failure_window, settings.lockout
+        )
+        self._by_user = FailureLimiter(
+            settings.max_failures_per_user, settings.failure_window, settings.lockout
+        )
         self.failures = 0
 
     def _lookup(self, username: str) -> _Row | None:
-        query = (select(Credential.id, Credential.username, Credential.password_hash,
-                        Credential.purpose, Credential.unverified_policy,
-                        Account.id, Account.name)
-                 .join(Domain, Credential.domain_id == Domain.id)
-                 .join(Account, Domain.account_id == Account.id)
-                 .where(Credential.username == username))
+        query = (
+            select(
+                Credential.id,
+                Credential.username,
+                Credential.password_hash,
+                Credential.purpose,
+                Credential.unverified_policy,
+                Account.id,
+                Account.name,
+            )
+            .join(Domain, Credential.domain_id == Domain.id)
+            .join(Account, Domain.account_id == Account.id)
+            .where(Credential.username == username)
+        )
         with self._engine.connect() as conn:
             row = conn.execute(query).first()
         if row is None:
@@ -84,8 +94,9 @@ class Authenticator:
             row = await asyncio.to_thread(self._lookup, username)
         except Exception:
             return LoginResult(AUTH_TEMPFAIL)
-        if row is not None and self._cache.hit(row.identity.credential_id, row.password_hash,
-                                               password):
+        if row is not None and self._cache.hit(
+            row.identity.credential_id, row.password_hash, password
+        ):
             return self._success(row, password, peer_ip, username)
         stored = row.password_hash if row else None
         if await asyncio.to_thread(self._hasher.verify, stored, password) and row:

@@ -15,8 +15,9 @@ from collections.abc import Callable
 
 
 class FailureLimiter:
-    def __init__(self, limit: int, window: float, lockout: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, limit: int, window: float, lockout: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._limit = limit
         self._window = window
         self._lockout = lockout

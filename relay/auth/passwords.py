@@ -52,8 +52,9 @@ class LoginCache:
         self._entries: OrderedDict[tuple[int, str], bytes] = OrderedDict()
 
     def _digest(self, password: str) -> bytes:
-        return hmac.new(self._key, password.encode("utf-8", "surrogateescape"),
-                        hashlib.sha256).digest()
+        return hmac.new(
+            self._key, password.encode("utf-8", "surrogateescape"), hashlib.sha256
+        ).digest()
 
     def hit(self, credential_id: int, stored_hash: str, password: str) -> bool:
         entry = self._entries.get((credential_id, stored_hash))

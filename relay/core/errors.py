@@ -56,9 +56,15 @@ class SpoolError(RelayError):
 class ProviderError(RelayError):
     """A provider said no. ``code`` and ``text`` are the provider's own."""
 
-    def __init__(self, text: str, code: int | str | None = None, *,
-                 transport: str = "", retry_after: float | None = None,
-                 recipients: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        text: str,
+        code: int | str | None = None,
+        *,
+        transport: str = "",
+        retry_after: float | None = None,
+        recipients: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(text)
         self.text = text
         self.code = code

@@ -85,7 +85,7 @@ def split_header(data: bytes) -> tuple[bytes, bytes]:
     m = _HEADER_END.search(data)
     if m is None:
         return data, b""
-    cut = m.start() + (2 if data[m.start():m.start() + 2] == b"\r\n" else 1)
+    cut = m.start() + (2 if data[m.start() : m.start() + 2] == b"\r\n" else 1)
     return data[:cut], data[cut:]
 
 
@@ -105,7 +105,7 @@ def header_addresses(msg: EmailMessage, name: str) -> list[str]:
     out: list[str] = []
     for raw in msg.get_all(name, []):
         try:
-            addrs: Sequence[Address] = raw.addresses  # type: ignore[union-attr]
+            addrs: Sequence[Address] = raw.addresses
             out.extend(a.addr_spec for a in addrs if a.addr_spec and a.addr_spec != "<>")
         except (AttributeError, IndexError, ValueError):
             # Unparseable by the strict parser: fall back to the lenient one.
@@ -125,7 +125,9 @@ def address_key(address: str) -> str:
     return f"{local}@{domain.lower()}"
 
 
-def classify(rcpt_tos: Iterable[str], to: Iterable[str], cc: Iterable[str]) -> list[tuple[str, str]]:
+def classify(
+    rcpt_tos: Iterable[str], to: Iterable[str], cc: Iterable[str]
+) -> list[tuple[str, str]]:
     """Each envelope recipient with its class: to, cc (if in Cc), else bcc.
 
     A recipient in both To and Cc is ``to``. A recipient given twice in the
@@ -166,12 +168,13 @@ def _drop_headers(head: bytes, names: set[bytes]) -> bytes:
     return b"\r\n".join(out)
 
 
-def rewrite_headers(parsed: ParsedMessage, *, received: str, hostname: str,
-                    remove: Sequence[str] = ("bcc",)) -> bytes:
+def rewrite_headers(
+    parsed: ParsedMessage, *, received: str, hostname: str, remove: Sequence[str] = ("bcc",)
+) -> bytes:
     """The message as it is queued: Received on top, Bcc gone, Message-ID and Date present."""
     head, body = split_header(parsed.data)
     names = {n.lower().encode() for n in remove}
-    present = {k.lower() for k in parsed.headers.keys()}
+    present = {k.lower() for k in parsed.headers}
     if names & {n.encode() for n in present}:
         head = _drop_headers(head, names)
     extra = b""
@@ -183,10 +186,13 @@ def rewrite_headers(parsed: ParsedMessage, *, received: str, hostname: str,
     return received.encode("utf-8") + head + body
 
 
-def received_header(*, helo: str, peer: str, hostname: str, queue_id: str,
-                    protocol: str, recipient: str | None) -> str:
+def received_header(
+    *, helo: str, peer: str, hostname: str, queue_id: str, protocol: str, recipient: str | None
+) -> str:
     """A Received field as RFC 5321 4.4 describes (protocol per RFC 3848)."""
     for_clause = f"\r\n\tfor <{recipient}>" if recipient else ""
-    return (f"Received: from {helo} ({peer})\r\n\tby {hostname} (Relay) "
-            f"with {protocol} id {queue_id}{for_clause};\r\n"
-            f"\t{email.utils.formatdate(localtime=False)}\r\n")
+    return (
+        f"Received: from {helo} ({peer})\r\n\tby {hostname} (Relay) "
+        f"with {protocol} id {queue_id}{for_clause};\r\n"
+        f"\t{email.utils.formatdate(localtime=False)}\r\n"
+    )

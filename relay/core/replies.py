@@ -38,8 +38,9 @@ AUTH_LOCKED = Reply(454, "4.7.0", "Too many failed logins; try again later")
 AUTH_REQUIRED = Reply(530, "5.7.0", "Authentication required")
 AUTH_TEMPFAIL = Reply(454, "4.7.0", "Temporary authentication failure")
 STARTTLS_REQUIRED = Reply(530, "5.7.0", "Must issue a STARTTLS command first")
-ENCRYPTION_REQUIRED = Reply(538, "5.7.11", "Encryption required for requested "
-                                           "authentication mechanism")
+ENCRYPTION_REQUIRED = Reply(
+    538, "5.7.11", "Encryption required for requested authentication mechanism"
+)
 
 # RFC 1870: SIZE. 552 with 5.3.4 "message too big for system".
 MESSAGE_TOO_BIG = Reply(552, "5.3.4", "Message size exceeds fixed maximum message size")
@@ -49,11 +50,12 @@ BAD_SENDER_ADDRESS = Reply(553, "5.1.7", "Malformed sender address")
 BAD_RECIPIENT_ADDRESS = Reply(553, "5.1.3", "Malformed recipient address")
 TOO_MANY_CONNECTIONS = Reply(421, "4.7.0", "Too many connections from your address")
 SERVER_BUSY = Reply(421, "4.3.2", "Service busy, try again later")
-SMUGGLING = Reply(550, "5.5.2", "Bare <CR> or <LF> before '.' in message data "
-                                "(SMTP smuggling); message refused")
+SMUGGLING = Reply(
+    550, "5.5.2", "Bare <CR> or <LF> before '.' in message data (SMTP smuggling); message refused"
+)
 MALFORMED_MESSAGE = Reply(550, "5.6.0", "Message has no valid header section")
-SPOOL_UNAVAILABLE = Reply(451, "4.3.0", "Queue unavailable, message not accepted; "
-                                        "try again later")
+SPOOL_UNAVAILABLE = Reply(451, "4.3.0", "Queue unavailable, message not accepted; try again later")
+INTERNAL_ERROR = Reply(451, "4.3.0", "Temporary server error; try again later")
 SENDER_NOT_VERIFIED = Reply(550, "5.7.1", "Sender not verified for this account")
 CROSS_TENANT = Reply(550, "5.7.1", "Sender domain belongs to another account")
 
@@ -66,10 +68,22 @@ _ENHANCED = re.compile(r"^\d{3}[ -][245]\.\d{1,3}\.\d{1,3}( |$)")
 # Enhanced codes for aiosmtpd's stock replies, which carry only the basic code.
 # RFC 3463: X.5.x protocol errors, X.3.4 too big, X.7.x security.
 _DEFAULT_STATUS = {
-    "221": "2.0.0", "250": "2.0.0", "252": "2.0.0",
-    "421": "4.4.2", "451": "4.3.0", "454": "4.7.0",
-    "500": "5.5.2", "501": "5.5.4", "502": "5.5.1", "503": "5.5.1", "504": "5.5.4",
-    "530": "5.7.0", "550": "5.0.0", "552": "5.3.4", "553": "5.1.3", "554": "5.0.0",
+    "221": "2.0.0",
+    "250": "2.0.0",
+    "252": "2.0.0",
+    "421": "4.4.2",
+    "451": "4.3.0",
+    "454": "4.7.0",
+    "500": "5.5.2",
+    "501": "5.5.4",
+    "502": "5.5.1",
+    "503": "5.5.1",
+    "504": "5.5.4",
+    "530": "5.7.0",
+    "550": "5.0.0",
+    "552": "5.3.4",
+    "553": "5.1.3",
+    "554": "5.0.0",
     "555": "5.5.4",
 }
 _REWRITE = {

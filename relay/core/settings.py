@@ -56,8 +56,10 @@ def _doc(description: str, default: Any = dataclasses.MISSING, **kw: Any) -> Any
 
 @dataclass(frozen=True)
 class DatabaseSettings:
-    url: str = _doc("SQLAlchemy URL: sqlite:///var/relay.db or postgresql+psycopg://...",
-                    "sqlite:///var/relay.db")
+    url: str = _doc(
+        "SQLAlchemy URL: sqlite:///var/relay.db or postgresql+psycopg://...",
+        "sqlite:///var/relay.db",
+    )
     pool_size: int = _doc("Connections kept per process (PostgreSQL).", 10)
 
 
@@ -84,14 +86,16 @@ class TLSSettings:
 
 @dataclass(frozen=True)
 class AdminSettings:
-    listen: str = _doc("host:port of /metrics and the admin API; empty turns it off.",
-                       "127.0.0.1:8025")
+    listen: str = _doc(
+        "host:port of /metrics and the admin API; empty turns it off.", "127.0.0.1:8025"
+    )
 
 
 @dataclass(frozen=True)
 class ServerSettings:
-    hostname: str = _doc("Name in the greeting, EHLO and Received (never looked up).",
-                         "relay.localhost")
+    hostname: str = _doc(
+        "Name in the greeting, EHLO and Received (never looked up).", "relay.localhost"
+    )
     var_dir: str = _doc("Where the self-signed certificate and outbox live.", "var")
     processes: int = _doc("Processes sharing the listeners (SO_REUSEPORT).", 1)
     log_format: str = _doc("text or json", "text")
@@ -101,13 +105,17 @@ class ServerSettings:
 @dataclass(frozen=True)
 class LimitSettings:
     # RFC 5321 4.5.3.1.10 asks for at least 100 recipients; we allow ten times that.
-    max_message_size: int = _doc("Largest message in bytes (SIZE; 552 5.3.4 past it).",
-                                 25 * 1024 * 1024)
+    max_message_size: int = _doc(
+        "Largest message in bytes (SIZE; 552 5.3.4 past it).", 25 * 1024 * 1024
+    )
     max_recipients: int = _doc("Recipients per message (452 4.5.3 past it).", 1000)
     max_connections_per_ip: int = _doc("Concurrent sessions per client address.", 100)
     max_connections: int = _doc("Concurrent sessions per process.", 20000)
-    idle_timeout: float = _doc("Seconds a client may stay silent between commands "
-                               "(RFC 5321 4.5.3.2.7 suggests 5 minutes).", 300.0)
+    idle_timeout: float = _doc(
+        "Seconds a client may stay silent between commands "
+        "(RFC 5321 4.5.3.2.7 suggests 5 minutes).",
+        300.0,
+    )
 
 
 @dataclass(frozen=True)
@@ -124,11 +132,11 @@ class AuthSettings:
 
 @dataclass(frozen=True)
 class QueueSettings:
-    lifetime: float = _doc("Seconds before an undelivered message fails (5 days).",
-                           5 * 86400.0)
+    lifetime: float = _doc("Seconds before an undelivered message fails (5 days).", 5 * 86400.0)
     retry_schedule: tuple[float, ...] = _doc(
         "Seconds between attempts; the last repeats until the lifetime ends.",
-        (60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0))
+        (60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0),
+    )
     batch_size: int = _doc("Messages one worker claims at a time.", 100)
     lease: float = _doc("Seconds a claim is held before another node may take it.", 300.0)
     poll_interval: float = _doc("Seconds between looks at the queue when idle.", 1.0)
@@ -140,9 +148,10 @@ class QueueSettings:
 class PolicySettings:
     default_unverified: str = _doc(
         "What to do with an unverified sender when neither credential nor account says: "
-        "'auto' (pause campaign mail, drop the rest), reject, drop or pause.", "auto")
-    system_provider: str = _doc("Provider used when an account has no route; empty: none.",
-                                "")
+        "'auto' (pause campaign mail, drop the rest), reject, drop or pause.",
+        "auto",
+    )
+    system_provider: str = _doc("Provider used when an account has no route; empty: none.", "")
 
 
 @dataclass(frozen=True)
@@ -152,8 +161,9 @@ class BillingSettings:
 
 @dataclass(frozen=True)
 class SecretSettings:
-    secret_key: Secret = _doc("Key that encrypts provider secrets at rest "
-                              "(RELAY_SECRET_KEY).", Secret(""))
+    secret_key: Secret = _doc(  # noqa: RUF009 - immutable
+        "Key that encrypts provider secrets at rest (RELAY_SECRET_KEY).", Secret("")
+    )
 
 
 @dataclass(frozen=True)
@@ -248,8 +258,9 @@ def _listeners(table: Mapping[str, Any], env: Mapping[str, str]) -> tuple[Listen
     out = []
     for name, raw in table.items():
         if name not in LISTENER_NAMES:
-            raise ConfigError(f"[listeners]: unknown listener {name!r} "
-                              f"(known: {', '.join(LISTENER_NAMES)})")
+            raise ConfigError(
+                f"[listeners]: unknown listener {name!r} (known: {', '.join(LISTENER_NAMES)})"
+            )
         spec = {"listen": raw} if isinstance(raw, str) else dict(raw)
         env_key = f"RELAY_LISTENERS_{name.upper()}"
         if env_key in env:
@@ -257,15 +268,20 @@ def _listeners(table: Mapping[str, Any], env: Mapping[str, str]) -> tuple[Listen
         if not spec.get("listen"):
             continue
         host, port = parse_hostport(f"[listeners] {name}", str(spec["listen"]))
-        plain = _coerce(f"[listeners.{name}] allow_plaintext_auth",
-                        spec.get("allow_plaintext_auth", False), False)
+        plain = _coerce(
+            f"[listeners.{name}] allow_plaintext_auth",
+            spec.get("allow_plaintext_auth", False),
+            False,
+        )
         out.append(ListenerSettings(name, host, port, plain))
     return tuple(out)
 
 
-def load_settings(path: str | os.PathLike[str] | None = None,
-                  env: Mapping[str, str] | None = None,
-                  overrides: Mapping[str, Any] | None = None) -> Settings:
+def load_settings(
+    path: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
     """Read the TOML file (``path`` or ``RELAY_CONFIG``), then apply the environment."""
     env = os.environ if env is None else env
     path = path or env.get("RELAY_CONFIG")
@@ -282,8 +298,9 @@ def load_settings(path: str | os.PathLike[str] | None = None,
     unknown = set(data) - set(_SECTIONS) - {"listeners"}
     if unknown:
         raise ConfigError(f"unknown section(s): {', '.join(sorted(unknown))}")
-    sections = {name: _section(name, cls, data.get(name, {}), env)
-                for name, cls in _SECTIONS.items()}
+    sections = {
+        name: _section(name, cls, data.get(name, {}), env) for name, cls in _SECTIONS.items()
+    }
     listeners = _listeners(data.get("listeners", {}), env)
     return Settings(listeners=listeners, source=str(path or ""), **sections)
 

@@ -24,8 +24,9 @@ class OutboxProvider:
         self.directory.mkdir(parents=True, exist_ok=True)
         final = self.directory / f"{message.queue_id}.eml"
         tmp = final.with_suffix(".tmp")
-        envelope = (f"X-Relay-Envelope-From: <{message.mail_from}>\r\n"
-                    + "".join(f"X-Relay-Envelope-To: <{a}>\r\n" for a, _ in message.recipients))
+        envelope = f"X-Relay-Envelope-From: <{message.mail_from}>\r\n" + "".join(
+            f"X-Relay-Envelope-To: <{a}>\r\n" for a, _ in message.recipients
+        )
         with open(tmp, "wb") as fh:
             fh.write(envelope.encode("utf-8", "surrogateescape"))
             fh.write(message.data)
@@ -38,8 +39,7 @@ class OutboxProvider:
         try:
             path = await asyncio.to_thread(self._write, message)
         except OSError as exc:
-            raise TransientError(f"cannot write outbox: {exc.strerror}", transport="file") \
-                from exc
+            raise TransientError(f"cannot write outbox: {exc.strerror}", transport="file") from exc
         return Receipt("file", message.queue_id, f"written to {path.name}")
 
     async def check(self) -> Health:

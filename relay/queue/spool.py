@@ -67,30 +67,59 @@ def _usage_rows(acc: Acceptance, day: dt.date) -> list[dict[str, Any]]:
     for _, kind in acc.recipients:
         counts[kind] = counts.get(kind, 0) + 1
     events = ["accepted"] + (["dropped"] if acc.state == "dropped" else [])
-    return [{"account_id": acc.account_id, "day": day, "message_id": acc.queue_id,
-             "kind": kind, "event": event, "recipients": n}
-            for event in events for kind, n in sorted(counts.items())]
+    return [
+        {
+            "account_id": acc.account_id,
+            "day": day,
+            "message_id": acc.queue_id,
+            "kind": kind,
+            "event": event,
+            "recipients": n,
+        }
+        for event in events
+        for kind, n in sorted(counts.items())
+    ]
 
 
 def write_batch(engine: Engine, batch: list[Acceptance], lifetime: float) -> None:
     """Insert a batch of acceptances in one transaction (runs on the spool thread)."""
     now = dt.datetime.now(dt.UTC)
     expires = now + dt.timedelta(seconds=lifetime)
-    messages, contents, rcpts, usage = [], [], [], []
+    messages: list[dict[str, Any]] = []
+    contents: list[dict[str, Any]] = []
+    rcpts: list[dict[str, Any]] = []
+    usage: list[dict[str, Any]] = []
     for acc in batch:
         final = acc.state == "dropped"
-        messages.append({
-            "id": acc.queue_id, "account_id": acc.account_id,
-            "credential_id": acc.credential_id, "mail_from": acc.mail_from,
-            "header_from": acc.header_from, "state": acc.state, "reason": acc.reason,
-            "provider_id": acc.provider_id, "campaign": acc.campaign,
-            "size": len(acc.data), "attempts": 0, "created_at": now,
-            "next_attempt_at": now, "expires_at": expires,
-            "finished_at": now if final else None,
-        })
+        messages.append(
+            {
+                "id": acc.queue_id,
+                "account_id": acc.account_id,
+                "credential_id": acc.credential_id,
+                "mail_from": acc.mail_from,
+                "header_from": acc.header_from,
+                "state": acc.state,
+                "reason": acc.reason,
+                "provider_id": acc.provider_id,
+                "campaign": acc.campaign,
+                "size": len(acc.data),
+                "attempts": 0,
+                "created_at": now,
+                "next_attempt_at": now,
+                "expires_at": expires,
+                "finished_at": now if final else None,
+            }
+        )
         contents.append({"message_id": acc.queue_id, "data": acc.data})
-        rcpts.extend({"message_id": acc.queue_id, "address": a, "kind": k,
-                      "state": "dropped" if final else "pending"} for a, k in acc.recipients)
+        rcpts.extend(
+            {
+                "message_id": acc.queue_id,
+                "address": a,
+                "kind": k,
+                "state": "dropped" if final else "pending",
+            }
+            for a, k in acc.recipients
+        )
         usage.extend(_usage_rows(acc, now.date()))
     with engine.begin() as conn:
         conn.execute(insert(Message), messages)
@@ -134,8 +163,9 @@ class Spool:
                 batch, self._pending = self._pending, []
                 accs = [a for a, _ in batch]
                 try:
-                    await loop.run_in_executor(self._executor, write_batch, self._engine,
-                                               accs, self._lifetime)
+                    await loop.run_in_executor(
+                        self._executor, write_batch, self._engine, accs, self._lifetime
+                    )
                 except Exception as exc:
                     self.healthy = False
                     log.error("spool write failed for %d message(s): %s", len(batch), exc)

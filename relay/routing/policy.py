@@ -19,7 +19,8 @@ import asyncio
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, Engine, select
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
 
 from relay.core.replies import SENDER_NOT_VERIFIED, Reply
 from relay.core.settings import PolicySettings
@@ -52,13 +53,14 @@ def sender_matches(address: str, patterns: Iterable[str]) -> bool:
     domain = address.rpartition("@")[2]
     for pattern in patterns:
         p = pattern.lower()
-        if p == address or p == domain or (p.startswith("*@") and p[2:] == domain):
+        if p in (address, domain) or (p.startswith("*@") and p[2:] == domain):
             return True
     return False
 
 
-def unverified_action(credential_policy: str | None, account_policy: str | None,
-                      default: str, campaign: bool) -> str:
+def unverified_action(
+    credential_policy: str | None, account_policy: str | None, default: str, campaign: bool
+) -> str:
     for policy in (credential_policy, account_policy, default):
         if policy in POLICIES:
             return policy
@@ -74,41 +76,54 @@ class Policy:
         return await asyncio.to_thread(self._decide, sub)
 
     def _decide(self, sub: Submission) -> Decision:
-        with self._engine.connect() as conn:
-            account = conn.execute(select(Account).where(Account.id == sub.account_id)).one()[0]
-            parent = (conn.execute(select(Account).where(Account.id == account.parent_id))
-                      .scalar_one_or_none() if account.parent_id else None)
-            patterns = conn.execute(select(Sender.pattern).where(
-                Sender.account_id == sub.account_id, Sender.verified.is_(True))).scalars().all()
-            route = self._route(conn, account, parent, sub.senders[0] if sub.senders else "")
+        with Session(self._engine) as session:
+            account = session.get_one(Account, sub.account_id)
+            parent = session.get(Account, account.parent_id) if account.parent_id else None
+            patterns = session.scalars(
+                select(Sender.pattern).where(
+                    Sender.account_id == sub.account_id, Sender.verified.is_(True)
+                )
+            ).all()
+            route = self._route(session, account, parent, sub.senders[0] if sub.senders else "")
         bad = [s for s in dict.fromkeys(sub.senders) if not sender_matches(s, patterns)]
         if bad:
-            action = unverified_action(sub.credential_policy, account.unverified_policy,
-                                       self._settings.default_unverified, sub.campaign)
+            action = unverified_action(
+                sub.credential_policy,
+                account.unverified_policy,
+                self._settings.default_unverified,
+                sub.campaign,
+            )
             reason = f"sender {', '.join(bad)} not verified for account {account.name}"
             if action == "reject":
-                text = (f"Sender {bad[0]} is not verified for this account "
-                        f"(policy: reject)")
+                text = f"Sender {bad[0]} is not verified for this account (policy: reject)"
                 return Decision("rejected", reason, reply=SENDER_NOT_VERIFIED.with_text(text))
             return Decision("dropped" if action == "drop" else "paused", reason, route)
         if route is None:
             return Decision("paused", "no provider", None)
         return Decision("queued", None, route)
 
-    def _route(self, conn: Connection, account: Account, parent: Account | None,
-               sender: str) -> int | None:
+    def _route(
+        self, session: Session, account: Account, parent: Account | None, sender: str
+    ) -> int | None:
         domain = sender.rpartition("@")[2].lower()
         if domain:
-            bound = conn.execute(select(Provider.id).where(
-                Provider.account_id == account.id, Provider.domain == domain)).scalar()
+            bound = session.execute(
+                select(Provider.id).where(
+                    Provider.account_id == account.id, Provider.domain == domain
+                )
+            ).scalar()
             if bound is not None:
                 return int(bound)
-        for candidate in (account.assigned_provider_id, account.default_provider_id,
-                          parent.subaccount_provider_id if parent else None):
+        for candidate in (
+            account.assigned_provider_id,
+            account.default_provider_id,
+            parent.subaccount_provider_id if parent else None,
+        ):
             if candidate is not None:
                 return candidate
         if self._settings.system_provider:
-            found = conn.execute(select(Provider.id).where(
-                Provider.name == self._settings.system_provider)).scalar()
+            found = session.execute(
+                select(Provider.id).where(Provider.name == self._settings.system_provider)
+            ).scalar()
             return int(found) if found is not None else None
         return None

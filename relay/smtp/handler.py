@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
 from aiosmtpd.smtp import MISSING, AuthResult, Envelope, Session
 
 from relay.auth.authenticator import Authenticator, Identity
@@ -29,6 +30,7 @@ from relay.core.message import (
 )
 from relay.core.replies import (
     BAD_RECIPIENT_ADDRESS,
+    INTERNAL_ERROR,
     MALFORMED_MESSAGE,
     RECIPIENT_OK,
     SENDER_OK,
@@ -71,8 +73,9 @@ def _decode(blob: bytes) -> str:
 
 
 class SessionHandler:
-    def __init__(self, config: HandlerConfig, authenticator: Authenticator, policy: Policy,
-                 spool: Spool) -> None:
+    def __init__(
+        self, config: HandlerConfig, authenticator: Authenticator, policy: Policy, spool: Spool
+    ) -> None:
         self._config = config
         self._auth = authenticator
         self._policy = policy
@@ -81,7 +84,8 @@ class SessionHandler:
     # -- AUTH (RFC 4954), replacing aiosmtpd's synchronous authenticator ---------
 
     async def _login(self, server: RelaySMTP, login: bytes, password: bytes) -> AuthResult:
-        peer = server.session.peer[0] if server.session.peer else "?"
+        session = server.session
+        peer = session.peer[0] if session is not None and session.peer else "?"
         result = await self._auth.login(_decode(login), _decode(password), str(peer))
         if result.identity is None:
             for callback in self._config.on_auth_failure:
@@ -89,8 +93,9 @@ class SessionHandler:
             return AuthResult(success=False, handled=False, message=str(result.reply))
         return AuthResult(success=True, auth_data=result.identity, message=str(result.reply))
 
-    async def _initial_or_challenge(self, server: RelaySMTP, args: list[str],
-                                    challenge: str) -> bytes | None:
+    async def _initial_or_challenge(
+        self, server: RelaySMTP, args: list[str], challenge: str
+    ) -> bytes | None:
         if len(args) == 1:
             blob = await server.challenge_auth(challenge)
             return None if blob is MISSING else bytes(blob)
@@ -121,21 +126,39 @@ class SessionHandler:
 
     # -- the transaction ---------------------------------------------------------
 
-    async def handle_EHLO(self, server: RelaySMTP, session: Session, envelope: Envelope,
-                          hostname: str, responses: list[str]) -> list[str]:
+    async def handle_EHLO(
+        self,
+        server: RelaySMTP,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
         session.host_name = hostname
         last = responses.pop()  # "250 HELP"
         responses += ["250-PIPELINING", "250-ENHANCEDSTATUSCODES", last]
         return responses
 
-    async def handle_MAIL(self, server: RelaySMTP, session: Session, envelope: Envelope,
-                          address: str, mail_options: list[str]) -> str:
+    async def handle_MAIL(
+        self,
+        server: RelaySMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        mail_options: list[str],
+    ) -> str:
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         return str(SENDER_OK)
 
-    async def handle_RCPT(self, server: RelaySMTP, session: Session, envelope: Envelope,
-                          address: str, rcpt_options: list[str]) -> str:
+    async def handle_RCPT(
+        self,
+        server: RelaySMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        rcpt_options: list[str],
+    ) -> str:
         local, at, domain = address.rpartition("@")
         if not (local and at and domain):
             return str(BAD_RECIPIENT_ADDRESS)
@@ -145,10 +168,12 @@ class SessionHandler:
         envelope.rcpt_options.extend(rcpt_options)
         return str(RECIPIENT_OK)
 
-    async def handle_DATA(self, server: RelaySMTP, session: Session,
-                          envelope: Envelope) -> str:
+    async def handle_DATA(self, server: RelaySMTP, session: Session, envelope: Envelope) -> str:
         started = time.perf_counter()
-        identity: Identity = session.auth_data
+        identity = session.auth_data
+        mail_from = envelope.mail_from
+        if not isinstance(identity, Identity) or mail_from is None:  # aiosmtpd checked both
+            return "503 5.5.1 Error: need AUTH and MAIL first"
         raw = envelope.original_content or b""
         if has_smuggling(raw):
             return self._refuse(SMUGGLING, identity, envelope)
@@ -157,61 +182,113 @@ class SessionHandler:
         except MalformedMessage:
             return self._refuse(MALFORMED_MESSAGE, identity, envelope)
         campaign = (parsed.headers.get(CAMPAIGN_HEADER) or "").strip() or None
-        senders = (envelope.mail_from, *parsed.addresses("From"), *parsed.addresses("Sender"))
-        decision = await self._policy.decide(Submission(
-            identity.account_id, identity.policy,
-            campaign is not None or identity.purpose == "campaign", tuple(senders)))
-        recipients = classify(envelope.rcpt_tos, parsed.addresses("To"),
-                              parsed.addresses("Cc"))
+        senders = (mail_from, *parsed.addresses("From"), *parsed.addresses("Sender"))
+        decision = await self._policy.decide(
+            Submission(
+                identity.account_id,
+                identity.policy,
+                campaign is not None or identity.purpose == "campaign",
+                tuple(senders),
+            )
+        )
+        recipients = classify(envelope.rcpt_tos, parsed.addresses("To"), parsed.addresses("Cc"))
         if decision.reply is not None:
-            log.info("reject: account=%s from=<%s> reason=%s", identity.account_name,
-                     envelope.mail_from, decision.reason)
+            log.info(
+                "reject: account=%s from=<%s> reason=%s",
+                identity.account_name,
+                envelope.mail_from,
+                decision.reason,
+            )
             self._observe(None, identity, "rejected", recipients, len(raw), started)
             return str(decision.reply)
         acc = Acceptance(
-            account_id=identity.account_id, credential_id=identity.credential_id,
-            mail_from=envelope.mail_from, recipients=recipients, data=b"",
-            state=decision.state, reason=decision.reason, provider_id=decision.provider_id,
-            header_from=", ".join(parsed.addresses("From"))[:998] or None, campaign=campaign)
+            account_id=identity.account_id,
+            credential_id=identity.credential_id,
+            mail_from=mail_from,
+            recipients=recipients,
+            data=b"",
+            state=decision.state,
+            reason=decision.reason,
+            provider_id=decision.provider_id,
+            header_from=", ".join(parsed.addresses("From"))[:998] or None,
+            campaign=campaign,
+        )
         acc.data = rewrite_headers(
-            parsed, hostname=self._config.hostname, remove=("bcc", CAMPAIGN_HEADER),
-            received=self._received(server, session, envelope, acc.queue_id))
+            parsed,
+            hostname=self._config.hostname,
+            remove=("bcc", CAMPAIGN_HEADER),
+            received=self._received(server, session, envelope, acc.queue_id),
+        )
         try:
             queue_id = await self._spool.accept(acc)
         except SpoolError as exc:
-            log.error("not accepted: account=%s from=<%s>: %s", identity.account_name,
-                      envelope.mail_from, exc)
+            log.error(
+                "not accepted: account=%s from=<%s>: %s",
+                identity.account_name,
+                envelope.mail_from,
+                exc,
+            )
             self._observe(None, identity, "tempfail", recipients, len(raw), started)
             return str(exc.reply)
-        log.info("%s: account=%s from=<%s> size=%d nrcpt=%d state=%s%s", queue_id,
-                 identity.account_name, envelope.mail_from, len(acc.data), len(recipients),
-                 acc.state, f" reason={acc.reason!r}" if acc.reason else "")
+        log.info(
+            "%s: account=%s from=<%s> size=%d nrcpt=%d state=%s%s",
+            queue_id,
+            identity.account_name,
+            envelope.mail_from,
+            len(acc.data),
+            len(recipients),
+            acc.state,
+            f" reason={acc.reason!r}" if acc.reason else "",
+        )
         self._observe(queue_id, identity, acc.state, recipients, len(acc.data), started)
         return str(queued(queue_id))
 
+    async def handle_exception(self, error: Exception) -> str:
+        # Never show a client our internals; a fault of ours is always temporary
+        # for the client (RFC 5321 4.2.5: it keeps the message and retries).
+        log.exception("session fault: %s", type(error).__name__)
+        return str(INTERNAL_ERROR)
+
     # -- helpers -----------------------------------------------------------------
 
-    def _received(self, server: RelaySMTP, session: Session, envelope: Envelope,
-                  queue_id: str) -> str:
+    def _received(
+        self, server: RelaySMTP, session: Session, envelope: Envelope, queue_id: str
+    ) -> str:
         # RFC 3848: ESMTPSA is ESMTP with AUTH over TLS, ESMTPA without TLS.
         protocol = "ESMTPSA" if server.encrypted else "ESMTPA"
         if envelope.smtp_utf8:
             protocol = "UTF8" + protocol.removeprefix("E")
         peer = session.peer[0] if session.peer else "unknown"
         one = envelope.rcpt_tos[0] if len(envelope.rcpt_tos) == 1 else None
-        return received_header(helo=session.host_name or "unknown", peer=f"[{peer}]",
-                               hostname=self._config.hostname, queue_id=queue_id,
-                               protocol=protocol, recipient=one)
+        return received_header(
+            helo=session.host_name or "unknown",
+            peer=f"[{peer}]",
+            hostname=self._config.hostname,
+            queue_id=queue_id,
+            protocol=protocol,
+            recipient=one,
+        )
 
     def _refuse(self, reply: Reply, identity: Identity, envelope: Envelope) -> str:
-        log.info("refused: account=%s from=<%s> reply=%s", identity.account_name,
-                 envelope.mail_from, reply)
+        log.info(
+            "refused: account=%s from=<%s> reply=%s",
+            identity.account_name,
+            envelope.mail_from,
+            reply,
+        )
         return str(reply)
 
-    def _observe(self, queue_id: str | None, identity: Identity, state: str,
-                 recipients: list[tuple[str, str]], size: int, started: float) -> None:
-        event = Accepted(queue_id, identity.account_name, state, recipients, size,
-                         time.perf_counter() - started)
+    def _observe(
+        self,
+        queue_id: str | None,
+        identity: Identity,
+        state: str,
+        recipients: list[tuple[str, str]],
+        size: int,
+        started: float,
+    ) -> None:
+        event = Accepted(
+            queue_id, identity.account_name, state, recipients, size, time.perf_counter() - started
+        )
         for observer in self._config.observers:
             observer(event)
-

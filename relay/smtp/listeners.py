@@ -24,8 +24,13 @@ def bind_socket(listener: ListenerSettings, reuse_port: bool = False) -> socket.
     """A bound, listening TCP socket, or a ConfigError that says why not."""
     where = f"{listener.host}:{listener.port}"
     try:
-        infos = socket.getaddrinfo(listener.host, listener.port, type=socket.SOCK_STREAM,
-                                   proto=socket.IPPROTO_TCP, flags=socket.AI_PASSIVE)
+        infos = socket.getaddrinfo(
+            listener.host,
+            listener.port,
+            type=socket.SOCK_STREAM,
+            proto=socket.IPPROTO_TCP,
+            flags=socket.AI_PASSIVE,
+        )
     except socket.gaierror as exc:
         raise ConfigError(f"listener {listener.name}: cannot resolve {where}: {exc}") from exc
     family, kind, proto, _, addr = infos[0]
@@ -40,16 +45,19 @@ def bind_socket(listener: ListenerSettings, reuse_port: bool = False) -> socket.
         sock.listen(1024)
     except OSError as exc:
         sock.close()
-        raise ConfigError(f"listener {listener.name} cannot bind {where}: "
-                          f"{_why(exc, listener.port)}") from exc
+        raise ConfigError(
+            f"listener {listener.name} cannot bind {where}: {_why(exc, listener.port)}"
+        ) from exc
     sock.setblocking(False)
     return sock
 
 
 def _why(exc: OSError, port: int) -> str:
     if exc.errno in (errno.EACCES, errno.EPERM):
-        return (f"permission denied (port {port} is privileged: run as root, grant "
-                "CAP_NET_BIND_SERVICE, or use a port above 1023)")
+        return (
+            f"permission denied (port {port} is privileged: run as root, grant "
+            "CAP_NET_BIND_SERVICE, or use a port above 1023)"
+        )
     if exc.errno == errno.EADDRINUSE:
         return "address already in use (another server is listening there)"
     if exc.errno == errno.EADDRNOTAVAIL:
@@ -68,23 +76,37 @@ class Listener:
         return int(self.sock.getsockname()[1])
 
 
-def protocol_kwargs(listener: ListenerSettings, tls: ssl.SSLContext, hostname: str,
-                    limits: LimitSettings) -> dict[str, Any]:
+def protocol_kwargs(
+    listener: ListenerSettings, tls: ssl.SSLContext, hostname: str, limits: LimitSettings
+) -> dict[str, Any]:
     common: dict[str, Any] = {
-        "hostname": hostname, "ident": "Relay ESMTP", "data_size_limit":
-        limits.max_message_size, "enable_SMTPUTF8": True, "decode_data": False,
-        "timeout": limits.idle_timeout, "auth_required": True,
+        "hostname": hostname,
+        "ident": "Relay ESMTP",
+        "data_size_limit": limits.max_message_size,
+        "enable_SMTPUTF8": True,
+        "decode_data": False,
+        "timeout": limits.idle_timeout,
+        "auth_required": True,
     }
     if listener.mode == "implicit":
         # The whole connection is TLS, so AUTH is always over encryption.
         return {**common, "tls_context": None, "auth_require_tls": False}
-    return {**common, "tls_context": tls,
-            "require_starttls": listener.mode == "starttls-required",
-            "auth_require_tls": not listener.allow_plaintext_auth}
+    return {
+        **common,
+        "tls_context": tls,
+        "require_starttls": listener.mode == "starttls-required",
+        "auth_require_tls": not listener.allow_plaintext_auth,
+    }
 
 
-async def start(listeners: list[Listener], handler: SessionHandler, tls: ssl.SSLContext,
-                hostname: str, limits: LimitSettings, tracker: ConnectionTracker) -> None:
+async def start(
+    listeners: list[Listener],
+    handler: SessionHandler,
+    tls: ssl.SSLContext,
+    hostname: str,
+    limits: LimitSettings,
+    tracker: ConnectionTracker,
+) -> None:
     loop = asyncio.get_running_loop()
     for item in listeners:
         kwargs = protocol_kwargs(item.settings, tls, hostname, limits)
@@ -94,8 +116,9 @@ async def start(listeners: list[Listener], handler: SessionHandler, tls: ssl.SSL
             return RelaySMTP(handler, listener=name, tracker=tracker, loop=loop, **kwargs)
 
         ssl_ctx = tls if item.settings.mode == "implicit" else None
-        item.server = await loop.create_server(factory, sock=item.sock, ssl=ssl_ctx,
-                                               ssl_handshake_timeout=30 if ssl_ctx else None)
+        item.server = await loop.create_server(
+            factory, sock=item.sock, ssl=ssl_ctx, ssl_handshake_timeout=30 if ssl_ctx else None
+        )
 
 
 async def stop_accepting(listeners: list[Listener]) -> None:

@@ -10,9 +10,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import Counter
-from typing import Any
+from typing import Any, AnyStr
 
 from aiosmtpd.smtp import SMTP, Session
 
@@ -35,7 +36,7 @@ def quiet_aiosmtpd() -> None:
         logger.addFilter(_QuietAiosmtpd())
 
 
-class RelaySession(Session):  # type: ignore[misc]
+class RelaySession(Session):
     login_data: Any = None  # shadows the deprecated property
 
 
@@ -47,6 +48,7 @@ class ConnectionTracker:
         self.total = total
         self.by_ip: Counter[str] = Counter()
         self.by_listener: Counter[str] = Counter()
+        self.sessions: set[RelaySMTP] = set()
 
     @property
     def open(self) -> int:
@@ -69,9 +71,10 @@ class ConnectionTracker:
         self.by_listener[listener] -= 1
 
 
-class RelaySMTP(SMTP):  # type: ignore[misc]
-    def __init__(self, handler: Any, *, listener: str, tracker: ConnectionTracker,
-                 **kwargs: Any) -> None:
+class RelaySMTP(SMTP):
+    def __init__(
+        self, handler: Any, *, listener: str, tracker: ConnectionTracker, **kwargs: Any
+    ) -> None:
         super().__init__(handler, **kwargs)
         self.listener = listener
         self._tracker = tracker
@@ -82,13 +85,25 @@ class RelaySMTP(SMTP):  # type: ignore[misc]
 
     @property
     def encrypted(self) -> bool:
-        return self.transport is not None and \
-            self.transport.get_extra_info("ssl_object") is not None
+        return (
+            self.transport is not None and self.transport.get_extra_info("ssl_object") is not None
+        )
 
-    async def push(self, status: str | bytes) -> None:
+    @property
+    def in_transaction(self) -> bool:
+        """Between MAIL and the reply to DATA: shutdown waits for these."""
+        return self.envelope is not None and self.envelope.mail_from is not None
+
+    def close_with(self, line: bytes) -> None:
+        if isinstance(self.transport, asyncio.WriteTransport) and not self.transport.is_closing():
+            self.transport.write(line)
+            self.transport.close()
+
+    async def push(self, status: AnyStr) -> None:
         if isinstance(status, str) and not self._raw_replies:
-            status = with_enhanced_code(status)
-        await super().push(status)
+            await super().push(with_enhanced_code(status))
+        else:
+            await super().push(status)
 
     async def smtp_EHLO(self, hostname: str) -> None:
         # RFC 2034 section 3: no enhanced codes in the EHLO or HELO reply.
@@ -106,6 +121,7 @@ class RelaySMTP(SMTP):  # type: ignore[misc]
             self._raw_replies = False
 
     async def _handle_client(self) -> None:
+        assert self.session is not None
         ip = str(self.session.peer[0]) if self.session.peer else "?"
         refusal = self._tracker.enter(ip, self.listener)
         if refusal is not None:
@@ -113,7 +129,9 @@ class RelaySMTP(SMTP):  # type: ignore[misc]
             if self.transport is not None:
                 self.transport.close()
             return
+        self._tracker.sessions.add(self)
         try:
             await super()._handle_client()
         finally:
+            self._tracker.sessions.discard(self)
             self._tracker.leave(ip, self.listener)

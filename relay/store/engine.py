@@ -44,15 +44,16 @@ def make_engine(url: str, pool_size: int = 10) -> Engine:
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         # Each thread opens its own connection; NullPool keeps none idle so a
         # forked worker process never shares a SQLite handle with its parent.
-        engine = create_engine(url, poolclass=NullPool,
-                               connect_args={"check_same_thread": False, "timeout": 30})
+        engine = create_engine(
+            url, poolclass=NullPool, connect_args={"check_same_thread": False, "timeout": 30}
+        )
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     if parsed.get_backend_name() == "postgresql":
-        return create_engine(url, pool_size=pool_size, max_overflow=pool_size,
-                             pool_pre_ping=True)
-    raise ConfigError(f"[database] url: {parsed.get_backend_name()} is not supported "
-                      "(use sqlite or postgresql)")
+        return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+    raise ConfigError(
+        f"[database] url: {parsed.get_backend_name()} is not supported (use sqlite or postgresql)"
+    )
 
 
 def is_postgres(engine: Engine) -> bool:

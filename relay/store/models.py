@@ -28,6 +28,7 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
 
 # Stable constraint names so migrations work the same on both engines.
 NAMING = {
@@ -43,25 +44,25 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-class UTCDateTime(DateTime):
-    """A DateTime that always comes back timezone-aware (SQLite forgets the zone)."""
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    """Timezone-aware UTC datetimes on both engines (SQLite forgets the zone)."""
 
+    impl = DateTime(timezone=True)
     cache_ok = True
 
-    def __init__(self) -> None:
-        super().__init__(timezone=True)
+    def process_bind_param(self, value: dt.datetime | None, dialect: Any) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=dt.UTC)
+        value = value.astimezone(dt.UTC)
+        # SQLite stores text: keep it naive UTC so that it sorts and compares.
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
 
-    def result_processor(self, dialect: Any, coltype: Any) -> Any:
-        parent = super().result_processor(dialect, coltype)
-
-        def process(value: Any) -> Any:
-            if parent is not None:
-                value = parent(value)
-            if isinstance(value, dt.datetime) and value.tzinfo is None:
-                value = value.replace(tzinfo=dt.UTC)
-            return value
-
-        return process
+    def process_result_value(self, value: dt.datetime | None, dialect: Any) -> dt.datetime | None:
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=dt.UTC)
+        return value
 
 
 class Base(DeclarativeBase):
@@ -175,7 +176,8 @@ class MessageContent(Base):
 
     __tablename__ = "message_contents"
     message_id: Mapped[str] = mapped_column(
-        ForeignKey("messages.id", ondelete="CASCADE"), primary_key=True)
+        ForeignKey("messages.id", ondelete="CASCADE"), primary_key=True
+    )
     data: Mapped[bytes] = mapped_column(LargeBinary)
 
 
@@ -183,7 +185,8 @@ class Recipient(Base):
     __tablename__ = "recipients"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     message_id: Mapped[str] = mapped_column(
-        ForeignKey("messages.id", ondelete="CASCADE"), index=True)
+        ForeignKey("messages.id", ondelete="CASCADE"), index=True
+    )
     address: Mapped[str] = mapped_column(String(320))
     kind: Mapped[str] = mapped_column(String(3))  # to | cc | bcc
     # pending | delivered | failed | dropped
@@ -197,7 +200,8 @@ class Attempt(Base):
     __tablename__ = "attempts"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     message_id: Mapped[str] = mapped_column(
-        ForeignKey("messages.id", ondelete="CASCADE"), index=True)
+        ForeignKey("messages.id", ondelete="CASCADE"), index=True
+    )
     provider: Mapped[str] = mapped_column(String(200))
     transport: Mapped[str] = mapped_column(String(10))  # api | smtp | file
     result: Mapped[str] = mapped_column(String(12))  # delivered | transient | permanent | ...

@@ -1,0 +1,59 @@
+"""The admin listener: /metrics, /healthz, /readyz (the admin API joins it later).
+
+Served by uvicorn inside the relay's own event loop; the relay owns the
+signals, so uvicorn's signal capture is turned off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+from collections.abc import Awaitable, Callable, Generator
+
+import uvicorn
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+
+class _Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+def make_app(
+    registry: Callable[[], CollectorRegistry], ready: Callable[[], Awaitable[dict[str, bool]]]
+) -> Starlette:
+    async def metrics(_: Request) -> Response:
+        return Response(generate_latest(registry()), media_type=CONTENT_TYPE_LATEST)
+
+    async def healthz(_: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(_: Request) -> Response:
+        checks = await ready()
+        ok = all(checks.values())
+        return JSONResponse(
+            {"status": "ok" if ok else "unavailable", "checks": checks},
+            status_code=200 if ok else 503,
+        )
+
+    return Starlette(
+        routes=[Route("/metrics", metrics), Route("/healthz", healthz), Route("/readyz", readyz)]
+    )
+
+
+class AdminServer:
+    def __init__(self, app: Starlette, sock: socket.socket) -> None:
+        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
+        self._server = _Server(config)
+        self._sock = sock
+
+    async def serve(self) -> None:
+        await self._server.serve(sockets=[self._sock])
+
+    def stop(self) -> None:
+        self._server.should_exit = True

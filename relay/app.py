@@ -1,0 +1,235 @@
+"""The composition root and its lifespan.
+
+``Relay.start`` builds everything in order (database, spool, auth, policy,
+providers, workers, listeners, admin); ``Relay.stop`` takes it down in
+reverse on SIGTERM: stop accepting, let open transactions finish (idle
+sessions are told 421 and closed), let in-flight commits and deliveries
+finish, give back leases, close providers and the engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from functools import partial
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+from sqlalchemy import Engine, text
+
+from relay.admin.http import AdminServer, make_app
+from relay.auth.authenticator import Authenticator
+from relay.auth.passwords import Hasher
+from relay.core.crypto import SecretBox, load_or_create_key
+from relay.core.metrics import Metrics
+from relay.core.settings import ListenerSettings, Settings, parse_hostport
+from relay.delivery.pool import ProviderPool
+from relay.delivery.worker import Deliverer, Worker
+from relay.queue import store
+from relay.queue.spool import Acceptance, Spool
+from relay.queue.store import Claimed, Outcome
+from relay.routing.policy import Policy
+from relay.smtp import listeners as smtp_listeners
+from relay.smtp.handler import Accepted, HandlerConfig, SessionHandler
+from relay.smtp.listeners import Listener, bind_socket
+from relay.smtp.protocol import ConnectionTracker, quiet_aiosmtpd
+from relay.smtp.tls import server_context
+from relay.store.engine import make_engine, migrate
+
+log = logging.getLogger("relay")
+
+SHUTDOWN_GRACE = 30.0
+
+
+def secret_box(settings: Settings) -> SecretBox:
+    return SecretBox(load_or_create_key(settings.secrets.secret_key.reveal(), settings.var_path))
+
+
+def make_hasher(settings: Settings) -> Hasher:
+    return Hasher(settings.auth.argon2_time_cost, settings.auth.argon2_memory_kib)
+
+
+class Relay:
+    def __init__(
+        self,
+        settings: Settings,
+        engine: Engine | None = None,
+        sockets: dict[str, Any] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.engine = engine or make_engine(settings.database.url, settings.database.pool_size)
+        self.metrics = Metrics()
+        self.listeners: list[Listener] = []
+        self._presockets = sockets or {}
+        self.tracker = ConnectionTracker(
+            settings.limits.max_connections_per_ip, settings.limits.max_connections
+        )
+        self.worker: Worker | None = None
+        self._admin: AdminServer | None = None
+        self._admin_task: asyncio.Task[None] | None = None
+        self._gauge_task: asyncio.Task[None] | None = None
+        self.admin_port: int | None = None
+
+    # -- start ----------------------------------------------------------------
+
+    async def start(self) -> None:
+        s = self.settings
+        quiet_aiosmtpd()
+        await asyncio.to_thread(migrate, self.engine)
+        tls = server_context(s)
+        box = secret_box(s)
+        self.spool = Spool(self.engine, s.queue.lifetime)
+        self.pool = ProviderPool(self.engine, box, s.var_path / "outbox")
+        if s.queue.workers:
+            self.worker = Worker(
+                self.engine, s.queue, Deliverer(self.pool, s.queue), on_outcome=self._count_outcome
+            )
+            self.spool.on_commit(lambda _: self.worker.wake() if self.worker else None)
+        self.spool.on_commit(self._count_accepted)
+        config = HandlerConfig(
+            s.server.hostname,
+            s.limits.max_recipients,
+            observers=[self._observe],
+            on_auth_failure=[self._count_auth_failure],
+        )
+        handler = SessionHandler(
+            config,
+            Authenticator(self.engine, s.auth, make_hasher(s)),
+            Policy(self.engine, s.policy),
+            self.spool,
+        )
+        self.listeners = [Listener(item, self._socket(item)) for item in s.listeners]
+        await smtp_listeners.start(
+            self.listeners, handler, tls, s.server.hostname, s.limits, self.tracker
+        )
+        for item in self.listeners:
+            gauge = self.metrics.smtp_sessions.labels(item.settings.name)
+            gauge.set_function(partial(self.tracker.by_listener.__getitem__, item.settings.name))
+        if self.worker:
+            self.worker.start()
+        self._gauge_task = asyncio.create_task(self._gauges())
+        await self._start_admin()
+
+    def _socket(self, item: ListenerSettings) -> Any:
+        if item.name in self._presockets:
+            return self._presockets[item.name]
+        return bind_socket(item, reuse_port=self.settings.server.processes > 1)
+
+    async def _start_admin(self) -> None:
+        if not self.settings.admin.listen:
+            return
+        host, port = parse_hostport("[admin] listen", self.settings.admin.listen)
+        sock = self._presockets.get("admin") or bind_socket(
+            ListenerSettings("admin", host, port), reuse_port=self.settings.server.processes > 1
+        )
+        self.admin_port = int(sock.getsockname()[1])
+        self._admin = AdminServer(make_app(self.registry, self.ready), sock)
+        self._admin_task = asyncio.create_task(self._admin.serve())
+
+    def registry(self) -> CollectorRegistry:
+        return self.metrics.registry
+
+    async def ready(self) -> dict[str, bool]:
+        def ping() -> bool:
+            try:
+                with self.engine.connect() as conn:
+                    conn.execute(text("SELECT 1"))
+                return True
+            except Exception:
+                return False
+
+        return {
+            "database": await asyncio.to_thread(ping),
+            "spool": self.spool.healthy,
+            "listeners": all(
+                i.server is not None and i.server.is_serving() for i in self.listeners
+            ),
+        }
+
+    # -- counting -------------------------------------------------------------
+
+    def _observe(self, event: Accepted) -> None:
+        self.metrics.accept_duration.observe(event.seconds)
+        self.metrics.smtp_replies.labels(
+            "250" if event.queue_id else "550" if event.state == "rejected" else "451"
+        ).inc()
+
+    def _count_accepted(self, batch: list[Acceptance]) -> None:
+        # Called after the commit, from the account names the handler saw.
+        for acc in batch:
+            self.metrics.message_bytes.inc(len(acc.data))
+
+    def _count_outcome(self, msg: Claimed, outcome: Outcome) -> None:
+        for attempt in outcome.attempts:
+            self.metrics.delivery_attempts.labels(
+                attempt.provider, attempt.transport, attempt.result
+            ).inc()
+            self.metrics.delivery_duration.observe(attempt.duration)
+
+    def _count_auth_failure(self, listener: str) -> None:
+        self.metrics.auth_failures.labels(listener).inc()
+
+    async def _gauges(self) -> None:
+        while True:
+            try:
+                counts = await asyncio.to_thread(store.queue_counts, self.engine)
+                for state, n in counts.items():
+                    self.metrics.queue_messages.labels(state).set(n)
+            except Exception as exc:
+                log.warning("queue gauge: %s", exc)
+            await asyncio.sleep(5)
+
+    # -- stop -----------------------------------------------------------------
+
+    async def stop(self, grace: float = SHUTDOWN_GRACE) -> None:
+        log.info("stopping: no new connections; waiting for open transactions")
+        await smtp_listeners.stop_accepting(self.listeners)
+        await self._drain_sessions(grace)
+        await self.spool.aclose()
+        if self.worker:
+            await self.worker.stop()
+        if self._gauge_task:
+            self._gauge_task.cancel()
+        if self._admin and self._admin_task:
+            self._admin.stop()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._admin_task, 5)
+        await self.pool.aclose()
+        self.engine.dispose()
+        log.info("stopped")
+
+    async def _drain_sessions(self, grace: float) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        while self.tracker.sessions and loop.time() < deadline:
+            for session in list(self.tracker.sessions):
+                if not session.in_transaction:
+                    session.close_with(b"421 4.3.2 Service shutting down\r\n")
+            await asyncio.sleep(0.05)
+        for session in list(self.tracker.sessions):
+            session.close_with(b"421 4.3.2 Service shutting down\r\n")
+
+
+async def run(
+    settings: Settings, sockets: dict[str, Any] | None = None, ready: asyncio.Event | None = None
+) -> None:
+    relay = Relay(settings, sockets=sockets)
+    await relay.start()
+    for item in relay.listeners:
+        log.info(
+            "listening: %s on %s:%d (%s)",
+            item.settings.name,
+            item.settings.host,
+            item.port,
+            item.settings.mode,
+        )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    if ready:
+        ready.set()
+    await stop.wait()
+    await relay.stop()

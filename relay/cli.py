@@ -1,0 +1,444 @@
+"""The ``relay`` command line: serve, and the operator's verbs.
+
+Each verb calls the service layer (``relay.service``); a RelayError becomes
+``relay: error: ...`` on stderr and exit status 1; bad usage exits 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from sqlalchemy import Engine
+
+from relay.core.errors import RelayError
+from relay.core.settings import Settings, load_settings
+from relay.store.engine import make_engine, migrate
+
+Handler = Callable[[argparse.Namespace, Settings], int]
+
+
+def _engine(settings: Settings) -> Engine:
+    engine = make_engine(settings.database.url, settings.database.pool_size)
+    migrate(engine)
+    return engine
+
+
+def _print_rows(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> None:
+    table = [list(map(str, header))] + [[("" if c is None else str(c)) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
+    for row in table:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+# -- serve and demo -------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    from relay.server import serve
+
+    return serve(settings, processes=args.processes)
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from relay.demo import demo_settings, seed
+    from relay.server import serve
+
+    settings = demo_settings(settings)
+    seed(settings)
+    return serve(settings, processes=1)
+
+
+def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
+    _engine(settings).dispose()
+    print("database is at the newest schema")
+    return 0
+
+
+# -- accounts, domains, credentials, senders --------------------------------------
+
+
+def cmd_account_create(args: argparse.Namespace, settings: Settings) -> int:
+    from relay.service.accounts import create_account
+
+    account = create_account(_engine(settings), args.name, args.agency, args.policy)
+    kind = f"sub-account of {args.agency}" if args.agency else "agency"
+    print(f"created account {account.name} ({kind})")
+    return 0
+
+
+def cmd_account_list(args: argparse.Namespace, settings: Settings) -> int:
+    from relay.service.accounts import list_accounts
+
+    rows = [
+        (a.name, parent or "-", a.unverified_policy or "default")
+        for a, parent in list_accounts(_engine(settings))
+    ]
+    _print_rows(rows, ("ACCOUNT", "AGENCY", "UNVERIFIED-POLICY"))
+    return 0
+
+
+def cmd_domain_add(args: argparse.Namespace, settings: Settings) -> int:
+    from relay.service.accounts import add_domain
+
+    domain = add_domain(_engine(settings), args.domain, args.account)
+    print(f"added domain {domain.name} to account {args.account}")
+    return 0
+
+
+def _hasher(settings: Settings) -> Any:
+    from relay.app import make_hasher
+
+    return make_hasher(settings)
+
+
+def cmd_credential_create(args: argparse.Namespace, settings: Settings) -> int:
+    from relay.service.accounts import create_credential
+
+    new = create_credential(
+        _engine(settings),
+        _hasher(settings),
+        args.username,
+        args.password,
+        args.purpose,
+        settings.auth.max_credentials_per_domain,
+        args.policy,
+    )
+    print(f"created credential {new.username}")
+    if args.password is None:
+        print(f"password: {new.password}")
+        print("(shown once: it is stored only as a hash)")
+    return 0
+
+
+def cmd_credential_reset(args: argparse.Namespace, settings: Settings) -> int:
+    from relay.service.accounts import reset_credential
+
+    new = reset_credential(_engine(settings), _hasher(settings), args.username, args.password)
+    print(f"reset the password of {new.username}; the old one no longer works")
+    if args.password is None:
+        print(f"password: {new.password}")
+        print("(shown once: it is stored only as a hash)")
+    return 0
+
+
+def cmd_credential_delete(args: argparse.Namespace, settings: Settings) -> int:
+    from relay.service.accounts import delete_credential
+
+    print(f"deleted credential {delete_credential(_engine(settings), args.username)}")
+    return 0
+
+
+def cmd_credential_list(args: argparse.Namespace, settings: Settings) -> int:
+    from relay.service.accounts import list_credentials
+
+    rows = [
+        (
+            c.username,
+            c.purpose,
+            c.unverified_policy or "default",
+            c.created_at.strftime("%Y-%m-%d %H:%M"),
+            c.updated_at.strftime("%Y-%m-%d %H:%M"),
+        )
+        for c in list_credentials(_engine(settings), args.domain)
+    ]
+    _print_rows(rows, ("USERNAME", "PURPOSE", "UNVERIFIED-POLICY", "CREATED", "PASSWORD-SET"))
+    return 0
+
+
+def cmd_sender_verify(args: argparse.Namespace, settings: Settings) -> int:
+    from relay.service.accounts import verify_sender
+
+    row = verify_sender(_engine(settings), args.sender, args.account)
+    what = "address" if "@" in row.pattern else "domain (every address in it)"
+    print(f"verified {row.pattern} for account {args.account}: {what}")
+    return 0
+
+
+def cmd_sender_list(args: argparse.Namespace, settings: Settings) -> int:
+    from relay.service.accounts import list_senders
+
+    rows = [
+        (
+            s.pattern,
+            "address" if "@" in s.pattern else "domain",
+            "verified" if s.verified else "pending",
+        )
+        for s in list_senders(_engine(settings), args.account)
+    ]
+    _print_rows(rows, ("SENDER", "KIND", "STATE"))
+    return 0
+
+
+def cmd_sender_remove(args: argparse.Namespace, settings: Settings) -> int:
+    from relay.service.accounts import remove_sender
+
+    remove_sender(_engine(settings), args.sender, args.account)
+    print(f"removed {args.sender} from account {args.account}")
+    return 0
+
+
+# -- queue ----------------------------------------------------------------------
+
+
+def cmd_queue_list(args: argparse.Namespace, settings: Settings) -> int:
+    from relay.service.queue import list_messages
+
+    rows = [
+        (
+            m.id,
+            m.state,
+            a,
+            m.mail_from,
+            m.size,
+            m.attempts,
+            m.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+            m.reason or "",
+        )
+        for m, a in list_messages(_engine(settings), args.state, args.limit)
+    ]
+    _print_rows(rows, ("ID", "STATE", "ACCOUNT", "FROM", "SIZE", "TRIES", "CREATED", "REASON"))
+    return 0
+
+
+def cmd_queue_show(args: argparse.Namespace, settings: Settings) -> int:
+    from relay.service.queue import show_message
+
+    view = show_message(_engine(settings), args.id)
+    m = view.message
+    out = {
+        "id": m.id,
+        "state": m.state,
+        "reason": m.reason,
+        "account": view.account,
+        "from": m.mail_from,
+        "header_from": m.header_from,
+        "size": m.size,
+        "campaign": m.campaign,
+        "attempts": m.attempts,
+        "created": m.created_at.isoformat(),
+        "next_attempt": m.next_attempt_at.isoformat(),
+        "expires": m.expires_at.isoformat(),
+        "recipients": [
+            {"address": r.address, "kind": r.kind, "state": r.state, "reply": r.reply}
+            for r in view.recipients
+        ],
+        "history": [
+            {
+                "at": a.at.isoformat(),
+                "provider": a.provider,
+                "transport": a.transport,
+                "result": a.result,
+                "code": a.code,
+                "text": a.text,
+                "duration": round(a.duration, 4),
+            }
+            for a in view.attempts
+        ],
+    }
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+def cmd_queue_retry(args: argparse.Namespace, settings: Settings) -> int:
+    from relay.service.queue import retry_message
+
+    retry_message(_engine(settings), args.id)
+    print(f"{args.id} is due now; a running relay delivers it within its poll interval")
+    return 0
+
+
+# -- providers ------------------------------------------------------------------
+
+
+def cmd_provider_add(args: argparse.Namespace, settings: Settings) -> int:
+    from relay.app import secret_box
+    from relay.service.providers import add_provider
+
+    options = {
+        "api_url": args.api_url,
+        "smtp_host": args.smtp_host,
+        "smtp_port": args.smtp_port,
+        "smtp_user": args.smtp_user,
+        "smtp_tls": args.smtp_tls,
+        "allow_insecure_tls": args.allow_insecure_tls or None,
+        "ip_pool": args.ip_pool,
+        "test_address": args.test_address,
+        "directory": args.directory,
+    }
+    secrets = {"api_key": args.api_key or "", "smtp_password": args.smtp_password or ""}
+    row = add_provider(
+        _engine(settings),
+        secret_box(settings),
+        args.name,
+        args.account,
+        args.kind,
+        options,
+        secrets,
+        args.domain,
+    )
+    print(f"added provider {row.name} ({row.kind}) to account {args.account}")
+    return 0
+
+
+def cmd_provider_default(args: argparse.Namespace, settings: Settings) -> int:
+    from relay.service.providers import set_default
+
+    set_default(_engine(settings), args.name, args.account, args.scope)
+    scope = "its sub-accounts" if args.scope == "subaccounts" else "itself"
+    print(f"{args.account} now sends through {args.name} by default for {scope}")
+    return 0
+
+
+def cmd_provider_list(args: argparse.Namespace, settings: Settings) -> int:
+    from relay.service.providers import list_providers
+
+    rows = [
+        (p.name, p.kind, a, p.domain or "-", (p.options or {}).get("ip_pool") or "-")
+        for p, a in list_providers(_engine(settings))
+    ]
+    _print_rows(rows, ("PROVIDER", "KIND", "ACCOUNT", "DOMAIN", "IP-POOL"))
+    return 0
+
+
+def cmd_emulate(args: argparse.Namespace, settings: Settings) -> int:
+    from relay.emulator import main as emulate  # type: ignore[import-not-found,unused-ignore]
+
+    return int(emulate(args.emulator_args) or 0)
+
+
+# -- the parser -----------------------------------------------------------------
+
+
+def _sub(
+    parent: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    handler: Handler,
+    help_: str,
+) -> argparse.ArgumentParser:
+    parser = parent.add_parser(name, help=help_, description=help_)
+    parser.set_defaults(handler=handler)
+    return parser
+
+
+def _group(
+    parent: argparse._SubParsersAction[argparse.ArgumentParser], name: str, help_: str
+) -> argparse._SubParsersAction[argparse.ArgumentParser]:
+    parser = parent.add_parser(name, help=help_, description=help_)
+    return parser.add_subparsers(dest=f"{name}_verb", required=True, metavar="VERB")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="relay", description="Relay: a multi-tenant SMTP relay")
+    p.add_argument("--config", help="TOML configuration file (default: $RELAY_CONFIG)")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = _sub(sub, "serve", cmd_serve, "run listeners, workers and /metrics")
+    s.add_argument(
+        "--processes", type=int, default=None, help="processes sharing the listeners (SO_REUSEPORT)"
+    )
+    _sub(sub, "demo", cmd_demo, "seed a demo tenant and serve on unprivileged loopback ports")
+    _sub(sub, "migrate", cmd_migrate, "bring the database schema up to date")
+
+    acc = _group(sub, "account", "agencies and sub-accounts")
+    s = _sub(acc, "create", cmd_account_create, "create an agency, or a sub-account")
+    s.add_argument("name")
+    s.add_argument("--agency", help="make it a sub-account of this agency")
+    s.add_argument(
+        "--policy",
+        choices=("reject", "drop", "pause"),
+        help="what to do with mail from unverified senders",
+    )
+    _sub(acc, "list", cmd_account_list, "list accounts")
+
+    dom = _group(sub, "domain", "sending domains")
+    s = _sub(dom, "add", cmd_domain_add, "add a sending domain to a sub-account")
+    s.add_argument("domain")
+    s.add_argument("--account", required=True)
+
+    cred = _group(sub, "credential", "SMTP users (at most five a domain)")
+    s = _sub(cred, "create", cmd_credential_create, "create an SMTP user")
+    s.add_argument("username", metavar="USER@DOMAIN")
+    s.add_argument("--password", help="at least 12 characters; omit to generate one")
+    s.add_argument("--purpose", choices=("transactional", "campaign"), default="transactional")
+    s.add_argument(
+        "--policy",
+        choices=("reject", "drop", "pause"),
+        help="this credential's policy for unverified senders",
+    )
+    s = _sub(cred, "reset", cmd_credential_reset, "set a new password (the old fails at once)")
+    s.add_argument("username", metavar="USER@DOMAIN")
+    s.add_argument("--password")
+    s = _sub(cred, "delete", cmd_credential_delete, "delete an SMTP user")
+    s.add_argument("username", metavar="USER@DOMAIN")
+    s = _sub(cred, "list", cmd_credential_list, "list a domain's SMTP users (never passwords)")
+    s.add_argument("domain")
+
+    snd = _group(sub, "sender", "verified senders")
+    s = _sub(snd, "verify", cmd_sender_verify, "verify an address or a whole domain")
+    s.add_argument("sender", metavar="ADDRESS_OR_DOMAIN")
+    s.add_argument("--account", required=True)
+    s = _sub(snd, "list", cmd_sender_list, "list an account's senders")
+    s.add_argument("--account", required=True)
+    s = _sub(snd, "remove", cmd_sender_remove, "remove a verified sender")
+    s.add_argument("sender", metavar="ADDRESS_OR_DOMAIN")
+    s.add_argument("--account", required=True)
+
+    q = _group(sub, "queue", "the message queue")
+    s = _sub(q, "list", cmd_queue_list, "list messages, newest first")
+    s.add_argument("--state", help="queued, deferred, paused, delivered, failed or dropped")
+    s.add_argument("--limit", type=int, default=100)
+    s = _sub(q, "show", cmd_queue_show, "one message with its recipients and attempts")
+    s.add_argument("id")
+    s = _sub(q, "retry", cmd_queue_retry, "deliver a queued or deferred message now")
+    s.add_argument("id")
+
+    prov = _group(sub, "provider", "outbound providers")
+    s = _sub(prov, "add", cmd_provider_add, "add a provider to an account")
+    s.add_argument("name")
+    s.add_argument("--account", required=True)
+    s.add_argument("--kind", required=True, choices=("sendgrid", "sparkpost", "smtp", "outbox"))
+    s.add_argument("--api-key")
+    s.add_argument("--api-url", help="API base URL: a region, or the emulator")
+    s.add_argument("--smtp-host")
+    s.add_argument("--smtp-port", type=int)
+    s.add_argument("--smtp-user")
+    s.add_argument("--smtp-password")
+    s.add_argument("--smtp-tls", choices=("implicit", "starttls", "none"))
+    s.add_argument("--allow-insecure-tls", action="store_true")
+    s.add_argument("--ip-pool")
+    s.add_argument("--domain", help="bind the provider to this sending domain")
+    s.add_argument("--test-address")
+    s.add_argument("--directory", help="outbox: where .eml files go")
+    s.add_argument("--no-check", action="store_true", help="skip the live check")
+    s = _sub(prov, "default", cmd_provider_default, "make a provider an account's default")
+    s.add_argument("name")
+    s.add_argument("--account", required=True)
+    s.add_argument("--for", dest="scope", choices=("own", "subaccounts"), default="own")
+    _sub(prov, "list", cmd_provider_list, "list providers")
+
+    s = _sub(sub, "emulate", cmd_emulate, "fake SendGrid and SparkPost APIs and an SMTP sink")
+    s.add_argument("emulator_args", nargs=argparse.REMAINDER)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings(args.config)
+        if args.command not in ("serve", "demo", "emulate"):
+            logging.basicConfig(level=logging.WARNING)
+        return int(args.handler(args, settings))
+    except RelayError as exc:
+        print(f"relay: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""Provider secrets encrypted at rest (Fernet: AES-128-CBC with HMAC-SHA256).
+
+The key comes from ``RELAY_SECRET_KEY`` (any string; it is stretched with
+SHA-256). Without one, ``relay serve`` makes a random key once under var/ so
+the embedded demo works; several nodes must share the same key.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import secrets
+from pathlib import Path
+
+from cryptography.fernet import Fernet, InvalidToken
+
+from relay.core.errors import ConfigError
+
+
+def _fernet(key: str) -> Fernet:
+    return Fernet(base64.urlsafe_b64encode(hashlib.sha256(key.encode()).digest()))
+
+
+class SecretBox:
+    def __init__(self, key: str) -> None:
+        if not key:
+            raise ConfigError("RELAY_SECRET_KEY is empty")
+        self._fernet = _fernet(key)
+
+    def seal(self, values: dict[str, str]) -> str | None:
+        clean = {k: v for k, v in values.items() if v}
+        if not clean:
+            return None
+        return self._fernet.encrypt(json.dumps(clean).encode()).decode()
+
+    def open(self, token: str | None) -> dict[str, str]:
+        if not token:
+            return {}
+        try:
+            data: dict[str, str] = json.loads(self._fernet.decrypt(token.encode()))
+        except InvalidToken as exc:
+            raise ConfigError(
+                "provider secrets cannot be decrypted: RELAY_SECRET_KEY "
+                "differs from the key they were stored with"
+            ) from exc
+        return data
+
+
+def mask(value: str | None) -> str:
+    """Show that a secret is set without showing it: the last four characters at most."""
+    if not value:
+        return ""
+    return "****" + (value[-4:] if len(value) >= 12 else "")
+
+
+def load_or_create_key(configured: str, var_dir: Path) -> str:
+    if configured:
+        return configured
+    path = var_dir / "secret.key"
+    if path.exists():
+        return path.read_text().strip()
+    var_dir.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_urlsafe(32)
+    path.write_text(key + "\n")
+    path.chmod(0o600)
+    return key

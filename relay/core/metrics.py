@@ -1,0 +1,74 @@
+"""Prometheus metrics. Names follow Prometheus conventions; no label carries
+a username, an address or a campaign: only account names, listener names,
+provider names, and closed sets (kind, outcome, transport, result, code).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+# Accept latency is short (group commit); delivery includes provider round trips.
+_ACCEPT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+_DELIVERY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.recipients = Counter(
+            "relay_recipients",
+            "Recipients by account, class and outcome",
+            ["account", "kind", "outcome"],
+            registry=r,
+        )
+        self.messages = Counter(
+            "relay_messages", "Messages by account and outcome", ["account", "outcome"], registry=r
+        )
+        self.message_bytes = Counter(
+            "relay_message_bytes", "Bytes of accepted messages", registry=r
+        )
+        self.smtp_sessions = Gauge(
+            "relay_smtp_sessions",
+            "Open SMTP sessions",
+            ["listener"],
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.smtp_replies = Counter(
+            "relay_smtp_replies", "Replies to DATA by code", ["code"], registry=r
+        )
+        self.auth_failures = Counter(
+            "relay_auth_failures", "Failed SMTP logins", ["listener"], registry=r
+        )
+        self.delivery_attempts = Counter(
+            "relay_delivery_attempts",
+            "Delivery attempts",
+            ["provider", "transport", "result"],
+            registry=r,
+        )
+        self.delivery_duration = Histogram(
+            "relay_delivery_duration_seconds",
+            "Time of one delivery attempt",
+            buckets=_DELIVERY_BUCKETS,
+            registry=r,
+        )
+        self.accept_duration = Histogram(
+            "relay_accept_duration_seconds",
+            "End of DATA to the reply",
+            buckets=_ACCEPT_BUCKETS,
+            registry=r,
+        )
+        self.queue_messages = Gauge(
+            "relay_queue_messages",
+            "Messages in the queue by state",
+            ["state"],
+            registry=r,
+            multiprocess_mode="mostrecent",
+        )
+        self.provider_fallbacks = Counter(
+            "relay_provider_fallbacks",
+            "Messages sent by SMTP after the API failed",
+            ["provider"],
+            registry=r,
+        )

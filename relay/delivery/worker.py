@@ -1,0 +1,270 @@
+"""Delivery workers: claim due messages, hand them to their provider, record.
+
+The path of one message reads like a table of contents (``Deliverer.run``):
+check the lifetime, find the route, send, then turn the provider's answer
+into an outcome: delivered, deferred with backoff and jitter, failed, or
+paused. Recipients already delivered are never sent again: each pass sends
+only the recipients still pending.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import os
+import random
+import socket
+import time
+import uuid
+from collections.abc import Callable
+
+from sqlalchemy import Engine
+
+from relay.core.errors import ConfigError, PermanentError, ProviderError, TransientError
+from relay.core.message import OutboundMessage
+from relay.core.settings import QueueSettings
+from relay.delivery.pool import ProviderPool
+from relay.providers.base import Provider, Receipt
+from relay.queue import store
+from relay.queue.store import AttemptRecord, Claimed, Outcome
+
+log = logging.getLogger("relay.delivery")
+
+
+def backoff(
+    schedule: tuple[float, ...],
+    attempts: int,
+    retry_after: float | None = None,
+    rng: Callable[[], float] = random.random,
+) -> float:
+    """Seconds until the next try: the schedule's step, +-20% jitter, at least retry_after."""
+    step = schedule[min(max(attempts - 1, 0), len(schedule) - 1)]
+    # Jitter spreads retries of a burst that failed together (thundering herd).
+    delay = step * (0.8 + 0.4 * rng())
+    return max(delay, retry_after or 0.0)
+
+
+def _result(exc: ProviderError) -> str:
+    from relay.core.errors import CredentialsError
+
+    if isinstance(exc, CredentialsError):
+        return "credentials"
+    return "permanent" if isinstance(exc, PermanentError) else "transient"
+
+
+class Deliverer:
+    """Decides the outcome of one delivery pass for one claimed message."""
+
+    def __init__(
+        self,
+        pool: ProviderPool,
+        settings: QueueSettings,
+        clock: Callable[[], dt.datetime] = store.now_utc,
+    ) -> None:
+        self._pool = pool
+        self._settings = settings
+        self._clock = clock
+
+    async def run(self, msg: Claimed) -> Outcome:
+        now = self._clock()
+        if now >= msg.expires_at:
+            return self._expired(msg)
+        if msg.provider_id is None:
+            return Outcome("paused", [], reason="no provider")
+        try:
+            provider = await self._pool.get(msg.provider_id)
+        except ConfigError as exc:
+            return self._defer(msg, [], f"provider unavailable: {exc}", None)
+        return await self._send(msg, provider)
+
+    async def _send(self, msg: Claimed, provider: Provider) -> Outcome:
+        attempts: list[AttemptRecord] = []
+        outbound = OutboundMessage(
+            msg.id,
+            msg.mail_from,
+            [(a, k) for _, a, k in msg.recipients],
+            msg.data,
+            ip_pool=None,
+            campaign=msg.campaign,
+        )
+        started = time.perf_counter()
+        try:
+            receipt = await self._pool.send(provider, outbound, attempts.append)
+        except ProviderError as exc:
+            if not attempts:
+                attempts.append(
+                    AttemptRecord(
+                        provider.name,
+                        exc.transport or "api",
+                        _result(exc),
+                        time.perf_counter() - started,
+                        _code(exc.code),
+                        exc.text,
+                    )
+                )
+            return self._failure(msg, attempts, exc)
+        if not attempts:
+            attempts.append(
+                AttemptRecord(
+                    provider.name,
+                    receipt.transport,
+                    "partial" if receipt.rejected else "delivered",
+                    time.perf_counter() - started,
+                    None,
+                    receipt.text,
+                    receipt.provider_message_id,
+                )
+            )
+        return self._success(msg, attempts, receipt)
+
+    def _success(self, msg: Claimed, attempts: list[AttemptRecord], receipt: Receipt) -> Outcome:
+        rejected = {k.lower(): v for k, v in receipt.rejected.items()}
+        delivered = [rid for rid, a, _ in msg.recipients if a.lower() not in rejected]
+        if not rejected:
+            return Outcome("delivered", attempts, delivered=delivered)
+        refused = {
+            rid: rejected[a.lower()] for rid, a, _ in msg.recipients if a.lower() in rejected
+        }
+        if receipt.permanent:
+            state = "delivered" if delivered else "failed"
+            return Outcome(
+                state, attempts, delivered, refused, reason=f"{len(refused)} recipient(s) refused"
+            )
+        outcome = self._defer(msg, attempts, f"{len(refused)} recipient(s) deferred", None)
+        outcome.delivered = delivered
+        return outcome
+
+    def _failure(self, msg: Claimed, attempts: list[AttemptRecord], exc: ProviderError) -> Outcome:
+        reason = f"{exc.transport or 'provider'}: {exc}"
+        if isinstance(exc, PermanentError):
+            if exc.recipients:  # only some recipients were refused
+                by_addr = {a.lower(): rid for rid, a, _ in msg.recipients}
+                failed = {
+                    by_addr[a.lower()]: r for a, r in exc.recipients.items() if a.lower() in by_addr
+                }
+                rest = [rid for rid, _, _ in msg.recipients if rid not in failed]
+                if rest and len(failed) < len(msg.recipients):
+                    outcome = self._defer(msg, attempts, reason, None)
+                    outcome.failed = failed
+                    return outcome
+            return Outcome(
+                "failed",
+                attempts,
+                failed={rid: reason for rid, _, _ in msg.recipients},
+                reason=reason,
+            )
+        retry_after = exc.retry_after if isinstance(exc, TransientError) else None
+        return self._defer(msg, attempts, reason, retry_after)
+
+    def _defer(
+        self, msg: Claimed, attempts: list[AttemptRecord], reason: str, retry_after: float | None
+    ) -> Outcome:
+        delay = backoff(
+            self._settings.retry_schedule, msg.attempts + max(len(attempts), 1), retry_after
+        )
+        at = self._clock() + dt.timedelta(seconds=delay)
+        if at >= msg.expires_at:
+            outcome = self._expired(msg, reason)
+            outcome.attempts = attempts
+            return outcome
+        return Outcome("deferred", attempts, reason=reason, next_attempt_at=at)
+
+    def _expired(self, msg: Claimed, last: str | None = None) -> Outcome:
+        days = self._settings.lifetime / 86400
+        reason = f"expired: undelivered after {days:g} day(s)" + (f"; last: {last}" if last else "")
+        return Outcome(
+            "failed", [], failed={rid: reason for rid, _, _ in msg.recipients}, reason=reason
+        )
+
+
+def _code(code: int | str | None) -> str | None:
+    return None if code is None else str(code)
+
+
+class Worker:
+    """Claims batches and runs deliveries concurrently; one per process."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        settings: QueueSettings,
+        deliverer: Deliverer,
+        on_outcome: Callable[[Claimed, Outcome], None] | None = None,
+    ) -> None:
+        self._engine = engine
+        self._settings = settings
+        self._deliverer = deliverer
+        self._on_outcome = on_outcome
+        self.token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._wake = asyncio.Event()
+        self._slots = asyncio.Semaphore(settings.concurrency)
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._stopping = False
+        self._task: asyncio.Task[None] | None = None
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="delivery-worker")
+
+    async def _loop(self) -> None:
+        while not self._stopping:
+            free = self._settings.concurrency - len(self._inflight)
+            batch: list[Claimed] = []
+            if free > 0:
+                try:
+                    batch = await asyncio.to_thread(
+                        store.claim,
+                        self._engine,
+                        self.token,
+                        min(free, self._settings.batch_size),
+                        self._settings.lease,
+                    )
+                except Exception as exc:  # database down: keep trying, say so
+                    log.error("claim failed: %s", exc)
+            for msg in batch:
+                await self._slots.acquire()
+                task = asyncio.create_task(self._deliver(msg))
+                self._inflight.add(task)
+                task.add_done_callback(self._inflight.discard)
+            if len(batch) < min(free, self._settings.batch_size) or free <= 0:
+                await self._idle()
+
+    async def _idle(self) -> None:
+        self._wake.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), self._settings.poll_interval)
+
+    async def _deliver(self, msg: Claimed) -> None:
+        try:
+            outcome = await self._deliverer.run(msg)
+            if await asyncio.to_thread(store.record, self._engine, msg, outcome):
+                log.info(
+                    "%s: state=%s%s",
+                    msg.id,
+                    outcome.state,
+                    f" reason={outcome.reason!r}" if outcome.reason else "",
+                )
+                if self._on_outcome:
+                    self._on_outcome(msg, outcome)
+            else:
+                log.warning("%s: lease lost before the outcome was written", msg.id)
+        except Exception:
+            log.exception("%s: delivery pass crashed; the lease will expire", msg.id)
+        finally:
+            self._slots.release()
+            if self._inflight:
+                self._wake.set()
+
+    async def stop(self) -> None:
+        """Finish the attempts in flight, then give back every lease still held."""
+        self._stopping = True
+        self._wake.set()
+        if self._task is not None:
+            await self._task
+        if self._inflight:
+            await asyncio.gather(*self._inflight, return_exceptions=True)
+        await asyncio.to_thread(store.release_lease, self._engine, self.token)

@@ -1,0 +1,255 @@
+"""The queue table as workers see it: claim due messages, record what happened.
+
+Claims work across processes and nodes. A claim sets ``locked_by`` (a token
+unique to this claim) and ``locked_until`` (the lease) on a bounded batch of
+due messages; on PostgreSQL the candidate rows are picked with ``FOR UPDATE
+SKIP LOCKED`` so concurrent claimers never wait on each other or take the
+same row; SQLite has a single writer, so the UPDATE itself is the lock. A
+worker that dies keeps its rows only until the lease runs out; then any
+worker's next claim takes them again. Results are written only while the
+claim is still ours (``locked_by`` matches), in one transaction with the
+attempt rows and, when the message is finished, its usage outcome rows.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import Counter
+from dataclasses import dataclass, field
+
+from sqlalchemy import Connection, Engine, and_, func, insert, or_, select, update
+from sqlalchemy.exc import IntegrityError
+
+from relay.store.models import Account, Attempt, Message, MessageContent, Recipient, Usage
+
+DUE_STATES = ("queued", "deferred")
+FINAL_STATES = ("delivered", "failed", "dropped")
+
+
+def now_utc() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+@dataclass
+class Claimed:
+    id: str
+    account_id: int
+    provider_id: int | None
+    mail_from: str
+    campaign: str | None
+    attempts: int
+    created_at: dt.datetime
+    expires_at: dt.datetime
+    token: str
+    account_name: str = ""
+    data: bytes = b""
+    # (recipient row id, address, kind) of recipients not yet delivered
+    recipients: list[tuple[int, str, str]] = field(default_factory=list)
+
+
+@dataclass
+class AttemptRecord:
+    provider: str
+    transport: str
+    result: str  # delivered | partial | transient | permanent | credentials
+    duration: float
+    code: str | None = None
+    text: str | None = None
+    provider_message_id: str | None = None
+
+
+@dataclass
+class Outcome:
+    """What one delivery pass decided for a claimed message."""
+
+    state: str  # delivered | deferred | failed | paused
+    attempts: list[AttemptRecord]
+    delivered: list[int] = field(default_factory=list)  # recipient row ids
+    failed: dict[int, str] = field(default_factory=dict)  # row id -> reply
+    reason: str | None = None
+    next_attempt_at: dt.datetime | None = None
+
+
+def claim(
+    engine: Engine, token: str, limit: int, lease: float, now: dt.datetime | None = None
+) -> list[Claimed]:
+    """Take up to ``limit`` due messages for ``lease`` seconds."""
+    now = now or now_utc()
+    due = (
+        select(Message.id)
+        .where(
+            Message.state.in_(DUE_STATES),
+            Message.next_attempt_at <= now,
+            or_(Message.locked_until.is_(None), Message.locked_until < now),
+        )
+        .order_by(Message.next_attempt_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    with engine.begin() as conn:
+        ids = list(conn.execute(due).scalars())
+        if not ids:
+            return []
+        conn.execute(
+            update(Message)
+            .where(Message.id.in_(ids))
+            .values(locked_by=token, locked_until=now + dt.timedelta(seconds=lease))
+        )
+    return load_claimed(engine, token, ids)
+
+
+def load_claimed(engine: Engine, token: str, ids: list[str]) -> list[Claimed]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(
+                Message.id,
+                Message.account_id,
+                Message.provider_id,
+                Message.mail_from,
+                Message.campaign,
+                Message.attempts,
+                Message.created_at,
+                Message.expires_at,
+                Account.name,
+                MessageContent.data,
+            )
+            .join(MessageContent, MessageContent.message_id == Message.id)
+            .join(Account, Account.id == Message.account_id)
+            .where(Message.id.in_(ids), Message.locked_by == token)
+        ).all()
+        out = {r[0]: Claimed(*r[:8], token=token, account_name=r[8], data=r[9]) for r in rows}
+        rcpts = conn.execute(
+            select(Recipient.message_id, Recipient.id, Recipient.address, Recipient.kind)
+            .where(Recipient.message_id.in_(list(out)), Recipient.state == "pending")
+            .order_by(Recipient.id)
+        ).all()
+    for mid, rid, address, kind in rcpts:
+        out[mid].recipients.append((rid, address, kind))
+    return [out[i] for i in ids if i in out]
+
+
+def record(engine: Engine, claimed: Claimed, outcome: Outcome) -> bool:
+    """Write an outcome if the claim is still ours. False if the lease was lost."""
+    now = now_utc()
+    final = outcome.state in FINAL_STATES
+    values: dict[str, object] = {
+        "state": outcome.state,
+        "reason": outcome.reason,
+        "locked_by": None,
+        "locked_until": None,
+        "attempts": Message.attempts + len(outcome.attempts),
+        "finished_at": now if final else None,
+    }
+    if outcome.next_attempt_at is not None:
+        values["next_attempt_at"] = outcome.next_attempt_at
+    with engine.begin() as conn:
+        done = conn.execute(
+            update(Message)
+            .where(Message.id == claimed.id, Message.locked_by == claimed.token)
+            .values(**values)
+        )
+        if done.rowcount != 1:
+            return False
+        _write_recipients(conn, claimed.id, outcome)
+        if outcome.attempts:
+            conn.execute(
+                insert(Attempt),
+                [
+                    {
+                        "message_id": claimed.id,
+                        "provider": a.provider,
+                        "transport": a.transport,
+                        "result": a.result,
+                        "code": a.code,
+                        "text": (a.text or "")[:2000],
+                        "provider_message_id": a.provider_message_id,
+                        "duration": a.duration,
+                        "at": now,
+                    }
+                    for a in outcome.attempts
+                ],
+            )
+        if final:
+            _write_usage_outcome(conn, claimed.id, claimed.account_id, now.date())
+    return True
+
+
+def _write_recipients(conn: Connection, message_id: str, outcome: Outcome) -> None:
+    if outcome.delivered:
+        conn.execute(
+            update(Recipient).where(Recipient.id.in_(outcome.delivered)).values(state="delivered")
+        )
+    for rid, reply in outcome.failed.items():
+        conn.execute(
+            update(Recipient).where(Recipient.id == rid).values(state="failed", reply=reply[:2000])
+        )
+    if outcome.state == "failed":
+        # Whatever was still pending when the message failed (expiry) fails too.
+        conn.execute(
+            update(Recipient)
+            .where(Recipient.message_id == message_id, Recipient.state == "pending")
+            .values(state="failed", reply=outcome.reason)
+        )
+
+
+def _write_usage_outcome(conn: Connection, message_id: str, account_id: int, day: dt.date) -> None:
+    """Count each finished recipient once, by class and outcome (the ledger's key)."""
+    rows = conn.execute(
+        select(Recipient.kind, Recipient.state, func.count())
+        .where(Recipient.message_id == message_id)
+        .group_by(Recipient.kind, Recipient.state)
+    ).all()
+    for kind, state, count in rows:
+        event = {
+            "delivered": "delivered",
+            "failed": "failed",
+            "dropped": "dropped",
+            "pending": "failed",
+        }[state]
+        try:
+            with conn.begin_nested():
+                conn.execute(
+                    insert(Usage).values(
+                        account_id=account_id,
+                        day=day,
+                        message_id=message_id,
+                        kind=kind,
+                        event=event,
+                        recipients=count,
+                    )
+                )
+        except IntegrityError:
+            pass  # already counted: a repeated finish must not count twice
+
+
+def release_lease(engine: Engine, token: str) -> int:
+    """Give back every message a claim still holds (graceful shutdown)."""
+    with engine.begin() as conn:
+        return int(
+            conn.execute(
+                update(Message)
+                .where(Message.locked_by == token)
+                .values(locked_by=None, locked_until=None)
+            ).rowcount
+        )
+
+
+def queue_counts(engine: Engine) -> dict[str, int]:
+    with engine.connect() as conn:
+        rows = conn.execute(select(Message.state, func.count()).group_by(Message.state)).all()
+    counts: Counter[str] = Counter({s: 0 for s in (*DUE_STATES, "paused", *FINAL_STATES)})
+    counts.update({state: n for state, n in rows})
+    return dict(counts)
+
+
+def due_soon(engine: Engine, now: dt.datetime | None = None) -> bool:
+    now = now or now_utc()
+    with engine.connect() as conn:
+        return (
+            conn.execute(
+                select(Message.id)
+                .where(and_(Message.state.in_(DUE_STATES), Message.next_attempt_at <= now))
+                .limit(1)
+            ).first()
+            is not None
+        )

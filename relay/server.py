@@ -1,0 +1,99 @@
+"""``relay serve``: logging, the event loop (uvloop), and several processes.
+
+With ``--processes N`` each process binds the listeners itself with
+SO_REUSEPORT, so the kernel spreads connections among them; they share the
+queue through the database. The parent only supervises: SIGTERM is passed
+on, and the parent exits non-zero if any child did.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing
+import signal
+import sys
+from dataclasses import replace
+from typing import Any
+
+from relay.core.errors import RelayError
+from relay.core.settings import Settings
+
+
+class JSONFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "time": self.formatTime(record),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return json.dumps(out)
+
+
+def setup_logging(settings: Settings) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if settings.server.log_format == "json":
+        handler.setFormatter(JSONFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(settings.server.log_level.upper())
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+def _run_one(settings: Settings) -> int:
+    import uvloop
+
+    from relay.app import run
+
+    setup_logging(settings)
+    try:
+        uvloop.run(run(settings))
+    except RelayError as exc:
+        logging.getLogger("relay").error("%s", exc)
+        print(f"relay: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _child(settings: Settings, index: int) -> None:
+    if index > 0:  # one process serves /metrics and the admin API
+        settings = replace(settings, admin=replace(settings.admin, listen=""))
+    sys.exit(_run_one(settings))
+
+
+def serve(settings: Settings, processes: int | None = None) -> int:
+    count = processes or settings.server.processes
+    if count < 1:
+        print("relay: error: --processes must be at least 1", file=sys.stderr)
+        return 2
+    if count == 1:
+        return _run_one(settings)
+    settings = replace(settings, server=replace(settings.server, processes=count))
+    ctx = multiprocessing.get_context("spawn")
+    children = [
+        ctx.Process(target=_child, args=(settings, i), name=f"relay-{i}") for i in range(count)
+    ]
+    for child in children:
+        child.start()
+
+    def forward(signum: int, _frame: object) -> None:
+        for child in children:
+            if child.is_alive() and child.pid:
+                import os
+
+                os.kill(child.pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    status = 0
+    for child in children:
+        child.join()
+        if child.exitcode:
+            status = 1
+            forward(signal.SIGTERM, None)
+    return status

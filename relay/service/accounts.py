@@ -1,0 +1,247 @@
+"""Accounts, sending domains, SMTP credentials and verified senders.
+
+The one place these rules live: the command line (and later the admin API)
+call these functions, which raise ``Invalid``, ``NotFound`` or ``Conflict``
+with a message fit to show the operator.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from sqlalchemy import Engine, func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from relay.auth.authenticator import normalise_username
+from relay.auth.passwords import Hasher, generate_password
+from relay.core.errors import Conflict, Invalid, NotFound
+from relay.store.models import Account, Credential, Domain, Sender, utcnow
+
+PURPOSES = ("transactional", "campaign")
+POLICIES = ("reject", "drop", "pause")
+# RFC 1035 labels; at least two of them for a sending domain.
+_DOMAIN = re.compile(
+    r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+"
+    r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+)
+# RFC 5321 4.1.2 dot-string local part, a practical subset.
+_LOCAL = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]{1,64}$")
+
+
+@dataclass(frozen=True)
+class NewPassword:
+    username: str
+    password: str  # shown once, never stored in clear
+
+
+def check_domain(name: str) -> str:
+    name = name.strip().lower().rstrip(".")
+    if not _DOMAIN.match(name):
+        raise Invalid(f"{name!r} is not a valid domain name", "domain")
+    return name
+
+
+def split_username(username: str) -> tuple[str, str]:
+    username = normalise_username(username)
+    local, at, domain = username.rpartition("@")
+    if not at or not _LOCAL.match(local) or local.startswith(".") or ".." in local:
+        raise Invalid(f"{username!r} is not a valid username: use local@domain", "username")
+    return local, check_domain(domain)
+
+
+def get_account(session: Session, name: str) -> Account:
+    account = session.scalar(select(Account).where(Account.name == name))
+    if account is None:
+        raise NotFound(f"account {name!r} does not exist")
+    return account
+
+
+def create_account(
+    engine: Engine, name: str, agency: str | None = None, policy: str | None = None
+) -> Account:
+    name = name.strip()
+    if not name or len(name) > 200:
+        raise Invalid("account name must be 1 to 200 characters", "name")
+    if policy is not None and policy not in POLICIES:
+        raise Invalid(f"policy must be one of {', '.join(POLICIES)}", "policy")
+    with Session(engine, expire_on_commit=False) as session, session.begin():
+        parent = get_account(session, agency) if agency else None
+        if parent is not None and parent.parent_id is not None:
+            raise Invalid(f"{agency!r} is a sub-account; an agency has no parent", "agency")
+        if session.scalar(select(Account.id).where(Account.name == name)) is not None:
+            raise Conflict(f"account {name!r} already exists")
+        account = Account(
+            name=name, parent_id=parent.id if parent else None, unverified_policy=policy
+        )
+        session.add(account)
+    return account
+
+
+def list_accounts(engine: Engine) -> list[tuple[Account, str | None]]:
+    with Session(engine) as session:
+        accounts = list(session.scalars(select(Account).order_by(Account.name)))
+        names = {a.id: a.name for a in accounts}
+        return [(a, names.get(a.parent_id) if a.parent_id else None) for a in accounts]
+
+
+def add_domain(engine: Engine, domain: str, account: str) -> Domain:
+    domain = check_domain(domain)
+    with Session(engine, expire_on_commit=False) as session, session.begin():
+        owner = get_account(session, account)
+        if session.scalar(select(Domain.id).where(Domain.name == domain)) is not None:
+            raise Conflict(f"domain {domain} already belongs to an account")
+        row = Domain(name=domain, account_id=owner.id)
+        session.add(row)
+    return row
+
+
+def create_credential(
+    engine: Engine,
+    hasher: Hasher,
+    username: str,
+    password: str | None,
+    purpose: str = "transactional",
+    limit: int = 5,
+    policy: str | None = None,
+) -> NewPassword:
+    local, domain_name = split_username(username)
+    if purpose not in PURPOSES:
+        raise Invalid(f"purpose must be one of {', '.join(PURPOSES)}", "purpose")
+    if policy is not None and policy not in POLICIES:
+        raise Invalid(f"policy must be one of {', '.join(POLICIES)}", "policy")
+    password = _password(password)
+    full = f"{local}@{domain_name}"
+    with Session(engine) as session, session.begin():
+        domain = session.scalar(select(Domain).where(Domain.name == domain_name).with_for_update())
+        if domain is None:
+            raise NotFound(
+                f"domain {domain_name} is not a sending domain of any account "
+                f"(add it with: relay domain add {domain_name} --account NAME)"
+            )
+        if session.scalar(select(Credential.id).where(Credential.username == full)):
+            raise Conflict(f"credential {full} already exists")
+        count = session.scalar(select(func.count()).where(Credential.domain_id == domain.id))
+        if (count or 0) >= limit:
+            raise Conflict(
+                f"domain {domain_name} already has {limit} credentials, the most "
+                "a domain may have; delete one first"
+            )
+        session.add(
+            Credential(
+                username=full,
+                domain_id=domain.id,
+                purpose=purpose,
+                unverified_policy=policy,
+                password_hash=hasher.hash(password),
+            )
+        )
+        try:
+            session.flush()
+        except IntegrityError as exc:
+            raise Conflict(f"credential {full} already exists") from exc
+    return NewPassword(full, password)
+
+
+def _password(password: str | None) -> str:
+    if password is None:
+        return generate_password()
+    if len(password) < 12:
+        raise Invalid("password must be at least 12 characters", "password")
+    if len(password) > 256:
+        raise Invalid("password must be at most 256 characters", "password")
+    return password
+
+
+def _credential(session: Session, username: str) -> Credential:
+    local, domain = split_username(username)
+    row = session.scalar(select(Credential).where(Credential.username == f"{local}@{domain}"))
+    if row is None:
+        raise NotFound(f"credential {local}@{domain} does not exist")
+    return row
+
+
+def reset_credential(
+    engine: Engine, hasher: Hasher, username: str, password: str | None
+) -> NewPassword:
+    password = _password(password)
+    with Session(engine) as session, session.begin():
+        row = _credential(session, username)
+        # A new hash makes every cached login of the old password unreachable.
+        row.password_hash = hasher.hash(password)
+        row.updated_at = utcnow()
+        name = row.username
+    return NewPassword(name, password)
+
+
+def delete_credential(engine: Engine, username: str) -> str:
+    with Session(engine) as session, session.begin():
+        row = _credential(session, username)
+        name = row.username
+        session.delete(row)
+    return name
+
+
+def list_credentials(engine: Engine, domain: str) -> list[Credential]:
+    domain = check_domain(domain)
+    with Session(engine) as session:
+        row = session.scalar(select(Domain).where(Domain.name == domain))
+        if row is None:
+            raise NotFound(f"domain {domain} does not exist")
+        return list(
+            session.scalars(
+                select(Credential)
+                .where(Credential.domain_id == row.id)
+                .order_by(Credential.username)
+            )
+        )
+
+
+def check_sender(pattern: str) -> str:
+    """An address ``user@domain``, a domain, or ``*@domain`` (the same as the domain)."""
+    pattern = pattern.strip().lower()
+    if pattern.startswith("*@"):
+        pattern = pattern[2:]
+    if "@" in pattern:
+        local, _, domain = pattern.rpartition("@")
+        if not local or not _LOCAL.match(local):
+            raise Invalid(f"{pattern!r} is not a valid address", "sender")
+        return f"{local}@{check_domain(domain)}"
+    return check_domain(pattern)
+
+
+def verify_sender(engine: Engine, pattern: str, account: str) -> Sender:
+    pattern = check_sender(pattern)
+    with Session(engine, expire_on_commit=False) as session, session.begin():
+        owner = get_account(session, account)
+        row = session.scalar(
+            select(Sender).where(Sender.account_id == owner.id, Sender.pattern == pattern)
+        )
+        if row is None:
+            row = Sender(account_id=owner.id, pattern=pattern, verified=True)
+            session.add(row)
+        row.verified = True
+    return row
+
+
+def list_senders(engine: Engine, account: str) -> list[Sender]:
+    with Session(engine) as session:
+        owner = get_account(session, account)
+        return list(
+            session.scalars(
+                select(Sender).where(Sender.account_id == owner.id).order_by(Sender.pattern)
+            )
+        )
+
+
+def remove_sender(engine: Engine, pattern: str, account: str) -> None:
+    pattern = check_sender(pattern)
+    with Session(engine) as session, session.begin():
+        owner = get_account(session, account)
+        row = session.scalar(
+            select(Sender).where(Sender.account_id == owner.id, Sender.pattern == pattern)
+        )
+        if row is None:
+            raise NotFound(f"{pattern} is not a sender of account {account}")
+        session.delete(row)
