@@ -89,8 +89,8 @@ def protocol_kwargs(
         "auth_required": True,
     }
     if listener.mode == "implicit":
-        # The whole connection is TLS, so AUTH is always over encryption.
-        return {**common, "tls_context": None, "auth_require_tls": False}
+        # No STARTTLS to offer: the whole connection is TLS (see RelaySMTP).
+        return {**common, "tls_context": None, "auth_require_tls": True}
     return {
         **common,
         "tls_context": tls,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import warnings
 from collections import Counter
 from typing import Any, AnyStr
 
@@ -75,10 +76,23 @@ class RelaySMTP(SMTP):
     def __init__(
         self, handler: Any, *, listener: str, tracker: ConnectionTracker, **kwargs: Any
     ) -> None:
-        super().__init__(handler, **kwargs)
+        with warnings.catch_warnings():
+            # The operator allowed AUTH without TLS on this listener (loopback
+            # use); aiosmtpd would warn about that on every connection.
+            warnings.filterwarnings("ignore", "Requiring AUTH while not requiring TLS")
+            super().__init__(handler, **kwargs)
         self.listener = listener
         self._tracker = tracker
         self._raw_replies = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        if self._tls_protocol is None and transport.get_extra_info("ssl_object") is not None:
+            # Implicit TLS (RFC 8314): encrypted from the first byte. aiosmtpd
+            # only knows STARTTLS, and only tests this attribute for truth
+            # before it offers AUTH; the real SSL protocol is asyncio's.
+            self._tls_protocol = transport.get_protocol()  # type: ignore[attr-defined]
+            self.session.ssl = transport.get_extra_info("ssl_object")
 
     def _create_session(self) -> Session:
         return RelaySession(self.loop)

@@ -1,0 +1,284 @@
+"""API first, SMTP second: the provider chain, its circuit breaker, and attempts.
+
+A provider row becomes one :class:`ProviderChain`. The chain has a primary leg
+(SendGrid's or SparkPost's HTTP API, a custom SMTP server, the outbox) and, for
+the API providers, a fallback leg (the same provider's SMTP relay). It is the
+only thing the delivery worker talks to, and it implements the
+``relay.providers.base.Provider`` seam.
+
+When the chain goes to SMTP
+---------------------------
+
+The API's failure must not be the message's fault, so only these go on to the
+fallback leg::
+
+    ProviderError
+    ├── TransientError      timeout, connection error, 5xx, 429  -> fallback
+    ├── CredentialsError    key refused (401/403)                 -> fallback
+    └── PermanentError      sender or recipient refused           -> raised, no fallback
+        └── PayloadRejected the API cannot take this *form*       -> fallback
+                            (400/415/422 about our JSON, or a message
+                            SendGrid's JSON cannot carry faithfully)
+
+A recipient or sender rejected by the API would be rejected by the relay too,
+and sending it again would only risk a duplicate. When both legs fail, the
+fallback's error is raised (it is the last word about the message), chained
+to the API's.
+
+Recording attempts
+------------------
+
+Every leg tried produces one :class:`Attempt` (transport, result, the
+provider's code and text, duration, provider message id). Callbacks receive
+them synchronously, in order, as each leg finishes:
+
+* ``ProviderChain(..., on_attempt=hook)`` for every message (metrics);
+* ``await chain.send(message, on_attempt=attempts.append)`` for one message
+  (the worker's attempt rows: collect, then write them after ``send`` returns
+  or raises).
+
+A callback that raises is logged and ignored: a bookkeeping bug must not turn
+a delivered message into a failed one (and so into a duplicate on retry).
+
+Circuit breaker
+---------------
+
+After ``threshold`` consecutive API failures that say the API is unusable
+(transient or credentials; a payload or recipient rejection means the API is
+up), the breaker opens and messages go straight to SMTP for ``cooldown``
+seconds. Then it is half-open: one message probes the API while the others
+keep going by SMTP; the probe's outcome closes or re-opens it. This is the
+classic pattern (Nygard, *Release It!*, "Circuit Breaker").
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from relay.core.errors import CredentialsError, PermanentError, ProviderError, TransientError
+from relay.core.message import OutboundMessage
+from relay.providers.base import Health, Provider, Receipt
+
+log = logging.getLogger(__name__)
+
+# Receipt.rejected key for recipients the provider refused without naming them
+# (SparkPost counts rejections but does not say which); the value says how many.
+UNNAMED_RECIPIENTS = "*"
+
+
+class PayloadRejected(PermanentError):
+    """The API refused the form of the request, not the message's sender or recipients.
+
+    The same message may still go by the provider's SMTP relay, which takes the
+    MIME as it is. (It belongs beside ``PermanentError`` in ``relay.core.errors``;
+    it lives here until that module can take it.)
+    """
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One try of one provider by one transport (a row of the attempts table)."""
+
+    queue_id: str
+    provider: str
+    transport: str  # api | smtp | file
+    result: str  # delivered | partial | transient | permanent | payload | credentials
+    code: str | None
+    text: str
+    duration: float  # seconds, monotonic clock
+    provider_message_id: str | None = None
+    retry_after: float | None = None
+
+
+AttemptHook = Callable[[Attempt], None]
+
+
+class Leg(NamedTuple):
+    transport: str  # the name recorded in attempts: api | smtp | file
+    provider: Provider
+
+
+def result_of(exc: ProviderError) -> str:
+    """The attempt result an error stands for (the worker's and the metrics' label)."""
+    if isinstance(exc, PayloadRejected):
+        return "payload"
+    if isinstance(exc, CredentialsError):
+        return "credentials"
+    if isinstance(exc, TransientError):
+        return "transient"
+    return "permanent"
+
+
+def falls_back(exc: ProviderError) -> bool:
+    """Whether the message may go on to the SMTP leg after the API said ``exc``."""
+    return isinstance(exc, TransientError | CredentialsError | PayloadRejected)
+
+
+class CircuitBreaker:
+    """Consecutive failures open it; after ``cooldown`` one probe may close it."""
+
+    CLOSED, OPEN, HALF_OPEN = "closed", "open", "half-open"
+
+    def __init__(
+        self,
+        threshold: int = 5,
+        cooldown: float = 30.0,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.threshold = threshold
+        self.cooldown = cooldown
+        self._clock = clock
+        self._failures = 0
+        self._opened_at: float | None = None
+        self._probing = False
+
+    @property
+    def state(self) -> str:
+        if self._opened_at is None:
+            return self.CLOSED
+        if self._probing or self._clock() >= self._opened_at + self.cooldown:
+            return self.HALF_OPEN
+        return self.OPEN
+
+    def allow(self) -> bool:
+        """May this message try the API? In half-open state only one probe at a time."""
+        state = self.state
+        if state == self.CLOSED:
+            return True
+        if state == self.HALF_OPEN and not self._probing:
+            self._probing = True
+            return True
+        return False
+
+    def success(self) -> None:
+        if self._opened_at is not None:
+            log.info("circuit closed: the API answered again")
+        self._failures = 0
+        self._opened_at = None
+        self._probing = False
+
+    def failure(self) -> None:
+        self._failures += 1
+        if self._probing or self._failures >= self.threshold:
+            if self._opened_at is None or self._probing:
+                log.warning(
+                    "circuit open for %.0f s after %d API failures", self.cooldown, self._failures
+                )
+            self._opened_at = self._clock()
+        self._probing = False
+
+    def release(self) -> None:
+        """The probe ended without an answer (cancelled): let another message probe."""
+        self._probing = False
+
+
+class ProviderChain:
+    """One provider as the worker sees it: a primary leg and an optional fallback."""
+
+    def __init__(
+        self,
+        name: str,
+        primary: Leg,
+        fallback: Leg | None = None,
+        *,
+        breaker: CircuitBreaker | None = None,
+        on_attempt: AttemptHook | None = None,
+    ) -> None:
+        self.name = name
+        self.primary = primary
+        self.fallback = fallback
+        self.breaker = breaker or CircuitBreaker()
+        self._on_attempt = on_attempt
+
+    def __repr__(self) -> str:
+        legs = [self.primary.transport] + ([self.fallback.transport] if self.fallback else [])
+        return f"ProviderChain({self.name!r}, legs={legs}, breaker={self.breaker.state!r})"
+
+    async def send(
+        self, message: OutboundMessage, *, on_attempt: AttemptHook | None = None
+    ) -> Receipt:
+        hooks = [h for h in (self._on_attempt, on_attempt) if h is not None]
+        if self.fallback is None:
+            return await self._try(self.primary, message, hooks)
+        first = await self._try_api(message, hooks)
+        if isinstance(first, Receipt):
+            return first
+        try:
+            return await self._try(self.fallback, message, hooks)
+        except ProviderError as exc:
+            if first is not None:
+                raise exc from first
+            raise
+
+    async def _try_api(
+        self, message: OutboundMessage, hooks: Sequence[AttemptHook]
+    ) -> Receipt | ProviderError | None:
+        """The API leg's receipt, or the error that lets the fallback go (None: skipped)."""
+        if not self.breaker.allow():
+            return None
+        try:
+            receipt = await self._try(self.primary, message, hooks)
+        except ProviderError as exc:
+            if isinstance(exc, TransientError | CredentialsError):
+                self.breaker.failure()
+            else:
+                self.breaker.success()  # the API answered: it is up
+            if not falls_back(exc):
+                raise
+            return exc
+        except BaseException:
+            self.breaker.release()
+            raise
+        self.breaker.success()
+        return receipt
+
+    async def _try(self, leg: Leg, message: OutboundMessage, hooks: Sequence[AttemptHook]) -> Receipt:
+        started = time.monotonic()
+        try:
+            receipt = await leg.provider.send(message)
+        except ProviderError as exc:
+            elapsed = time.monotonic() - started
+            self._report(hooks, self._failed(leg, message, exc, elapsed))
+            raise
+        elapsed = time.monotonic() - started
+        self._report(hooks, self._succeeded(leg, message, receipt, elapsed))
+        return receipt
+
+    def _failed(
+        self, leg: Leg, message: OutboundMessage, exc: ProviderError, elapsed: float
+    ) -> Attempt:
+        code = None if exc.code is None else str(exc.code)
+        return Attempt(message.queue_id, self.name, exc.transport or leg.transport,
+                       result_of(exc), code, exc.text, elapsed, retry_after=exc.retry_after)
+
+    def _succeeded(
+        self, leg: Leg, message: OutboundMessage, receipt: Receipt, elapsed: float
+    ) -> Attempt:
+        result = "partial" if receipt.rejected else "delivered"
+        return Attempt(message.queue_id, self.name, receipt.transport or leg.transport, result,
+                       None, receipt.text, elapsed, receipt.provider_message_id)
+
+    @staticmethod
+    def _report(hooks: Sequence[AttemptHook], attempt: Attempt) -> None:
+        for hook in hooks:
+            try:
+                hook(attempt)
+            except Exception:
+                log.exception("on_attempt callback failed for %s", attempt.queue_id)
+
+    async def check(self) -> Health:
+        """Every leg must work: adding a provider refuses one whose fallback is broken."""
+        legs = [self.primary] + ([self.fallback] if self.fallback else [])
+        results = [(leg.transport, await leg.provider.check()) for leg in legs]
+        detail = "; ".join(f"{transport}: {h.detail}" for transport, h in results)
+        return Health(all(h.ok for _, h in results), detail)
+
+    async def aclose(self) -> None:
+        for leg in (self.primary, self.fallback):
+            if leg is not None:
+                await leg.provider.aclose()
