@@ -203,13 +203,18 @@ class Relay:
     async def _drain_sessions(self, grace: float) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
-        while self.tracker.sessions and loop.time() < deadline:
-            for session in list(self.tracker.sessions):
+        goodbye = b"421 4.3.2 Service shutting down\r\n"
+        while loop.time() < deadline:
+            open_ = [s for s in self.tracker.sessions if not s.closing]
+            if not open_:
+                break
+            for session in open_:
                 if not session.in_transaction:
-                    session.close_with(b"421 4.3.2 Service shutting down\r\n")
+                    session.close_with(goodbye)
             await asyncio.sleep(0.05)
         for session in list(self.tracker.sessions):
-            session.close_with(b"421 4.3.2 Service shutting down\r\n")
+            session.close_with(goodbye)
+            session.abort()
 
 
 async def run(

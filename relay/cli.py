@@ -306,7 +306,7 @@ def cmd_provider_list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_emulate(args: argparse.Namespace, settings: Settings) -> int:
-    from relay.emulator import main as emulate  # type: ignore[import-not-found,unused-ignore]
+    from relay.emulator import main as emulate  # type: ignore[attr-defined,import-not-found,unused-ignore]
 
     return int(emulate(args.emulator_args) or 0)
 

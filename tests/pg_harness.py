@@ -4,6 +4,8 @@ scripts/test starts a throwaway server and exports RELAY_TEST_POSTGRES_URL (a SQ
 ``postgresql+psycopg://postgres@127.0.0.1:PORT/relay_test``); tests that need PostgreSQL skip
 when it is unset. Give each test (or module) a database of its own::
 
+    from tests.pg_harness import drop_database, fresh_database, postgres_url
+
     @pytest.fixture
     def pg_url() -> Iterator[str]:
         base = postgres_url()

@@ -53,15 +53,27 @@ class Tenant:
     password: str
 
 
-def seed_tenant(settings: Settings, engine: Engine, name: str = "acme",
-                domain: str = "acme.test", agency: str = "agency",
-                purpose: str = "transactional") -> Tenant:
+def seed_tenant(
+    settings: Settings,
+    engine: Engine,
+    name: str = "acme",
+    domain: str = "acme.test",
+    agency: str = "agency",
+    purpose: str = "transactional",
+) -> Tenant:
     """An agency, a sub-account with a domain, one credential, its domain verified,
     and an outbox provider as the agency's default for itself and its sub-accounts."""
     if not any(a.name == agency for a, _ in accounts.list_accounts(engine)):
         accounts.create_account(engine, agency)
-        providers.add_provider(engine, secret_box(settings), f"{agency}-outbox", agency,
-                               "outbox", {"directory": str(settings.var_path / "outbox")}, {})
+        providers.add_provider(
+            engine,
+            secret_box(settings),
+            f"{agency}-outbox",
+            agency,
+            "outbox",
+            {"directory": str(settings.var_path / "outbox")},
+            {},
+        )
         providers.set_default(engine, f"{agency}-outbox", agency, "own")
         providers.set_default(engine, f"{agency}-outbox", agency, "subaccounts")
     accounts.create_account(engine, name, agency=agency)
@@ -133,8 +145,9 @@ def client_context() -> ssl.SSLContext:
 
 
 @contextlib.contextmanager
-def connect(relay: RelayThread, listener: str, *, tls: bool = True,
-            login: tuple[str, str] | None = None) -> Iterator[smtplib.SMTP]:
+def connect(
+    relay: RelayThread, listener: str, *, tls: bool = True, login: tuple[str, str] | None = None
+) -> Iterator[smtplib.SMTP]:
     """An smtplib session on ``listener``: TLS (implicit or STARTTLS) and AUTH if asked."""
     port = relay.port(listener)
     client: smtplib.SMTP
@@ -160,9 +173,15 @@ def auth_plain(user: str, password: str) -> str:
     return base64.b64encode(f"\0{user}\0{password}".encode()).decode()
 
 
-def message(sender: str, to: str = "bob@example.org", cc: str | None = None,
-            bcc: str | None = None, subject: str = "Hello", body: str = "Hi there.\r\n",
-            extra: str = "") -> bytes:
+def message(
+    sender: str,
+    to: str = "bob@example.org",
+    cc: str | None = None,
+    bcc: str | None = None,
+    subject: str = "Hello",
+    body: str = "Hi there.\r\n",
+    extra: str = "",
+) -> bytes:
     lines = [f"From: Sender <{sender}>", f"To: {to}"]
     if cc:
         lines.append(f"Cc: {cc}")

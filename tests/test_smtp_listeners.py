@@ -33,8 +33,14 @@ def test_ehlo_offers_starttls_and_hides_auth_until_encrypted(
 ) -> None:
     with connect(relay, listener, tls=False) as client:
         before = ehlo_keywords(client)
-        assert {"SIZE", "8BITMIME", "SMTPUTF8", "PIPELINING", "ENHANCEDSTATUSCODES",
-                "STARTTLS"} <= before
+        assert {
+            "SIZE",
+            "8BITMIME",
+            "SMTPUTF8",
+            "PIPELINING",
+            "ENHANCEDSTATUSCODES",
+            "STARTTLS",
+        } <= before
         assert "AUTH" not in before
         client.starttls(context=client_context())
         after = ehlo_keywords(client)
@@ -97,10 +103,9 @@ def test_authenticated_send_on_every_listener(
     relay: RelayThread, tenant: Tenant, listener: str
 ) -> None:
     with connect(relay, listener, login=(tenant.username, tenant.password)) as client:
-        refused = client.sendmail(tenant.username, ["bob@example.org"],
-                                  message(tenant.username))
+        refused = client.sendmail(tenant.username, ["bob@example.org"], message(tenant.username))
         assert refused == {}
-        code, text = client.noop()
+        code, _text = client.noop()
         assert code == 250
     assert relay_count(relay) == 1
 
@@ -124,29 +129,42 @@ def test_plaintext_auth_allowed_where_the_operator_says(
         with connect(thread, "alt", tls=False) as client:
             assert "AUTH" in ehlo_keywords(client)
             assert client.login(tenant.username, tenant.password)[0] == 235
-            assert client.sendmail(tenant.username, ["bob@example.org"],
-                                   message(tenant.username)) == {}
+            assert (
+                client.sendmail(tenant.username, ["bob@example.org"], message(tenant.username))
+                == {}
+            )
     finally:
         thread.stop()
 
 
 async def test_aiosmtplib_client_over_starttls(relay: RelayThread, tenant: Tenant) -> None:
-    client = aiosmtplib.SMTP(hostname="127.0.0.1", port=relay.port("submission"),
-                             start_tls=True, tls_context=client_context())
+    client = aiosmtplib.SMTP(
+        hostname="127.0.0.1",
+        port=relay.port("submission"),
+        start_tls=True,
+        tls_context=client_context(),
+    )
     await client.connect()
     await client.login(tenant.username, tenant.password)
     errors, reply = await client.sendmail(
-        tenant.username, ["bob@example.org", "carol@example.org"],
-        message(tenant.username, cc="carol@example.org"))
+        tenant.username,
+        ["bob@example.org", "carol@example.org"],
+        message(tenant.username, cc="carol@example.org"),
+    )
     assert errors == {}
     assert reply.startswith("2.0.0 Ok: queued as ")
     await client.quit()
 
 
 async def test_aiosmtplib_implicit_tls(relay: RelayThread, tenant: Tenant) -> None:
-    async with aiosmtplib.SMTP(hostname="127.0.0.1", port=relay.port("submissions"),
-                               use_tls=True, tls_context=client_context()) as client:
+    async with aiosmtplib.SMTP(
+        hostname="127.0.0.1",
+        port=relay.port("submissions"),
+        use_tls=True,
+        tls_context=client_context(),
+    ) as client:
         await client.login(tenant.username, tenant.password)
-        errors, _ = await client.sendmail(tenant.username, ["bob@example.org"],
-                                          message(tenant.username))
+        errors, _ = await client.sendmail(
+            tenant.username, ["bob@example.org"], message(tenant.username)
+        )
         assert errors == {}

@@ -21,10 +21,11 @@ from email.policy import SMTPUTF8 as POLICY
 RECIPIENT_KINDS = ("to", "cc", "bcc")
 
 _HEADER_END = re.compile(rb"\r\n\r\n|\n\n")
-# A bare CR or LF followed by a dot and any line end: the sequence that lets a
-# sender smuggle a second message past a receiver that takes it for
-# end-of-data (CVE-2023-51764 and friends).
-_SMUGGLE = re.compile(rb"(?:\r(?!\n)|(?<!\r)\n)\.(?:\r\n|\r|\n)")
+# A dot alone on a "line" whose ending is a bare CR or bare LF on either side:
+# the sequences that let a sender smuggle a second message past a server that
+# takes them for end-of-data (CVE-2023-51764 and friends). A proper CRLF.CRLF
+# inside the data is legitimate: it is a dot-stuffed ".." line, unstuffed.
+_DOT_LINE = re.compile(rb"(?:\r\n|\r|\n)\.(?:\r\n|\r|\n)")
 _BARE = re.compile(rb"\r(?!\n)|(?<!\r)\n")
 
 
@@ -70,7 +71,9 @@ class OutboundMessage:
 
 
 def has_smuggling(data: bytes) -> bool:
-    return _SMUGGLE.search(data) is not None
+    if b"\r." not in data and b"\n." not in data:
+        return False
+    return any(m.group() != b"\r\n.\r\n" for m in _DOT_LINE.finditer(data))
 
 
 def normalise_line_endings(data: bytes) -> bytes:

@@ -15,7 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session
 
 from relay.core.crypto import SecretBox
 from relay.core.errors import ConfigError
@@ -43,10 +44,8 @@ class ProviderPool:
         self._lock = asyncio.Lock()
 
     def _row(self, provider_id: int) -> tuple[str, str, dict[str, Any], dict[str, str], str]:
-        with self._engine.connect() as conn:
-            row = conn.execute(
-                select(ProviderRow).where(ProviderRow.id == provider_id)
-            ).scalar_one_or_none()
+        with Session(self._engine) as session:
+            row = session.get(ProviderRow, provider_id)
         if row is None:
             raise ConfigError(f"provider #{provider_id} no longer exists")
         options = dict(row.options or {})

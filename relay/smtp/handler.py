@@ -147,6 +147,7 @@ class SessionHandler:
         address: str,
         mail_options: list[str],
     ) -> str:
+        server.smuggling = False
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         return str(SENDER_OK)
@@ -175,7 +176,8 @@ class SessionHandler:
         if not isinstance(identity, Identity) or mail_from is None:  # aiosmtpd checked both
             return "503 5.5.1 Error: need AUTH and MAIL first"
         raw = envelope.original_content or b""
-        if has_smuggling(raw):
+        smuggled, server.smuggling = server.smuggling, False
+        if smuggled or has_smuggling(raw):
             return self._refuse(SMUGGLING, identity, envelope)
         try:
             parsed = parse(normalise_line_endings(raw))

@@ -84,6 +84,29 @@ class RelaySMTP(SMTP):
         self.listener = listener
         self._tracker = tracker
         self._raw_replies = False
+        # Set when a DATA line began with a dot and a bare CR or LF: aiosmtpd
+        # removes that dot before we see the content, so it is caught here.
+        self.smuggling = False
+
+    def _cb_client_connected(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        super()._cb_client_connected(reader, writer)
+        read = reader.readuntil
+
+        async def readuntil(separator: bytes = b"\n") -> bytes:
+            line = await read(separator)
+            # aiosmtpd reads DATA (and only DATA) with the CRLF separator.
+            if (
+                separator == b"\r\n"
+                and line[:1] == b"."
+                and line[1:2] in (b"\r", b"\n")
+                and line != b".\r\n"  # the real end of data
+            ):
+                self.smuggling = True
+            return line
+
+        reader.readuntil = readuntil  # type: ignore[method-assign]
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -91,8 +114,9 @@ class RelaySMTP(SMTP):
             # Implicit TLS (RFC 8314): encrypted from the first byte. aiosmtpd
             # only knows STARTTLS, and only tests this attribute for truth
             # before it offers AUTH; the real SSL protocol is asyncio's.
-            self._tls_protocol = transport.get_protocol()  # type: ignore[attr-defined]
-            self.session.ssl = transport.get_extra_info("ssl_object")
+            self._tls_protocol = transport.get_protocol()  # type: ignore[assignment]
+            if self.session is not None:
+                self.session.ssl = transport.get_extra_info("ssl_object")
 
     def _create_session(self) -> Session:
         return RelaySession(self.loop)
@@ -108,10 +132,20 @@ class RelaySMTP(SMTP):
         """Between MAIL and the reply to DATA: shutdown waits for these."""
         return self.envelope is not None and self.envelope.mail_from is not None
 
+    @property
+    def closing(self) -> bool:
+        return self.transport is None or self.transport.is_closing()
+
     def close_with(self, line: bytes) -> None:
         if isinstance(self.transport, asyncio.WriteTransport) and not self.transport.is_closing():
             self.transport.write(line)
             self.transport.close()
+
+    def abort(self) -> None:
+        """Drop the connection now (a TLS close would wait for the client's reply)."""
+        transport = self._original_transport or self.transport
+        if isinstance(transport, asyncio.WriteTransport):
+            transport.abort()
 
     async def push(self, status: AnyStr) -> None:
         if isinstance(status, str) and not self._raw_replies:
