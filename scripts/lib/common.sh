@@ -113,6 +113,8 @@ relay_apt_install() {
     relay_say "Installing Debian packages: ${missing[*]}"
     local log rc=0
     log=$(mktemp "${TMPDIR:-/tmp}/relay-apt.XXXXXX")
+    _relay_apt_log=$log
+    relay_defer _relay_apt_log_rm
     local -a apt=("${_relay_sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get -q
         -o DPkg::Lock::Timeout=300)
     _relay_policy_install || rc=$?
@@ -130,8 +132,14 @@ relay_apt_install() {
         tail -n 15 "$log" >&2 || true
         relay_warn "apt-get failed (exit $rc); not installed: ${missing[*]}"
     fi
-    rm -f "$log"
+    _relay_apt_log_rm
     return "$rc"
+}
+
+_relay_apt_log=""
+_relay_apt_log_rm() {
+    if [ -n "$_relay_apt_log" ]; then rm -f "$_relay_apt_log"; fi
+    _relay_apt_log=""
 }
 
 # --- the virtualenv -----------------------------------------------------------------------------

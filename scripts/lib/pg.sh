@@ -85,22 +85,25 @@ relay_pg_stop() {
     RELAY_PG_TMP=""
 }
 
+# _relay_pg_fail MESSAGE LOG...: show the end of each LOG (in the temp dir) and exit.
 _relay_pg_fail() {
-    local log
-    for log in "$RELAY_PG_TMP/initdb.log" "$RELAY_PG_TMP/postgres.log"; do
-        if [ -s "$log" ]; then
-            printf -- '--- %s (last lines)\n' "${log##*/}" >&2
-            tail -n 20 "$log" >&2 || true
+    local msg=$1 log
+    shift
+    for log in "$@"; do
+        if [ -s "$RELAY_PG_TMP/$log" ]; then
+            printf -- '--- %s (last lines)\n' "$log" >&2
+            tail -n 20 "$RELAY_PG_TMP/$log" >&2 || true
         fi
     done
-    relay_die "$1"
+    relay_die "$msg"
 }
 
 # relay_pg_start: initdb and start a server on 127.0.0.1 at a free port (socket in its temp
 # dir, fsync on, max_connections=200, trust auth), create the database relay_test, and export
-# RELAY_TEST_POSTGRES_URL. Exits the script on failure; returns 1 only if no server binaries.
+# RELAY_TEST_POSTGRES_URL. Exits the script on any failure: call it as a plain command (in a
+# condition set -e would be off inside it), after relay_pg_bindir has found the binaries.
 relay_pg_start() {
-    RELAY_PG_BIN=$(relay_pg_bindir) || return 1
+    RELAY_PG_BIN=$(relay_pg_bindir) || relay_die "no PostgreSQL server binaries found"
     _relay_pg_ensure_os_user
     relay_defer relay_pg_stop
     RELAY_PG_TMP=$(mktemp -d "${TMPDIR:-/tmp}/relay-pg.XXXXXX")
@@ -115,7 +118,7 @@ relay_pg_start() {
 
     (cd "$RELAY_PG_TMP" && _relay_pg_as_owner "$RELAY_PG_BIN/initdb" -D "$RELAY_PG_TMP/data" \
         -U postgres --auth=trust --encoding=UTF8 --locale=C --no-sync) \
-        >"$RELAY_PG_TMP/initdb.log" 2>&1 || _relay_pg_fail "initdb failed"
+        >"$RELAY_PG_TMP/initdb.log" 2>&1 || _relay_pg_fail "initdb failed" initdb.log
     # Only the socket in the temp dir and 127.0.0.1 are open, both without a password.
     printf '%s\n' 'local all all trust' 'host all all 127.0.0.1/32 trust' \
         >"$RELAY_PG_TMP/data/pg_hba.conf"
@@ -134,7 +137,7 @@ EOF
     for attempt in 1 2 3; do
         RELAY_PG_PORT=$(_relay_pg_free_port)
         if _relay_pg_ctl -l "$RELAY_PG_TMP/postgres.log" -o "-p $RELAY_PG_PORT" -w -t 60 start \
-            </dev/null; then
+            </dev/null >>"$RELAY_PG_TMP/pg_ctl.log" 2>&1; then
             break
         fi
         # Another process may have taken the port between choosing it and binding it.
@@ -143,10 +146,10 @@ EOF
             _relay_pg_ctl -m immediate -w stop >/dev/null 2>&1 || true
             continue
         fi
-        _relay_pg_fail "PostgreSQL did not start"
+        _relay_pg_fail "PostgreSQL did not start" pg_ctl.log postgres.log
     done
 
     "$RELAY_PG_BIN/createdb" -h 127.0.0.1 -p "$RELAY_PG_PORT" -U postgres relay_test </dev/null ||
-        _relay_pg_fail "createdb relay_test failed"
+        _relay_pg_fail "createdb relay_test failed" postgres.log
     export RELAY_TEST_POSTGRES_URL="postgresql+psycopg://postgres@127.0.0.1:$RELAY_PG_PORT/relay_test"
 }
