@@ -106,7 +106,7 @@ class RelaySMTP(SMTP):
                 self.smuggling = True
             return line
 
-        reader.readuntil = readuntil  # type: ignore[method-assign]
+        reader.readuntil = readuntil  # type: ignore[method-assign,assignment]
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
