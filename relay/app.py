@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import logging
 import signal
-from functools import partial
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -23,13 +22,13 @@ from relay.admin.http import AdminServer, make_app
 from relay.auth.authenticator import Authenticator
 from relay.auth.passwords import Hasher
 from relay.core.crypto import SecretBox, load_or_create_key
-from relay.core.metrics import Metrics
+from relay.core.metrics import Metrics, scrape_registry
 from relay.core.settings import ListenerSettings, Settings, parse_hostport
 from relay.delivery.pool import ProviderPool
 from relay.delivery.worker import Deliverer, Worker
 from relay.queue import store
 from relay.queue.spool import Acceptance, Spool
-from relay.queue.store import Claimed, Outcome
+from relay.queue.store import Claimed, Outcome, Recorded
 from relay.routing.policy import Policy
 from relay.smtp import listeners as smtp_listeners
 from relay.smtp.handler import Accepted, HandlerConfig, SessionHandler
@@ -64,7 +63,11 @@ class Relay:
         self.listeners: list[Listener] = []
         self._presockets = sockets or {}
         self.tracker = ConnectionTracker(
-            settings.limits.max_connections_per_ip, settings.limits.max_connections
+            settings.limits.max_connections_per_ip,
+            settings.limits.max_connections,
+            on_change=lambda listener, delta: self.metrics.smtp_sessions.labels(listener).inc(
+                delta
+            ),
         )
         self.worker: Worker | None = None
         self._admin: AdminServer | None = None
@@ -105,8 +108,7 @@ class Relay:
             self.listeners, handler, tls, s.server.hostname, s.limits, self.tracker
         )
         for item in self.listeners:
-            gauge = self.metrics.smtp_sessions.labels(item.settings.name)
-            gauge.set_function(partial(self.tracker.by_listener.__getitem__, item.settings.name))
+            self.metrics.smtp_sessions.labels(item.settings.name).set(0)
         if self.worker:
             self.worker.start()
         self._gauge_task = asyncio.create_task(self._gauges())
@@ -129,7 +131,7 @@ class Relay:
         self._admin_task = asyncio.create_task(self._admin.serve())
 
     def registry(self) -> CollectorRegistry:
-        return self.metrics.registry
+        return scrape_registry(self.metrics)
 
     async def ready(self) -> dict[str, bool]:
         def ping() -> bool:
@@ -152,21 +154,33 @@ class Relay:
 
     def _observe(self, event: Accepted) -> None:
         self.metrics.accept_duration.observe(event.seconds)
-        self.metrics.smtp_replies.labels(
-            "250" if event.queue_id else "550" if event.state == "rejected" else "451"
-        ).inc()
+        code = "250" if event.queue_id else "550" if event.state == "rejected" else "451"
+        self.metrics.smtp_replies.labels(code).inc()
+        if event.state == "tempfail":
+            self.metrics.spool_healthy.set(0)
 
     def _count_accepted(self, batch: list[Acceptance]) -> None:
-        # Called after the commit, from the account names the handler saw.
+        """After the spool's commit: the same numbers as the ledger's accepted rows."""
+        m = self.metrics
+        m.spool_healthy.set(1)
         for acc in batch:
-            self.metrics.message_bytes.inc(len(acc.data))
+            m.message_bytes.inc(len(acc.data))
+            events = ["accepted"] + (["dropped"] if acc.state == "dropped" else [])
+            for event in events:
+                m.messages.labels(acc.account_name, event).inc()
+                for _, kind in acc.recipients:
+                    m.recipients.labels(acc.account_name, kind, event).inc()
 
-    def _count_outcome(self, msg: Claimed, outcome: Outcome) -> None:
+    def _count_outcome(self, msg: Claimed, outcome: Outcome, recorded: Recorded) -> None:
+        m = self.metrics
         for attempt in outcome.attempts:
-            self.metrics.delivery_attempts.labels(
-                attempt.provider, attempt.transport, attempt.result
-            ).inc()
-            self.metrics.delivery_duration.observe(attempt.duration)
+            m.delivery_attempts.labels(attempt.provider, attempt.transport, attempt.result).inc()
+            m.delivery_duration.observe(attempt.duration)
+        # The ledger's outcome rows, as written in the same transaction.
+        for kind, event, n in recorded.usage:
+            m.recipients.labels(msg.account_name, kind, event).inc(n)
+        if recorded.usage:
+            m.messages.labels(msg.account_name, outcome.state).inc()
 
     def _count_auth_failure(self, listener: str) -> None:
         self.metrics.auth_failures.labels(listener).inc()

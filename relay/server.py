@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import logging
 import multiprocessing
+import os
+import shutil
 import signal
 import sys
 from dataclasses import replace
@@ -66,6 +68,18 @@ def _child(settings: Settings, index: int) -> None:
     sys.exit(_run_one(settings))
 
 
+def _shared_metrics_dir(settings: Settings) -> None:
+    """One scrape shows the sum of every process (prometheus-client multiprocess mode).
+
+    The directory must exist and be empty before the processes start; they
+    inherit its name through the environment.
+    """
+    path = settings.var_path.resolve() / "metrics"
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)
+
+
 def serve(settings: Settings, processes: int | None = None) -> int:
     count = processes or settings.server.processes
     if count < 1:
@@ -74,6 +88,7 @@ def serve(settings: Settings, processes: int | None = None) -> int:
     if count == 1:
         return _run_one(settings)
     settings = replace(settings, server=replace(settings.server, processes=count))
+    _shared_metrics_dir(settings)
     ctx = multiprocessing.get_context("spawn")
     children = [
         ctx.Process(target=_child, args=(settings, i), name=f"relay-{i}") for i in range(count)
@@ -84,8 +99,6 @@ def serve(settings: Settings, processes: int | None = None) -> int:
     def forward(signum: int, _frame: object) -> None:
         for child in children:
             if child.is_alive() and child.pid:
-                import os
-
                 os.kill(child.pid, signal.SIGTERM)
 
     signal.signal(signal.SIGTERM, forward)

@@ -5,7 +5,9 @@ provider names, and closed sets (kind, outcome, transport, result, code).
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
 
 # Accept latency is short (group commit); delivery includes provider round trips.
 _ACCEPT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
@@ -66,9 +68,29 @@ class Metrics:
             registry=r,
             multiprocess_mode="mostrecent",
         )
+        self.spool_healthy = Gauge(
+            "relay_spool_healthy",
+            "1 while the spool commits, 0 after a failed commit",
+            registry=r,
+            multiprocess_mode="livemin",
+        )
         self.provider_fallbacks = Counter(
             "relay_provider_fallbacks",
             "Messages sent by SMTP after the API failed",
             ["provider"],
             registry=r,
         )
+
+
+def scrape_registry(metrics: Metrics) -> CollectorRegistry:
+    """What /metrics shows: this process, or with several processes their sum.
+
+    ``relay serve --processes N`` sets PROMETHEUS_MULTIPROC_DIR before the
+    processes start, so prometheus-client keeps every value in shared files
+    and one scrape of any process reads them all.
+    """
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return registry
+    return metrics.registry

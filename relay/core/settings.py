@@ -142,6 +142,7 @@ class QueueSettings:
     poll_interval: float = _doc("Seconds between looks at the queue when idle.", 1.0)
     workers: bool = _doc("Run delivery workers in this process.", True)
     concurrency: int = _doc("Deliveries in flight per process.", 50)
+    provider_concurrency: int = _doc("Deliveries in flight per provider, per process.", 20)
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from relay.core.settings import QueueSettings
 from relay.delivery.pool import ProviderPool
 from relay.providers.base import Provider, Receipt
 from relay.queue import store
-from relay.queue.store import AttemptRecord, Claimed, Outcome
+from relay.queue.store import AttemptRecord, Claimed, Outcome, Recorded
 
 log = logging.getLogger("relay.delivery")
 
@@ -191,7 +191,7 @@ class Worker:
         engine: Engine,
         settings: QueueSettings,
         deliverer: Deliverer,
-        on_outcome: Callable[[Claimed, Outcome], None] | None = None,
+        on_outcome: Callable[[Claimed, Outcome, Recorded], None] | None = None,
     ) -> None:
         self._engine = engine
         self._settings = settings
@@ -200,6 +200,8 @@ class Worker:
         self.token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._wake = asyncio.Event()
         self._slots = asyncio.Semaphore(settings.concurrency)
+        # A provider's own limit, so one slow provider cannot take every slot.
+        self._per_provider: dict[int | None, asyncio.Semaphore] = {}
         self._inflight: set[asyncio.Task[None]] = set()
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
@@ -239,9 +241,14 @@ class Worker:
             await asyncio.wait_for(self._wake.wait(), self._settings.poll_interval)
 
     async def _deliver(self, msg: Claimed) -> None:
+        limit = self._per_provider.setdefault(
+            msg.provider_id, asyncio.Semaphore(self._settings.provider_concurrency)
+        )
         try:
-            outcome = await self._deliverer.run(msg)
-            if await asyncio.to_thread(store.record, self._engine, msg, outcome):
+            async with limit:
+                outcome = await self._deliverer.run(msg)
+            recorded = await asyncio.to_thread(store.record, self._engine, msg, outcome)
+            if recorded is not None:
                 log.info(
                     "%s: state=%s%s",
                     msg.id,
@@ -249,7 +256,7 @@ class Worker:
                     f" reason={outcome.reason!r}" if outcome.reason else "",
                 )
                 if self._on_outcome:
-                    self._on_outcome(msg, outcome)
+                    self._on_outcome(msg, outcome, recorded)
             else:
                 log.warning("%s: lease lost before the outcome was written", msg.id)
         except Exception:

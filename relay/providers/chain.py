@@ -237,7 +237,9 @@ class ProviderChain:
         self.breaker.success()
         return receipt
 
-    async def _try(self, leg: Leg, message: OutboundMessage, hooks: Sequence[AttemptHook]) -> Receipt:
+    async def _try(
+        self, leg: Leg, message: OutboundMessage, hooks: Sequence[AttemptHook]
+    ) -> Receipt:
         started = time.monotonic()
         try:
             receipt = await leg.provider.send(message)
@@ -253,15 +255,31 @@ class ProviderChain:
         self, leg: Leg, message: OutboundMessage, exc: ProviderError, elapsed: float
     ) -> Attempt:
         code = None if exc.code is None else str(exc.code)
-        return Attempt(message.queue_id, self.name, exc.transport or leg.transport,
-                       result_of(exc), code, exc.text, elapsed, retry_after=exc.retry_after)
+        return Attempt(
+            message.queue_id,
+            self.name,
+            exc.transport or leg.transport,
+            result_of(exc),
+            code,
+            exc.text,
+            elapsed,
+            retry_after=exc.retry_after,
+        )
 
     def _succeeded(
         self, leg: Leg, message: OutboundMessage, receipt: Receipt, elapsed: float
     ) -> Attempt:
         result = "partial" if receipt.rejected else "delivered"
-        return Attempt(message.queue_id, self.name, receipt.transport or leg.transport, result,
-                       None, receipt.text, elapsed, receipt.provider_message_id)
+        return Attempt(
+            message.queue_id,
+            self.name,
+            receipt.transport or leg.transport,
+            result,
+            None,
+            receipt.text,
+            elapsed,
+            receipt.provider_message_id,
+        )
 
     @staticmethod
     def _report(hooks: Sequence[AttemptHook], attempt: Attempt) -> None:

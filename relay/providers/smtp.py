@@ -92,8 +92,9 @@ def translate(exc: BaseException, stage: str = "connect") -> ProviderError:
     if isinstance(exc, ProviderError):
         return exc
     if isinstance(exc, aiosmtplib.SMTPResponseException):
-        return _reply_error("auth" if isinstance(exc, aiosmtplib.SMTPAuthenticationError)
-                            else stage, exc)
+        return _reply_error(
+            "auth" if isinstance(exc, aiosmtplib.SMTPAuthenticationError) else stage, exc
+        )
     if isinstance(exc, ssl.SSLError):
         # An unverifiable certificate is retried, as Postfix defers on TLS failure:
         # the operator may fix it, and the mail must not go in clear meanwhile.
@@ -112,7 +113,7 @@ class SmtpEndpoint:
     port: int
     tls: str = "starttls"  # implicit | starttls | none
     username: str | None = None
-    password: Secret = Secret("")
+    password: Secret = field(default_factory=lambda: Secret(""))
     auth_mechanism: str | None = None  # "login" forces AUTH LOGIN; None: the best offered
     allow_insecure_tls: bool = False
     source_address: str | None = None
@@ -270,8 +271,9 @@ async def _transact(client: aiosmtplib.SMTP, message: OutboundMessage, data: byt
         raise PermanentError("the server does not offer SMTPUTF8", 553, transport="smtp")
     encoding = "utf-8" if utf8 else "ascii"
     try:
-        await client.mail(message.mail_from, options=_mail_options(client, data, utf8),
-                          encoding=encoding)
+        await client.mail(
+            message.mail_from, options=_mail_options(client, data, utf8), encoding=encoding
+        )
     except aiosmtplib.SMTPResponseException as exc:
         raise _reply_error("mail", exc) from exc
     refused = await _recipients(client, message, encoding)
@@ -323,6 +325,28 @@ def _receipt(reply: str, refused: dict[str, tuple[int, str]]) -> Receipt:
     )
 
 
+def header_field(name: str, value: str, width: int = 76) -> bytes:
+    """``Name: value`` folded at spaces (RFC 5322 2.2.3) so no line passes ``width``.
+
+    Unfolding removes only the CRLF, so the value (JSON, say) reads back unchanged.
+    ``value`` must be ASCII and hold no line break.
+    """
+    lines: list[str] = []
+    line = f"{name}:"
+    for word in value.split(" "):
+        if len(line) + 1 + len(word) > width and line.strip():
+            lines.append(line)
+            line = ""
+        line += " " + word
+    lines.append(line)
+    return ("\r\n".join(lines) + "\r\n").encode("ascii")
+
+
+def has_field(data: bytes, name: str) -> bool:
+    head, _ = split_header(data)
+    return re.search(rb"(?im)^" + re.escape(name.encode()) + rb"[ \t]*:", head) is not None
+
+
 Prepare = Callable[[OutboundMessage], bytes]
 
 
@@ -360,8 +384,11 @@ class SmtpTransport:
                 pass
         except ProviderError as exc:
             return Health(False, f"{self.endpoint}: {exc}")
-        return Health(True, f"{self.endpoint}: connected" + (
-            f" as {self.endpoint.username}" if self.endpoint.username else ""))
+        return Health(
+            True,
+            f"{self.endpoint}: connected"
+            + (f" as {self.endpoint.username}" if self.endpoint.username else ""),
+        )
 
     async def aclose(self) -> None:
         await self.pool.aclose()

@@ -59,6 +59,7 @@ class Acceptance:
     reason: str | None = None
     provider_id: int | None = None
     campaign: str | None = None
+    account_name: str = ""  # for counters and logs; not stored with the message
     queue_id: str = field(default_factory=new_queue_id)
 
 

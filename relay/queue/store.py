@@ -18,11 +18,17 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from sqlalchemy import Connection, Engine, and_, func, insert, or_, select, update
-from sqlalchemy.exc import IntegrityError
 
 from relay.store.models import Account, Attempt, Message, MessageContent, Recipient, Usage
 
 DUE_STATES = ("queued", "deferred")
+# A recipient still pending when its message finishes has failed with it.
+_OUTCOME_OF_STATE = {
+    "delivered": "delivered",
+    "failed": "failed",
+    "dropped": "dropped",
+    "pending": "failed",
+}
 FINAL_STATES = ("delivered", "failed", "dropped")
 
 
@@ -128,8 +134,15 @@ def load_claimed(engine: Engine, token: str, ids: list[str]) -> list[Claimed]:
     return [out[i] for i in ids if i in out]
 
 
-def record(engine: Engine, claimed: Claimed, outcome: Outcome) -> bool:
-    """Write an outcome if the claim is still ours. False if the lease was lost."""
+@dataclass(frozen=True)
+class Recorded:
+    """An outcome was written; ``usage`` holds the ledger rows it added (kind, event, n)."""
+
+    usage: list[tuple[str, str, int]]
+
+
+def record(engine: Engine, claimed: Claimed, outcome: Outcome) -> Recorded | None:
+    """Write an outcome if the claim is still ours; None if the lease was lost."""
     now = now_utc()
     final = outcome.state in FINAL_STATES
     values: dict[str, object] = {
@@ -149,7 +162,7 @@ def record(engine: Engine, claimed: Claimed, outcome: Outcome) -> bool:
             .values(**values)
         )
         if done.rowcount != 1:
-            return False
+            return None
         _write_recipients(conn, claimed.id, outcome)
         if outcome.attempts:
             conn.execute(
@@ -169,9 +182,10 @@ def record(engine: Engine, claimed: Claimed, outcome: Outcome) -> bool:
                     for a in outcome.attempts
                 ],
             )
-        if final:
-            _write_usage_outcome(conn, claimed.id, claimed.account_id, now.date())
-    return True
+        usage = (
+            _write_usage_outcome(conn, claimed.id, claimed.account_id, now.date()) if final else []
+        )
+    return Recorded(usage)
 
 
 def _write_recipients(conn: Connection, message_id: str, outcome: Outcome) -> None:
@@ -192,34 +206,38 @@ def _write_recipients(conn: Connection, message_id: str, outcome: Outcome) -> No
         )
 
 
-def _write_usage_outcome(conn: Connection, message_id: str, account_id: int, day: dt.date) -> None:
-    """Count each finished recipient once, by class and outcome (the ledger's key)."""
+def _write_usage_outcome(
+    conn: Connection, message_id: str, account_id: int, day: dt.date
+) -> list[tuple[str, str, int]]:
+    """Count each finished recipient once, by class and outcome (the ledger's key).
+
+    Runs in the transaction that finishes the message, under our lease; the
+    ledger's unique key turns a second finish into an error, never a double count.
+    """
     rows = conn.execute(
         select(Recipient.kind, Recipient.state, func.count())
         .where(Recipient.message_id == message_id)
         .group_by(Recipient.kind, Recipient.state)
     ).all()
-    for kind, state, count in rows:
-        event = {
-            "delivered": "delivered",
-            "failed": "failed",
-            "dropped": "dropped",
-            "pending": "failed",
-        }[state]
-        try:
-            with conn.begin_nested():
-                conn.execute(
-                    insert(Usage).values(
-                        account_id=account_id,
-                        day=day,
-                        message_id=message_id,
-                        kind=kind,
-                        event=event,
-                        recipients=count,
-                    )
-                )
-        except IntegrityError:
-            pass  # already counted: a repeated finish must not count twice
+    counts: Counter[tuple[str, str]] = Counter()
+    for kind, state, n in rows:
+        counts[(kind, _OUTCOME_OF_STATE[state])] += int(n)
+    written = sorted((kind, event, n) for (kind, event), n in counts.items())
+    conn.execute(
+        insert(Usage),
+        [
+            {
+                "account_id": account_id,
+                "day": day,
+                "message_id": message_id,
+                "kind": kind,
+                "event": event,
+                "recipients": n,
+            }
+            for kind, event, n in written
+        ],
+    )
+    return written
 
 
 def release_lease(engine: Engine, token: str) -> int:

@@ -214,6 +214,7 @@ class SessionHandler:
             provider_id=decision.provider_id,
             header_from=", ".join(parsed.addresses("From"))[:998] or None,
             campaign=campaign,
+            account_name=identity.account_name,
         )
         acc.data = rewrite_headers(
             parsed,

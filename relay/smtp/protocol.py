@@ -14,6 +14,7 @@ import asyncio
 import logging
 import warnings
 from collections import Counter
+from collections.abc import Callable
 from typing import Any, AnyStr
 
 from aiosmtpd.smtp import SMTP, Session
@@ -44,9 +45,12 @@ class RelaySession(Session):
 class ConnectionTracker:
     """Open sessions per client address and per listener, for one process."""
 
-    def __init__(self, per_ip: int, total: int) -> None:
+    def __init__(
+        self, per_ip: int, total: int, on_change: Callable[[str, int], None] | None = None
+    ) -> None:
         self.per_ip = per_ip
         self.total = total
+        self._on_change = on_change  # (listener, +1 or -1): the sessions gauge
         self.by_ip: Counter[str] = Counter()
         self.by_listener: Counter[str] = Counter()
         self.sessions: set[RelaySMTP] = set()
@@ -63,6 +67,8 @@ class ConnectionTracker:
             return str(TOO_MANY_CONNECTIONS)
         self.by_ip[ip] += 1
         self.by_listener[listener] += 1
+        if self._on_change:
+            self._on_change(listener, 1)
         return None
 
     def leave(self, ip: str, listener: str) -> None:
@@ -70,6 +76,8 @@ class ConnectionTracker:
         if self.by_ip[ip] <= 0:
             del self.by_ip[ip]
         self.by_listener[listener] -= 1
+        if self._on_change:
+            self._on_change(listener, -1)
 
 
 class RelaySMTP(SMTP):

@@ -1,0 +1,188 @@
+"""What an emulated API remembers, and how it is told to misbehave.
+
+Each emulated API has one :class:`ApiState`: the requests it received (in
+memory, never the API key itself: only the scheme of the Authorization header)
+and a queue of faults. A fault applies to the next ``count`` requests:
+
+* ``fail``: answer ``status`` (and the provider's error body, with ``code``);
+* ``stall``: sleep ``seconds`` before answering normally (a client timeout);
+* ``rate_limit``: answer 429 with the provider's rate-limit headers.
+
+The same controls are reachable over HTTP on every emulated API::
+
+    POST /_emulator/fail        {"status": 500, "count": 2, "code": "1902"}
+    POST /_emulator/stall       {"seconds": 5, "count": 1}
+    POST /_emulator/rate-limit  {"count": 1, "reset_in": 2}
+    POST /_emulator/suppress    {"addresses": ["a@example.com"]}   (SparkPost)
+    POST /_emulator/reset       {}
+    GET  /_emulator/requests    -> what was received
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+
+@dataclass
+class Received:
+    """One request as the emulator saw it."""
+
+    method: str
+    path: str
+    auth_scheme: str  # Bearer | Basic | bare | none
+    body: Any  # the parsed JSON, or None
+    size: int
+    status: int = 0
+    message_id: str | None = None
+
+
+@dataclass
+class Fault:
+    kind: str  # fail | stall | rate_limit
+    count: int
+    status: int = 500
+    code: str | None = None
+    seconds: float = 0.0
+    message: str = "emulated failure"
+    after: int = 0  # requests to let through before the fault starts
+
+
+@dataclass
+class ApiState:
+    api_key: str
+    received: list[Received] = field(default_factory=list)
+    suppressed: set[str] = field(default_factory=set)
+    faults: list[Fault] = field(default_factory=list)
+    _closing: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+
+    # -- the Python API ------------------------------------------------------
+
+    def fail(
+        self,
+        status: int = 500,
+        count: int = 1,
+        *,
+        code: str | None = None,
+        message: str = "emulated failure",
+        after: int = 0,
+    ) -> None:
+        """Answer ``status`` to ``count`` requests, after letting ``after`` through.
+
+        ``code`` is SparkPost's error code, or the ``field`` of SendGrid's error.
+        """
+        fault = Fault("fail", count, status=status, code=code, message=message, after=after)
+        self.faults.append(fault)
+
+    def stall(self, seconds: float, count: int = 1) -> None:
+        self.faults.append(Fault("stall", count, seconds=seconds))
+
+    def rate_limit(self, count: int = 1, reset_in: float = 1.0) -> None:
+        self.faults.append(Fault("rate_limit", count, status=429, seconds=reset_in))
+
+    def suppress(self, *addresses: str) -> None:
+        self.suppressed.update(a.lower() for a in addresses)
+
+    def reset(self) -> None:
+        self.received.clear()
+        self.faults.clear()
+        self.suppressed.clear()
+
+    def accepted(self) -> list[Any]:
+        """The bodies of the messages the API accepted (2xx), in order."""
+        return [r.body for r in self.received if 200 <= r.status < 300 and r.message_id]
+
+    # -- used by the apps ----------------------------------------------------
+
+    def _take(self) -> Fault | None:
+        while self.faults and self.faults[0].count <= 0:
+            self.faults.pop(0)
+        if not self.faults:
+            return None
+        fault = self.faults[0]
+        if fault.after > 0:
+            fault.after -= 1
+            return None
+        fault.count -= 1
+        return dataclasses.replace(fault)
+
+    async def misbehave(self) -> Fault | None:
+        """Apply the next fault: sleep for a stall, or return a failure to answer with."""
+        fault = self._take()
+        while fault is not None and fault.kind == "stall":
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closing.wait(), fault.seconds)
+            fault = self._take()
+        return fault
+
+    def wake(self) -> None:
+        """End every stall now (the emulator is closing)."""
+        self._closing.set()
+
+
+async def _json_body(request: Request) -> dict[str, Any]:
+    try:
+        data = await request.json()
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def control_routes(state: ApiState) -> list[Route]:
+    """The /_emulator/* endpoints that drive ``state`` over HTTP."""
+
+    async def fail(request: Request) -> Response:
+        data = await _json_body(request)
+        state.fail(
+            int(data.get("status", 500)),
+            int(data.get("count", 1)),
+            code=data.get("code"),
+            message=str(data.get("message", "emulated failure")),
+            after=int(data.get("after", 0)),
+        )
+        return JSONResponse({"ok": True})
+
+    async def stall(request: Request) -> Response:
+        data = await _json_body(request)
+        state.stall(float(data.get("seconds", 5)), int(data.get("count", 1)))
+        return JSONResponse({"ok": True})
+
+    async def rate_limit(request: Request) -> Response:
+        data = await _json_body(request)
+        state.rate_limit(int(data.get("count", 1)), float(data.get("reset_in", 1)))
+        return JSONResponse({"ok": True})
+
+    async def suppress(request: Request) -> Response:
+        data = await _json_body(request)
+        state.suppress(*[str(a) for a in data.get("addresses", [])])
+        return JSONResponse({"ok": True})
+
+    async def reset(request: Request) -> Response:
+        state.reset()
+        return JSONResponse({"ok": True})
+
+    async def requests(request: Request) -> Response:
+        return JSONResponse([dataclasses.asdict(r) for r in state.received])
+
+    return [
+        Route("/_emulator/fail", fail, methods=["POST"]),
+        Route("/_emulator/stall", stall, methods=["POST"]),
+        Route("/_emulator/rate-limit", rate_limit, methods=["POST"]),
+        Route("/_emulator/suppress", suppress, methods=["POST"]),
+        Route("/_emulator/reset", reset, methods=["POST"]),
+        Route("/_emulator/requests", requests, methods=["GET"]),
+    ]
+
+
+def auth_scheme(header: str | None) -> str:
+    if not header:
+        return "none"
+    first = header.split(" ", 1)[0]
+    return first if first in ("Bearer", "Basic") and " " in header else "bare"

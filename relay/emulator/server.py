@@ -1,0 +1,306 @@
+"""Start and stop the emulator: two HTTP APIs and an SMTP sink on loopback.
+
+The HTTP apps are served by uvicorn inside the running event loop (a
+``uvicorn.Server`` whose ``capture_signals`` does nothing, so the host
+process keeps its own signal handlers); the SMTP sink by aiosmtpd through
+``loop.create_server``. Port 0 picks a free port; the bound ports are on the
+returned :class:`Emulator`. Only loopback addresses are accepted: the
+emulator accepts any mail and must never face a network.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ipaddress
+import signal
+import socket
+import ssl
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from relay.emulator import sendgrid, sparkpost
+from relay.emulator.faults import ApiState
+from relay.emulator.smtp import HOSTNAME, SmtpSink, start_sink
+
+DEFAULT_API_KEY = "emulator-key"
+
+
+class _InLoopServer(uvicorn.Server):
+    """uvicorn without its signal handlers: the process that embeds it owns them."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+@dataclass
+class _Http:
+    server: _InLoopServer
+    task: asyncio.Task[None]
+    port: int
+
+
+@dataclass
+class Emulator:
+    """A running emulator: its states (to drive and inspect) and its addresses."""
+
+    host: str
+    sendgrid: ApiState
+    sparkpost: ApiState
+    smtp: SmtpSink
+    sendgrid_port: int = 0
+    sparkpost_port: int = 0
+    smtp_port: int = 0
+    smtps_port: int | None = None
+    ca_pem: bytes | None = field(default=None, repr=False)
+    _http: list[_Http] = field(default_factory=list, repr=False)
+    _smtp_servers: list[asyncio.Server] = field(default_factory=list, repr=False)
+
+    @property
+    def sendgrid_url(self) -> str:
+        return f"http://{_url_host(self.host)}:{self.sendgrid_port}"
+
+    @property
+    def sparkpost_url(self) -> str:
+        return f"http://{_url_host(self.host)}:{self.sparkpost_port}"
+
+    def client_tls_context(self) -> ssl.SSLContext:
+        """A client context that trusts the emulator's certificate authority."""
+        if self.ca_pem is None:
+            raise RuntimeError("the emulator was started without TLS")
+        return ssl.create_default_context(cadata=self.ca_pem.decode("ascii"))
+
+    def provider_options(self, kind: str, *, smtp_tls: str = "none") -> dict[str, Any]:
+        """Options that point a provider of ``kind`` at this emulator."""
+        port = self.smtps_port if smtp_tls == "implicit" else self.smtp_port
+        options: dict[str, Any] = {"smtp_host": self.host, "smtp_port": port, "smtp_tls": smtp_tls}
+        if kind == "sendgrid":
+            options["api_url"] = self.sendgrid_url
+        elif kind == "sparkpost":
+            options["api_url"] = self.sparkpost_url
+        return options
+
+    def describe(self) -> str:
+        lines = [
+            f"SendGrid API   {self.sendgrid_url}",
+            f"SparkPost API  {self.sparkpost_url}",
+            f"SMTP           {self.host}:{self.smtp_port}"
+            + (" (STARTTLS)" if self.smtp.tls_context else ""),
+        ]
+        if self.smtps_port is not None:
+            lines.append(f"SMTPS          {self.host}:{self.smtps_port} (implicit TLS)")
+        return "\n".join(lines)
+
+    async def aclose(self) -> None:
+        self.sendgrid.wake()
+        self.sparkpost.wake()
+        for http in self._http:
+            http.server.should_exit = True
+        await asyncio.gather(*(http.task for http in self._http), return_exceptions=True)
+        for server in self._smtp_servers:
+            server.close()
+        self.smtp.disconnect_all()
+        for server in self._smtp_servers:
+            await server.wait_closed()
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def _require_loopback(host: str) -> None:
+    if host == "localhost":
+        return
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise ValueError(f"the emulator listens on loopback only, not {host!r}")
+
+
+def _listening_socket(host: str, port: int) -> socket.socket:
+    # IPPROTO_TCP given explicitly: asyncio then sets TCP_NODELAY on accepted
+    # connections (DESIGN.md, "Pitfalls measured on these machines").
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock
+
+
+async def _serve_http(app: Any, host: str, port: int) -> _Http:
+    config = uvicorn.Config(
+        app,
+        lifespan="off",
+        log_config=None,
+        log_level="warning",
+        access_log=False,
+        ws="none",
+        http="h11",
+        timeout_graceful_shutdown=2,
+    )
+    server = _InLoopServer(config)
+    sock = _listening_socket(host, port)
+    bound = sock.getsockname()[1]
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:
+        if task.done():
+            sock.close()
+            task.result()
+            raise RuntimeError("the HTTP emulator stopped while starting")
+        await asyncio.sleep(0.005)
+    return _Http(server, task, bound)
+
+
+def _make_tls() -> tuple[ssl.SSLContext, bytes]:
+    """A throwaway CA and a certificate for loopback (trustme, a test dependency)."""
+    import trustme
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "::1", "localhost", HOSTNAME)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    cert.configure_cert(context)
+    return context, ca.cert_pem.bytes()
+
+
+async def serve_emulator(
+    host: str = "127.0.0.1",
+    sendgrid_port: int = 0,
+    sparkpost_port: int = 0,
+    smtp_port: int = 0,
+    *,
+    smtps_port: int | None = None,
+    api_key: str = DEFAULT_API_KEY,
+    smtp_users: dict[str, str] | None = None,
+    starttls: bool = False,
+    tls_context: ssl.SSLContext | None = None,
+    ca_pem: bytes | None = None,
+) -> Emulator:
+    """Start the emulator on ``host`` (loopback only) and return it running.
+
+    SMTP users default to the providers' relay users (``apikey``,
+    ``SMTP_Injection``) with ``api_key`` as password; ``{}`` turns AUTH off.
+    TLS: pass a server ``tls_context`` (and the ``ca_pem`` clients should
+    trust), or ``starttls=True`` / a ``smtps_port`` to have one made.
+    """
+    _require_loopback(host)
+    if tls_context is None and (starttls or smtps_port is not None):
+        tls_context, ca_pem = _make_tls()
+    users = {"apikey": api_key, "SMTP_Injection": api_key} if smtp_users is None else smtp_users
+    emulator = Emulator(
+        host,
+        ApiState(api_key),
+        ApiState(api_key),
+        SmtpSink(users=users, tls_context=tls_context),
+        ca_pem=ca_pem,
+    )
+    try:
+        await _start(emulator, sendgrid_port, sparkpost_port, smtp_port, smtps_port)
+    except BaseException:
+        await emulator.aclose()
+        raise
+    return emulator
+
+
+async def _start(
+    emulator: Emulator,
+    sendgrid_port: int,
+    sparkpost_port: int,
+    smtp_port: int,
+    smtps_port: int | None,
+) -> None:
+    host = emulator.host
+    for app, port in (
+        (sendgrid.create_app(emulator.sendgrid), sendgrid_port),
+        (sparkpost.create_app(emulator.sparkpost), sparkpost_port),
+    ):
+        emulator._http.append(await _serve_http(app, host, port))
+    emulator.sendgrid_port, emulator.sparkpost_port = (h.port for h in emulator._http)
+    smtp = await start_sink(emulator.smtp, host, smtp_port)
+    emulator._smtp_servers.append(smtp)
+    emulator.smtp_port = smtp.sockets[0].getsockname()[1]
+    if smtps_port is not None:
+        smtps = await start_sink(emulator.smtp, host, smtps_port, implicit_tls=True)
+        emulator._smtp_servers.append(smtps)
+        emulator.smtps_port = smtps.sockets[0].getsockname()[1]
+
+
+# -- relay emulate -----------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="relay emulate",
+        description="Fake SendGrid and SparkPost APIs and an SMTP sink, on loopback.",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="loopback address to listen on")
+    parser.add_argument("--sendgrid-port", type=int, default=0, metavar="P")
+    parser.add_argument("--sparkpost-port", type=int, default=0, metavar="P")
+    parser.add_argument("--smtp-port", type=int, default=0, metavar="P")
+    parser.add_argument(
+        "--smtps-port",
+        type=int,
+        default=None,
+        metavar="P",
+        help="also listen with implicit TLS on this port",
+    )
+    parser.add_argument(
+        "--api-key",
+        default=DEFAULT_API_KEY,
+        metavar="K",
+        help="the key the APIs and the SMTP AUTH accept",
+    )
+    parser.add_argument("--starttls", action="store_true", help="offer STARTTLS on SMTP")
+    parser.add_argument(
+        "--ca-file",
+        type=Path,
+        default=None,
+        help="write the CA certificate clients should trust here",
+    )
+    return parser
+
+
+async def _run(args: argparse.Namespace) -> None:
+    emulator = await serve_emulator(
+        args.host,
+        args.sendgrid_port,
+        args.sparkpost_port,
+        args.smtp_port,
+        smtps_port=args.smtps_port,
+        api_key=args.api_key,
+        starttls=args.starttls,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        if args.ca_file is not None and emulator.ca_pem is not None:
+            args.ca_file.write_bytes(emulator.ca_pem)
+            print(f"CA certificate  {args.ca_file}")
+        print(emulator.describe(), flush=True)
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        await emulator.aclose()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``relay emulate``: print the bound addresses, run until SIGTERM or SIGINT."""
+    args = _parser().parse_args(argv)
+    try:
+        _require_loopback(args.host)
+    except ValueError as exc:
+        _parser().error(str(exc))
+    asyncio.run(_run(args))
+    return 0

@@ -1,0 +1,322 @@
+"""From a provider row (kind, options, secrets) to a ready :class:`ProviderChain`.
+
+Kinds and their legs::
+
+    sendgrid   api: SendGrid v3  -> smtp: smtp.sendgrid.net:587, user apikey
+    sparkpost  api: Transmissions -> smtp: smtp.sparkpostmail.com:587, SMTP_Injection
+    smtp       smtp: the operator's server (smtp_host required)
+    outbox     file: .eml files in outbox_dir (demo and tests)
+
+For sendgrid and sparkpost the SMTP host, port and user default to the
+provider's own relay and the password to the API key; ``api_url`` and the
+``smtp_*`` options override them (an EU account, or the emulator).
+
+Options (non-secret, stored in clear): see :data:`OPTIONS`. Secrets:
+``api_key``, ``smtp_password`` (plain strings or ``Secret``; they are held as
+``Secret`` and never printed).
+
+HTTP: every provider shares the ``http`` client it is given (one pool for the
+process, see :func:`make_http_client`), except one that needs its own socket
+settings (``source_address``, ``allow_insecure_tls``): it gets a client of its
+own, closed by its ``aclose()``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import ssl
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from relay.core.errors import Invalid
+from relay.core.message import OutboundMessage, make_message_id
+from relay.core.settings import Secret
+from relay.providers import sendgrid, sparkpost
+from relay.providers.base import Health, Provider, Receipt
+from relay.providers.chain import AttemptHook, CircuitBreaker, Leg, ProviderChain
+from relay.providers.outbox import OutboxProvider
+from relay.providers.smtp import TLS_MODES, Prepare, SmtpEndpoint, SmtpTransport
+
+KINDS = ("sendgrid", "sparkpost", "smtp", "outbox")
+DEFAULT_TIMEOUT = 30.0
+
+# key -> (accepted types, description). Anything else in options is refused.
+OPTIONS: dict[str, tuple[tuple[type, ...], str]] = {
+    "api_url": ((str,), "API base URL (default the provider's; EU or an emulator)"),
+    "smtp_host": ((str,), "SMTP server (required for kind smtp)"),
+    "smtp_port": ((int,), "SMTP port (587; 465 means implicit TLS unless smtp_tls says)"),
+    "smtp_user": ((str,), "SMTP login (default: the provider's relay user)"),
+    "smtp_tls": ((str,), "implicit | starttls | none"),
+    "allow_insecure_tls": ((bool,), "accept an unverifiable certificate"),
+    "ip_pool": ((str,), "IP pool for messages without one of their own"),
+    "source_address": ((str,), "local IP address to connect from (static egress)"),
+    "test_address": ((str,), "address the provider must accept in a test send"),
+    "timeout": ((int, float), "seconds for an API request or an SMTP command"),
+    "smtp_pool_size": ((int,), "SMTP connections kept per endpoint (2)"),
+    "smtp_max_messages": ((int,), "messages per SMTP connection, 0 = no cap"),
+    "helo_hostname": ((str,), "name to say in EHLO (default: the host's FQDN)"),
+    "domain": ((str,), "sending domain the provider is bound to (used by routing)"),
+}
+SECRETS = ("api_key", "smtp_password")
+
+_RELAYS: dict[str, tuple[str, int, str]] = {
+    "sendgrid": (sendgrid.SMTP_HOST, sendgrid.SMTP_PORT, sendgrid.SMTP_USER),
+    "sparkpost": (sparkpost.SMTP_HOST, sparkpost.SMTP_PORT, sparkpost.SMTP_USER),
+}
+
+
+def make_http_client(
+    *,
+    source_address: str | None = None,
+    verify: bool | ssl.SSLContext = True,
+    timeout: float = DEFAULT_TIMEOUT,
+    max_connections: int = 100,
+    trust_env: bool = True,
+) -> httpx.AsyncClient:
+    """The pooled HTTP client providers share (one per process, or per egress address)."""
+    transport = httpx.AsyncHTTPTransport(
+        verify=verify,
+        local_address=source_address,
+        limits=httpx.Limits(
+            max_connections=max_connections, max_keepalive_connections=20, keepalive_expiry=30.0
+        ),
+    )
+    return httpx.AsyncClient(transport=transport, timeout=timeout, trust_env=trust_env)
+
+
+# -- validation --------------------------------------------------------------
+
+
+def validate_options(
+    kind: str, options: Mapping[str, Any], secrets: Mapping[str, Any] | None = None
+) -> None:
+    """Refuse a provider row that cannot work, naming the field (``Invalid.field``)."""
+    if kind not in KINDS:
+        raise Invalid(f"unknown provider kind {kind!r}; one of {', '.join(KINDS)}", "kind")
+    for key, value in options.items():
+        _check_type(key, value)
+    _check_values(options)
+    if kind == "smtp" and not options.get("smtp_host"):
+        raise Invalid("an smtp provider needs smtp_host", "smtp_host")
+    if secrets is not None:
+        _check_secrets(kind, options, secrets)
+
+
+def _check_type(key: str, value: Any) -> None:
+    if key not in OPTIONS:
+        raise Invalid(f"unknown option {key!r}", key)
+    types, _ = OPTIONS[key]
+    if value is None:
+        return
+    if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+        names = " or ".join(t.__name__ for t in types)
+        raise Invalid(f"{key} must be {names}, not {type(value).__name__}", key)
+
+
+def _check_values(options: Mapping[str, Any]) -> None:
+    port = options.get("smtp_port")
+    if port is not None and not 0 < port < 65536:
+        raise Invalid(f"smtp_port {port} is not a port number", "smtp_port")
+    if options.get("smtp_tls") not in (None, *TLS_MODES):
+        raise Invalid(f"smtp_tls must be one of {', '.join(TLS_MODES)}", "smtp_tls")
+    timeout = options.get("timeout")
+    if timeout is not None and timeout <= 0:
+        raise Invalid("timeout must be more than 0 seconds", "timeout")
+    if options.get("api_url") is not None:
+        _check_url(options["api_url"])
+    if options.get("source_address"):
+        try:
+            ipaddress.ip_address(options["source_address"])
+        except ValueError:
+            raise Invalid("source_address must be an IP address", "source_address") from None
+    test = options.get("test_address")
+    if test is not None and "@" not in test:
+        raise Invalid("test_address must be an email address", "test_address")
+    for key in ("smtp_pool_size", "smtp_max_messages"):
+        if options.get(key) is not None and options[key] < (1 if key == "smtp_pool_size" else 0):
+            raise Invalid(f"{key} is out of range", key)
+
+
+def _check_url(url: str) -> None:
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError):
+        raise Invalid(f"api_url {url!r} is not a URL", "api_url") from None
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise Invalid("api_url must be an http or https URL", "api_url")
+
+
+def _check_secrets(kind: str, options: Mapping[str, Any], secrets: Mapping[str, Any]) -> None:
+    for key in secrets:
+        if key not in SECRETS:
+            raise Invalid(f"unknown secret {key!r}", key)
+    if kind in _RELAYS and not secrets.get("api_key"):
+        raise Invalid(f"a {kind} provider needs api_key", "api_key")
+    if kind == "smtp" and options.get("smtp_user") and not secrets.get("smtp_password"):
+        raise Invalid("smtp_user is set but smtp_password is not", "smtp_password")
+
+
+# -- building ----------------------------------------------------------------
+
+
+def _secret(secrets: Mapping[str, Any], key: str) -> Secret:
+    value = secrets.get(key)
+    if isinstance(value, Secret):
+        return value
+    return Secret(str(value) if value else "")
+
+
+def _tls_mode(options: Mapping[str, Any], port: int) -> str:
+    mode = options.get("smtp_tls")
+    if mode:
+        return str(mode)
+    return "implicit" if port == 465 else "starttls"  # RFC 8314 3.3: 465 is implicit TLS
+
+
+def _endpoint(
+    kind: str,
+    options: Mapping[str, Any],
+    secrets: Mapping[str, Any],
+    tls_context: ssl.SSLContext | None,
+) -> SmtpEndpoint:
+    host, port, user = _RELAYS.get(kind, ("", 587, ""))
+    port = int(options.get("smtp_port") or port)
+    password = _secret(secrets, "smtp_password") or _secret(secrets, "api_key")
+    return SmtpEndpoint(
+        host=str(options.get("smtp_host") or host),
+        port=port,
+        tls=_tls_mode(options, port),
+        username=options.get("smtp_user") or user or None,
+        password=password,
+        auth_mechanism="login" if kind == "sparkpost" else None,
+        allow_insecure_tls=bool(options.get("allow_insecure_tls")),
+        source_address=options.get("source_address") or None,
+        local_hostname=options.get("helo_hostname") or None,
+        timeout=float(options.get("timeout") or 60.0),
+        pool_size=int(options.get("smtp_pool_size") or 2),
+        max_messages_per_connection=_cap(kind, options),
+        tls_context=tls_context,
+    )
+
+
+def _cap(kind: str, options: Mapping[str, Any]) -> int:
+    cap = options.get("smtp_max_messages")
+    if cap is not None:
+        return int(cap)
+    return sparkpost.SMTP_MESSAGES_PER_CONNECTION if kind == "sparkpost" else 0
+
+
+def _http_for(
+    options: Mapping[str, Any], http: httpx.AsyncClient | None, tls_context: ssl.SSLContext | None
+) -> tuple[httpx.AsyncClient, bool]:
+    """The shared client, or (when the provider needs its own sockets) a new owned one."""
+    source = options.get("source_address") or None
+    insecure = bool(options.get("allow_insecure_tls"))
+    if http is not None and not source and not insecure:
+        return http, False
+    verify: bool | ssl.SSLContext = False if insecure else (tls_context or True)
+    timeout = float(options.get("timeout") or DEFAULT_TIMEOUT)
+    return make_http_client(source_address=source, verify=verify, timeout=timeout), True
+
+
+def _api_leg(
+    kind: str,
+    name: str,
+    options: Mapping[str, Any],
+    secrets: Mapping[str, Any],
+    client: tuple[httpx.AsyncClient, bool],
+) -> Leg:
+    http, owned = client
+    timeout = float(options.get("timeout") or DEFAULT_TIMEOUT)
+    key = _secret(secrets, "api_key")
+    if kind == "sendgrid":
+        url = options.get("api_url") or sendgrid.API_URL
+        api: Any = sendgrid.SendGridApi(
+            name, key, http=http, api_url=url, timeout=timeout, own_http=owned
+        )
+    else:
+        url = options.get("api_url") or sparkpost.API_URL
+        api = sparkpost.SparkPostApi(
+            name, key, http=http, api_url=url, timeout=timeout, own_http=owned
+        )
+    return Leg("api", api)
+
+
+class _DefaultPool:
+    """A leg that gives messages without an IP pool the provider's ``ip_pool`` option."""
+
+    def __init__(self, provider: Provider, ip_pool: str) -> None:
+        self.provider = provider
+        self.ip_pool = ip_pool
+        self.name = provider.name
+
+    def __repr__(self) -> str:
+        return f"{self.provider!r} (ip_pool {self.ip_pool!r})"
+
+    async def send(self, message: OutboundMessage) -> Receipt:
+        if not message.ip_pool:
+            message = dataclasses.replace(message, ip_pool=self.ip_pool)
+        return await self.provider.send(message)
+
+    async def check(self) -> Health:
+        return await self.provider.check()
+
+    async def aclose(self) -> None:
+        await self.provider.aclose()
+
+
+def _with_pool(leg: Leg, options: Mapping[str, Any]) -> Leg:
+    pool = options.get("ip_pool")
+    return Leg(leg.transport, _DefaultPool(leg.provider, pool)) if pool else leg
+
+
+_PREPARE: dict[str, Prepare] = {
+    "sendgrid": sendgrid.prepare_smtp,
+    "sparkpost": sparkpost.prepare_smtp,
+}
+
+
+def build_provider(
+    kind: str,
+    name: str,
+    options: Mapping[str, Any],
+    secrets: Mapping[str, Any],
+    *,
+    http: httpx.AsyncClient | None = None,
+    outbox_dir: str | Path = "var/outbox",
+    tls_context: ssl.SSLContext | None = None,
+    breaker: CircuitBreaker | None = None,
+    on_attempt: AttemptHook | None = None,
+) -> ProviderChain:
+    """The provider for one row. Raises ``Invalid`` (with ``.field``) for a bad row.
+
+    ``tls_context`` replaces the system trust store for both legs (a private CA,
+    or the emulator's); ``on_attempt`` sees every attempt of every message.
+    """
+    validate_options(kind, options, secrets)
+    chain_options: dict[str, Any] = {"breaker": breaker, "on_attempt": on_attempt}
+    if kind == "outbox":
+        return ProviderChain(name, Leg("file", OutboxProvider(name, outbox_dir)), **chain_options)
+    endpoint = _endpoint(kind, options, secrets, tls_context)
+    smtp = Leg("smtp", SmtpTransport(name, endpoint, prepare=_PREPARE.get(kind)))
+    if kind == "smtp":
+        return ProviderChain(name, smtp, **chain_options)
+    api = _api_leg(kind, name, options, secrets, _http_for(options, http, tls_context))
+    return ProviderChain(name, _with_pool(api, options), _with_pool(smtp, options), **chain_options)
+
+
+def make_test_message(
+    mail_from: str, to: str, *, hostname: str = "relay.invalid", queue_id: str = "test"
+) -> OutboundMessage:
+    """A small message for "test provider" (send it with ``chain.send``)."""
+    data = (
+        f"From: <{mail_from}>\r\nTo: <{to}>\r\nSubject: Relay provider test\r\n"
+        f"Message-ID: {make_message_id(hostname)}\r\nMIME-Version: 1.0\r\n"
+        "Content-Type: text/plain; charset=utf-8\r\n\r\n"
+        "This message tests a provider configured in Relay.\r\n"
+    ).encode()
+    return OutboundMessage(queue_id, mail_from, [(to, "to")], data)
