@@ -16,7 +16,7 @@ import signal
 from typing import Any
 
 from prometheus_client import CollectorRegistry
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, select, text
 
 from relay.admin.http import AdminServer, make_app
 from relay.auth.authenticator import Authenticator
@@ -26,7 +26,7 @@ from relay.core.metrics import Metrics, scrape_registry
 from relay.core.settings import ListenerSettings, Settings, parse_hostport
 from relay.delivery.pool import ProviderPool
 from relay.delivery.worker import Deliverer, Worker
-from relay.queue import store
+from relay.queue import held, store
 from relay.queue.spool import Acceptance, Spool
 from relay.queue.store import Claimed, Outcome, Recorded
 from relay.routing.policy import Policy
@@ -36,6 +36,7 @@ from relay.smtp.listeners import Listener, bind_socket
 from relay.smtp.protocol import ConnectionTracker, quiet_aiosmtpd
 from relay.smtp.tls import server_context
 from relay.store.engine import make_engine, migrate
+from relay.store.models import Account
 
 log = logging.getLogger("relay")
 
@@ -186,14 +187,30 @@ class Relay:
         self.metrics.auth_failures.labels(listener).inc()
 
     async def _gauges(self) -> None:
+        """Queue gauges every few seconds; paused mail past its lifetime fails."""
         while True:
             try:
                 counts = await asyncio.to_thread(store.queue_counts, self.engine)
                 for state, n in counts.items():
                     self.metrics.queue_messages.labels(state).set(n)
+                self.metrics.spool_healthy.set(1 if self.spool.healthy else 0)
+                expired = await asyncio.to_thread(held.expire, self.engine)
+                if expired:
+                    self._count_finished(expired, await asyncio.to_thread(self._account_names))
             except Exception as exc:
-                log.warning("queue gauge: %s", exc)
+                log.warning("queue housekeeping: %s", exc)
             await asyncio.sleep(5)
+
+    def _count_finished(self, rows: held.LedgerRows, names: dict[int, str]) -> None:
+        for _, account_id, kind, event, n in rows:
+            self.metrics.recipients.labels(names.get(account_id, ""), kind, event).inc(n)
+        for mid, account_id in sorted({(r[0], r[1]) for r in rows}):
+            log.info("%s: state=failed reason='expired while paused'", mid)
+            self.metrics.messages.labels(names.get(account_id, ""), "failed").inc()
+
+    def _account_names(self) -> dict[int, str]:
+        with self.engine.connect() as conn:
+            return {i: n for i, n in conn.execute(select(Account.id, Account.name)).all()}
 
     # -- stop -----------------------------------------------------------------
 

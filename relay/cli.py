@@ -252,6 +252,41 @@ def cmd_queue_retry(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_usage(args: argparse.Namespace, settings: Settings) -> int:
+    from relay.billing.report import price, render
+    from relay.service.usage import usage_report
+
+    report = usage_report(
+        _engine(settings),
+        price(settings.billing.price_per_1000),
+        args.account,
+        args.first,
+        args.last,
+    )
+    sys.stdout.write(render(report, args.format))
+    return 0
+
+
+def cmd_queue_release(args: argparse.Namespace, settings: Settings) -> int:
+    from relay.service.queue import release_messages
+
+    moved = release_messages(_engine(settings), args.id, sender=args.sender, account=args.account)
+    print(f"released {len(moved)} paused message(s)" + "".join(f"\n  {m}" for m in moved))
+    return 0
+
+
+def cmd_queue_discard(args: argparse.Namespace, settings: Settings) -> int:
+    from relay.service.queue import discard_messages
+
+    rows = discard_messages(_engine(settings), args.id, sender=args.sender, account=args.account)
+    ids = sorted({r[0] for r in rows})
+    print(
+        f"discarded {len(ids)} paused message(s), recorded as dropped"
+        + "".join(f"\n  {m}" for m in ids)
+    )
+    return 0
+
+
 # -- providers ------------------------------------------------------------------
 
 
@@ -396,6 +431,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("id")
     s = _sub(q, "retry", cmd_queue_retry, "deliver a queued or deferred message now")
     s.add_argument("id")
+    for verb, handler, what in (
+        ("release", cmd_queue_release, "deliver paused mail now"),
+        ("discard", cmd_queue_discard, "drop paused mail (recorded as dropped)"),
+    ):
+        s = _sub(q, verb, handler, f"{what}: one message, or in bulk by sender or account")
+        s.add_argument("id", nargs="?")
+        s.add_argument("--sender", help="every paused message from this address or domain")
+        s.add_argument("--account", help="every paused message of this account")
+
+    s = _sub(sub, "usage", cmd_usage, "billable recipients by class, messages and cost")
+    s.add_argument("--account", help="an agency (with its sub-accounts) or a sub-account")
+    s.add_argument("--from", dest="first", metavar="DATE", help="first UTC day, YYYY-MM-DD")
+    s.add_argument("--to", dest="last", metavar="DATE", help="last UTC day (inclusive)")
+    s.add_argument("--format", choices=("table", "csv", "json"), default="table")
 
     prov = _group(sub, "provider", "outbound providers")
     s = _sub(prov, "add", cmd_provider_add, "add a provider to an account")

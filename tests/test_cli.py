@@ -50,8 +50,9 @@ def test_provisioning_session(cli: Path, capsys: pytest.CaptureFixture[str]) -> 
     code, out, _ = run(capsys, "credential", "reset", "web@shop.test")
     new = out.split("password: ")[1].split()[0]
     assert new != password
-    code, out, _ = run(capsys, "credential", "reset", "web@shop.test",
-                       "--password", "chosen-password-123")
+    code, out, _ = run(
+        capsys, "credential", "reset", "web@shop.test", "--password", "chosen-password-123"
+    )
     assert code == 0 and "chosen-password-123" not in out
     assert run(capsys, "sender", "verify", "*@shop.test", "--account", "shop")[0] == 0
     code, out, _ = run(capsys, "sender", "list", "--account", "shop")
@@ -132,8 +133,12 @@ def test_queue_list_and_show(cli: Path, capsys: pytest.CaptureFixture[str]) -> N
     provision(capsys)
     settings = load_settings()
     engine = make_engine(settings.database.url)
-    acc = Acceptance(account_id=2, mail_from="a@shop.test", data=b"Subject: x\r\n\r\nhi\r\n",
-                     recipients=[("b@example.org", "to"), ("c@example.org", "bcc")])
+    acc = Acceptance(
+        account_id=2,
+        mail_from="a@shop.test",
+        data=b"Subject: x\r\n\r\nhi\r\n",
+        recipients=[("b@example.org", "to"), ("c@example.org", "bcc")],
+    )
     write_batch(engine, [acc], 3600)
     engine.dispose()
     code, out, _ = run(capsys, "queue", "list", "--state", "queued")
@@ -146,6 +151,7 @@ def test_queue_list_and_show(cli: Path, capsys: pytest.CaptureFixture[str]) -> N
 
 
 def test_entry_point_runs(cli: Path) -> None:
-    result = subprocess.run([sys.executable, "-m", "relay", "--help"], capture_output=True,
-                            timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "relay", "--help"], capture_output=True, timeout=60
+    )
     assert result.returncode == 0 and b"credential" in result.stdout

@@ -24,34 +24,43 @@ def scrape(relay: RelayThread) -> dict[tuple[str, tuple[tuple[str, str], ...]], 
 
 def ledger(relay: RelayThread) -> dict[tuple[str, str], int]:
     with relay.engine.connect() as conn:
-        rows = conn.execute(select(Usage.kind, Usage.event, func.sum(Usage.recipients))
-                            .group_by(Usage.kind, Usage.event)).all()
+        rows = conn.execute(
+            select(Usage.kind, Usage.event, func.sum(Usage.recipients)).group_by(
+                Usage.kind, Usage.event
+            )
+        ).all()
     return {(k, e): int(n) for k, e, n in rows}
 
 
 def test_counters_agree_with_the_ledger(relay: RelayThread, tenant: Tenant) -> None:
     with connect(relay, "submission", login=(tenant.username, tenant.password)) as client:
         for i in range(3):
-            client.sendmail(tenant.username,
-                            ["to@example.org", "cc@example.org", f"bcc{i}@example.org"],
-                            message(tenant.username, to="to@example.org",
-                                    cc="Carol <cc@Example.ORG>"))
+            client.sendmail(
+                tenant.username,
+                ["to@example.org", "cc@example.org", f"bcc{i}@example.org"],
+                message(tenant.username, to="to@example.org", cc="Carol <cc@Example.ORG>"),
+            )
     deadline = time.monotonic() + 10
     while ledger(relay).get(("bcc", "delivered")) != 3 and time.monotonic() < deadline:
         time.sleep(0.05)
     samples = scrape(relay)
     for (kind, event), n in ledger(relay).items():
-        key = ("relay_recipients_total",
-               (("account", "acme"), ("kind", kind), ("outcome", event)))
+        key = ("relay_recipients_total", (("account", "acme"), ("kind", kind), ("outcome", event)))
         assert samples[key] == n, (kind, event)
     assert samples[("relay_messages_total", (("account", "acme"), ("outcome", "accepted")))] == 3
     assert samples[("relay_messages_total", (("account", "acme"), ("outcome", "delivered")))] == 3
     assert samples[("relay_smtp_replies_total", (("code", "250"),))] == 3
     assert samples[("relay_accept_duration_seconds_count", ())] == 3
     assert samples[("relay_spool_healthy", ())] == 1
-    assert samples[("relay_delivery_attempts_total",
-                    (("provider", "agency-outbox"), ("result", "delivered"),
-                     ("transport", "file")))] == 3
+    assert (
+        samples[
+            (
+                "relay_delivery_attempts_total",
+                (("provider", "agency-outbox"), ("result", "delivered"), ("transport", "file")),
+            )
+        ]
+        == 3
+    )
 
 
 def test_auth_failures_and_sessions_are_counted(relay: RelayThread, tenant: Tenant) -> None:
@@ -65,8 +74,11 @@ def test_auth_failures_and_sessions_are_counted(relay: RelayThread, tenant: Tena
 
 def test_no_label_carries_an_address(relay: RelayThread, tenant: Tenant) -> None:
     with connect(relay, "submission", login=(tenant.username, tenant.password)) as client:
-        client.sendmail(tenant.username, ["secret-person@example.org"],
-                        message(tenant.username, to="secret-person@example.org"))
+        client.sendmail(
+            tenant.username,
+            ["secret-person@example.org"],
+            message(tenant.username, to="secret-person@example.org"),
+        )
     assert relay.relay is not None
     text = httpx.get(f"http://127.0.0.1:{relay.relay.admin_port}/metrics", timeout=5).text
     assert "@" not in text and tenant.password not in text

@@ -23,23 +23,31 @@ def db(any_db_url: str) -> Iterator[Engine]:
     engine = make_engine(any_db_url)
     migrate(engine)
     with engine.begin() as conn:
-        conn.execute(Account.__table__.insert().values(id=1, name="acme",
-                                                       created_at=dt.datetime.now(dt.UTC)))
+        conn.execute(
+            Account.__table__.insert().values(id=1, name="acme", created_at=dt.datetime.now(dt.UTC))
+        )
     yield engine
     engine.dispose()
 
 
 def acceptance(n: int = 0, state: str = "queued") -> Acceptance:
-    return Acceptance(account_id=1, mail_from="a@acme.test", state=state,
-                      data=f"Subject: {n}\r\n\r\nbody\r\n".encode(), provider_id=None,
-                      recipients=[("to@example.org", "to"), ("cc@example.org", "cc"),
-                                  ("bcc@example.org", "bcc")])
+    return Acceptance(
+        account_id=1,
+        mail_from="a@acme.test",
+        state=state,
+        data=f"Subject: {n}\r\n\r\nbody\r\n".encode(),
+        provider_id=None,
+        recipients=[("to@example.org", "to"), ("cc@example.org", "cc"), ("bcc@example.org", "bcc")],
+    )
 
 
 def usage(engine: Engine) -> dict[tuple[str, str], int]:
     with engine.connect() as conn:
-        rows = conn.execute(select(Usage.kind, Usage.event, func.sum(Usage.recipients))
-                            .group_by(Usage.kind, Usage.event)).all()
+        rows = conn.execute(
+            select(Usage.kind, Usage.event, func.sum(Usage.recipients)).group_by(
+                Usage.kind, Usage.event
+            )
+        ).all()
     return {(k, e): int(n) for k, e, n in rows}
 
 
@@ -57,8 +65,7 @@ async def test_group_commit_shares_transactions(db: Engine) -> None:
     assert spool.batches < 50  # later arrivals joined the commit in progress
     with db.connect() as conn:
         assert conn.execute(select(func.count()).select_from(Message)).scalar_one() == 50
-    assert usage(db) == {("to", "accepted"): 50, ("cc", "accepted"): 50,
-                         ("bcc", "accepted"): 50}
+    assert usage(db) == {("to", "accepted"): 50, ("cc", "accepted"): 50, ("bcc", "accepted"): 50}
 
 
 async def test_a_failed_commit_fails_every_waiter(db: Engine) -> None:
@@ -67,8 +74,9 @@ async def test_a_failed_commit_fails_every_waiter(db: Engine) -> None:
     await spool.accept(first)
     clash = acceptance()
     clash.queue_id = first.queue_id  # primary key conflict: the batch cannot commit
-    results = await asyncio.gather(spool.accept(clash), spool.accept(acceptance()),
-                                   return_exceptions=True)
+    results = await asyncio.gather(
+        spool.accept(clash), spool.accept(acceptance()), return_exceptions=True
+    )
     await spool.aclose()
     assert isinstance(results[0], SpoolError)
     assert str(results[0].reply).startswith("451 4.3.0")
@@ -102,14 +110,24 @@ def test_outcome_counts_once_and_partial_delivery_keeps_state(db: Engine) -> Non
     to, cc, bcc = (rid for rid, _, _ in msg.recipients)
     attempt = AttemptRecord("p", "api", "partial", 0.01, "250", "ok")
     later = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
-    assert store.record(db, msg, Outcome("deferred", [attempt], delivered=[to, cc],
-                                         next_attempt_at=later, reason="one deferred"))
+    assert store.record(
+        db,
+        msg,
+        Outcome(
+            "deferred", [attempt], delivered=[to, cc], next_attempt_at=later, reason="one deferred"
+        ),
+    )
     (again,) = store.claim(db, "w2", 1, 60)
     assert [a for _, a, _ in again.recipients] == ["bcc@example.org"]  # never re-sent
     assert store.record(db, again, Outcome("delivered", [attempt], delivered=[bcc]))
-    assert usage(db) == {("to", "accepted"): 1, ("cc", "accepted"): 1,
-                         ("bcc", "accepted"): 1, ("to", "delivered"): 1,
-                         ("cc", "delivered"): 1, ("bcc", "delivered"): 1}
+    assert usage(db) == {
+        ("to", "accepted"): 1,
+        ("cc", "accepted"): 1,
+        ("bcc", "accepted"): 1,
+        ("to", "delivered"): 1,
+        ("cc", "delivered"): 1,
+        ("bcc", "delivered"): 1,
+    }
     with db.connect() as conn:
         states = set(conn.execute(select(Recipient.state)).scalars())
         tries = conn.execute(select(Message.attempts)).scalar_one()

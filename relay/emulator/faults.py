@@ -4,13 +4,15 @@ Each emulated API has one :class:`ApiState`: the requests it received (in
 memory, never the API key itself: only the scheme of the Authorization header)
 and a queue of faults. A fault applies to the next ``count`` requests:
 
-* ``fail``: answer ``status`` (and the provider's error body, with ``code``);
+* ``fail``: answer ``status`` (and the provider's error body, with ``code``:
+  SparkPost's error code, or the ``field`` of SendGrid's error), optionally
+  ``after`` letting some requests through first;
 * ``stall``: sleep ``seconds`` before answering normally (a client timeout);
 * ``rate_limit``: answer 429 with the provider's rate-limit headers.
 
 The same controls are reachable over HTTP on every emulated API::
 
-    POST /_emulator/fail        {"status": 500, "count": 2, "code": "1902"}
+    POST /_emulator/fail        {"status": 500, "count": 2, "code": "1902", "after": 0}
     POST /_emulator/stall       {"seconds": 5, "count": 1}
     POST /_emulator/rate-limit  {"count": 1, "reset_in": 2}
     POST /_emulator/suppress    {"addresses": ["a@example.com"]}   (SparkPost)

@@ -93,8 +93,9 @@ def encode(payload: Json) -> bytes:
     if len(body) > MAX_BYTES:
         raise PermanentError(
             f"message too large for SendGrid: {len(body)} bytes of JSON, limit {MAX_BYTES}",
-            413, transport="api",
-        )  # fmt: skip
+            413,
+            transport="api",
+        )
     return body
 
 

@@ -141,6 +141,7 @@ class SmtpPool:
     def __init__(self, endpoint: SmtpEndpoint) -> None:
         self.endpoint = endpoint
         self.opened = 0
+        self._closed = False
         self._idle: list[_Connection] = []
         self._slots = asyncio.Semaphore(max(1, endpoint.pool_size))
 
@@ -177,7 +178,7 @@ class SmtpPool:
         cap = self.endpoint.max_messages_per_connection
         if not conn.client.is_connected:
             return
-        if cap and conn.sent >= cap:
+        if self._closed or (cap and conn.sent >= cap):
             await _quit(conn.client)
             return
         conn.idle_since = time.monotonic()
@@ -226,6 +227,8 @@ class SmtpPool:
         await client.auth_login(ep.username, ep.password.reveal())
 
     async def aclose(self) -> None:
+        """QUIT the idle connections; those in use QUIT when their message is done."""
+        self._closed = True
         idle, self._idle = self._idle, []
         for conn in idle:
             await _quit(conn.client)

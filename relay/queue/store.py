@@ -183,7 +183,7 @@ def record(engine: Engine, claimed: Claimed, outcome: Outcome) -> Recorded | Non
                 ],
             )
         usage = (
-            _write_usage_outcome(conn, claimed.id, claimed.account_id, now.date()) if final else []
+            write_usage_outcome(conn, claimed.id, claimed.account_id, now.date()) if final else []
         )
     return Recorded(usage)
 
@@ -206,7 +206,7 @@ def _write_recipients(conn: Connection, message_id: str, outcome: Outcome) -> No
         )
 
 
-def _write_usage_outcome(
+def write_usage_outcome(
     conn: Connection, message_id: str, account_id: int, day: dt.date
 ) -> list[tuple[str, str, int]]:
     """Count each finished recipient once, by class and outcome (the ledger's key).

@@ -79,12 +79,20 @@ class Policy:
         with Session(self._engine) as session:
             account = session.get_one(Account, sub.account_id)
             parent = session.get(Account, account.parent_id) if account.parent_id else None
-            patterns = session.scalars(
-                select(Sender.pattern).where(
-                    Sender.account_id == sub.account_id, Sender.verified.is_(True)
+            patterns = list(
+                session.scalars(
+                    select(Sender.pattern).where(
+                        Sender.account_id == sub.account_id, Sender.verified.is_(True)
+                    )
                 )
-            ).all()
+            )
             route = self._route(session, account, parent, sub.senders[0] if sub.senders else "")
+            provider = session.get(Provider, route) if route is not None else None
+        # The address the provider was checked with is one it accepts as a
+        # sender: it counts as verified for mail routed through that provider.
+        test_address = (provider.options or {}).get("test_address") if provider else None
+        if test_address:
+            patterns.append(str(test_address))
         bad = [s for s in dict.fromkeys(sub.senders) if not sender_matches(s, patterns)]
         if bad:
             action = unverified_action(
@@ -108,9 +116,12 @@ class Policy:
         domain = sender.rpartition("@")[2].lower()
         if domain:
             bound = session.execute(
-                select(Provider.id).where(
-                    Provider.account_id == account.id, Provider.domain == domain
+                select(Provider.id)
+                .where(
+                    Provider.account_id.in_([account.id, account.parent_id or account.id]),
+                    Provider.domain == domain,
                 )
+                .order_by((Provider.account_id == account.id).desc())  # its own first
             ).scalar()
             if bound is not None:
                 return int(bound)

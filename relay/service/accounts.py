@@ -17,6 +17,8 @@ from sqlalchemy.orm import Session
 from relay.auth.authenticator import normalise_username
 from relay.auth.passwords import Hasher, generate_password
 from relay.core.errors import Conflict, Invalid, NotFound
+from relay.queue import held
+from relay.routing.policy import sender_matches
 from relay.store.models import Account, Credential, Domain, Sender, utcnow
 
 PURPOSES = ("transactional", "campaign")
@@ -222,7 +224,24 @@ def verify_sender(engine: Engine, pattern: str, account: str) -> Sender:
             row = Sender(account_id=owner.id, pattern=pattern, verified=True)
             session.add(row)
         row.verified = True
+        account_id = owner.id
+    _resume_paused(engine, account_id)
     return row
+
+
+def _resume_paused(engine: Engine, account_id: int) -> list[str]:
+    """Mail paused for this account's unverified senders resumes by itself."""
+    with Session(engine) as session:
+        patterns = list(
+            session.scalars(
+                select(Sender.pattern).where(
+                    Sender.account_id == account_id, Sender.verified.is_(True)
+                )
+            )
+        )
+    return held.resume_verified(
+        engine, account_id, lambda address: sender_matches(address, patterns)
+    )
 
 
 def list_senders(engine: Engine, account: str) -> list[Sender]:

@@ -1,4 +1,4 @@
-"""The queue as an operator sees it: list, show, retry."""
+"""The queue as an operator sees it: list, show, retry, release, discard."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session
 
 from relay.core.errors import Conflict, Invalid, NotFound
+from relay.queue import held
 from relay.queue.store import now_utc
+from relay.service.accounts import check_sender, get_account
 from relay.store.models import Account, Attempt, Message, Recipient
 
 STATES = ("queued", "deferred", "paused", "delivered", "failed", "dropped")
@@ -77,3 +79,46 @@ def retry_message(engine: Engine, queue_id: str) -> None:
             .where(Message.id == queue_id)
             .values(next_attempt_at=now_utc(), state="queued")
         )
+
+
+def _paused_ids(
+    engine: Engine, queue_id: str | None, sender: str | None, account: str | None
+) -> list[str]:
+    if queue_id:
+        with Session(engine) as session:
+            msg = session.get(Message, queue_id)
+            if msg is None:
+                raise NotFound(f"message {queue_id} is not in the queue")
+            if msg.state != "paused":
+                raise Conflict(f"message {queue_id} is {msg.state}, not paused")
+        return [queue_id]
+    if not (sender or account):
+        raise Invalid("name a message ID, --sender or --account", "id")
+    account_id = None
+    if account:
+        with Session(engine) as session:
+            account_id = get_account(session, account).id
+    return [m[0] for m in held.paused(engine, account_id, check_sender(sender) if sender else None)]
+
+
+def release_messages(
+    engine: Engine,
+    queue_id: str | None = None,
+    *,
+    sender: str | None = None,
+    account: str | None = None,
+) -> list[str]:
+    """Deliver paused mail now, whatever held it (one message, or in bulk)."""
+    return held.release(engine, _paused_ids(engine, queue_id, sender, account))
+
+
+def discard_messages(
+    engine: Engine,
+    queue_id: str | None = None,
+    *,
+    sender: str | None = None,
+    account: str | None = None,
+) -> held.LedgerRows:
+    """Drop paused mail for good; it is recorded as dropped."""
+    ids = _paused_ids(engine, queue_id, sender, account)
+    return held.discard(engine, ids, "discarded by the operator")

@@ -1,0 +1,170 @@
+"""The usage report an operator invoices from: the ledger summed by account and class.
+
+The ledger (``relay.store.models.Usage``) has one ``accepted`` row per message
+and class, written with the message, and at most one row per outcome when the
+message ends. This module only reads it; ``relay.billing.report`` does the
+arithmetic and the formats.
+
+Which day a recipient counts on: the day it was **accepted**. Outcome rows
+carry the day the message ended, which may be later (a message accepted at
+23:59 and delivered at 00:01, or retried for days); the report joins each
+outcome to its ``accepted`` row and uses that row's day and account. So a
+period's figures describe the mail accepted in it: what is billed, and what
+became of it, and ``pending`` is exactly what is still in the queue. Counted
+by outcome day instead, a period boundary would leave mail pending forever in
+one period and negative in the next.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Iterable, Sequence
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import (
+    ColumnElement,
+    Engine,
+    String,
+    and_,
+    distinct,
+    func,
+    literal_column,
+    null,
+    select,
+)
+from sqlalchemy.orm import Session, aliased
+
+from relay.billing.report import OUTCOMES, AccountRef, LedgerSums, Report, build_report
+from relay.core.errors import Invalid
+from relay.service.accounts import get_account
+from relay.store.models import Account, Usage
+
+_ISO_DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+# The tag of the message-count rows in the one statement (not an event name).
+_MESSAGES = "messages"
+
+
+def parse_day(value: str | dt.date | None, name: str) -> dt.date | None:
+    """An inclusive UTC day from ``YYYY-MM-DD``; ``name`` is the option, for the error.
+
+    Stricter than ``date.fromisoformat``, which since 3.11 also takes
+    ``20240501`` and week dates: an invoice period should be unambiguous.
+    """
+    if value is None or isinstance(value, dt.date):
+        return value
+    text = value.strip()
+    try:
+        if not _ISO_DAY.match(text):
+            raise ValueError(text)
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise Invalid(f"{name} {value!r} is not a date: use YYYY-MM-DD", name) from None
+
+
+def parse_period(
+    first: str | dt.date | None, last: str | dt.date | None
+) -> tuple[dt.date | None, dt.date | None]:
+    first_day, last_day = parse_day(first, "--from"), parse_day(last, "--to")
+    if first_day and last_day and first_day > last_day:
+        raise Invalid(f"--from {first_day} is after --to {last_day}", "from")
+    return first_day, last_day
+
+
+def usage_report(
+    engine: Engine,
+    price_per_1000: Decimal,
+    account: str | None = None,
+    first: str | dt.date | None = None,
+    last: str | dt.date | None = None,
+) -> Report:
+    """Usage of ``account`` (an agency brings its sub-accounts), or of every
+    account, from ``first`` to ``last`` inclusive (either open when None)."""
+    first_day, last_day = parse_period(first, last)
+    with Session(engine) as session:
+        accounts = _selected(session, account)
+        ids = [a.id for a in accounts] if account else None
+        sums = _ledger_sums(session, ids, first_day, last_day)
+    return build_report(accounts, sums, price_per_1000, first_day, last_day)
+
+
+def _selected(session: Session, name: str | None) -> list[AccountRef]:
+    """Every account, or the named one with its sub-accounts when it is an agency."""
+    parent = aliased(Account)
+    query = select(Account.id, Account.name, parent.name).outerjoin(
+        parent, parent.id == Account.parent_id
+    )
+    if name is not None:
+        chosen = get_account(session, name)
+        query = query.where((Account.id == chosen.id) | (Account.parent_id == chosen.id))
+    return [AccountRef(i, n, p) for i, n, p in session.execute(query).all()]
+
+
+def _ledger_sums(
+    session: Session, ids: list[int] | None, first: dt.date | None, last: dt.date | None
+) -> LedgerSums:
+    """All the report's sums in one statement.
+
+    One statement reads one snapshot on both engines. Three separate queries
+    could see a message accepted and finished between them, counted as ended
+    but not as accepted, and print a negative ``pending``.
+    """
+    accepted = aliased(Usage, name="accepted")
+    ended = aliased(Usage, name="ended")
+    where = _period_and_accounts(accepted, ids, first, last)
+    by_class = (
+        select(accepted.account_id, accepted.kind, accepted.event, func.sum(accepted.recipients))
+        .where(*where)
+        .group_by(accepted.account_id, accepted.kind, accepted.event)
+    )
+    # Each outcome counts on its accepted row's day and account (module docstring).
+    outcomes = (
+        select(accepted.account_id, ended.kind, ended.event, func.sum(ended.recipients))
+        .join(
+            ended,
+            and_(
+                ended.message_id == accepted.message_id,
+                ended.kind == accepted.kind,
+                ended.event.in_(OUTCOMES),
+            ),
+        )
+        .where(*where)
+        .group_by(accepted.account_id, ended.kind, ended.event)
+    )
+    messages = (
+        select(
+            accepted.account_id,
+            null(),
+            literal_column(f"'{_MESSAGES}'", String()),
+            func.count(distinct(accepted.message_id)),
+        )
+        .where(*where)
+        .group_by(accepted.account_id)
+    )
+    return _collect(session.execute(by_class.union_all(outcomes, messages)).all())
+
+
+def _period_and_accounts(
+    accepted: type[Usage], ids: list[int] | None, first: dt.date | None, last: dt.date | None
+) -> list[ColumnElement[bool]]:
+    where = [accepted.event == "accepted"]
+    if first is not None:
+        where.append(accepted.day >= first)
+    if last is not None:
+        where.append(accepted.day <= last)
+    if ids is not None:
+        where.append(accepted.account_id.in_(ids))
+    return where
+
+
+def _collect(rows: Iterable[Sequence[Any]]) -> LedgerSums:
+    recipients: dict[tuple[int, str, str], int] = {}
+    messages: dict[int, int] = {}
+    for account_id, kind, event, n in rows:
+        # SUM is NUMERIC on PostgreSQL (a Decimal), INTEGER on SQLite.
+        if event == _MESSAGES:
+            messages[int(account_id)] = int(n)
+        else:
+            recipients[(int(account_id), str(kind), str(event))] = int(n)
+    return LedgerSums(recipients, messages)

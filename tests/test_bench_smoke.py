@@ -1,0 +1,122 @@
+"""Smoke runs of bench/ so the benchmark code cannot rot. No timing assertions.
+
+The end-to-end runs start real ``relay serve`` subprocesses on free loopback
+ports and send a handful of messages, as ``python bench/ingest.py`` does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # bench/ is a directory of scripts, not an installed package
+    sys.path.insert(0, str(ROOT))
+
+from bench.common import (  # noqa: E402 - after the path fix above
+    Summary,
+    TreeMonitor,
+    format_table,
+    hot_spots,
+    make_message,
+    percentile,
+    split,
+)
+
+
+def run_ingest(*args: str) -> dict[str, Any]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "ingest.py"), "--json", "--quiet", *args],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        env=env,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc: dict[str, Any] = json.loads(proc.stdout)
+    return doc
+
+
+def check_mode(mode: dict[str, Any], messages: int) -> None:
+    assert mode["accepted"] == messages
+    assert mode["errors"] == 0
+    assert mode["db_new_messages"] == messages  # the relay queued what it said 250 to
+    assert mode["accept_latency_ms"]["count"] == messages
+    assert mode["server_cpu_seconds"] >= 0
+    assert mode["server_peak_rss_bytes"] > 0
+    assert mode["problems"] == []
+
+
+def test_ingest_starttls_raw_client_both_modes() -> None:
+    doc = run_ingest(
+        "--messages", "6", "--concurrency", "2", "--processes", "2",
+        "--per-connection", "1", "3", "--warmup", "1", "--fast-argon2",
+    )  # fmt: skip
+    assert [m["per_connection"] for m in doc["modes"]] == [1, 3]
+    for mode in doc["modes"]:
+        check_mode(mode, 6)
+    assert any("LOWERED" in line for line in doc["setup"])  # the cheaper hash is said
+
+
+def test_ingest_plaintext_aiosmtplib_client() -> None:
+    doc = run_ingest(
+        "--messages", "4", "--concurrency", "2", "--processes", "1",
+        "--per-connection", "2", "--warmup", "1", "--fast-argon2",
+        "--plaintext", "--client", "aiosmtplib", "--size", "300",
+    )  # fmt: skip
+    check_mode(doc["modes"][0], 4)
+
+
+def test_percentile_interpolates() -> None:
+    values = [1.0, 2.0, 3.0, 4.0]
+    assert percentile(values, 0) == 1.0
+    assert percentile(values, 50) == 2.5
+    assert percentile(values, 100) == 4.0
+    assert percentile([7.0], 99) == 7.0
+    summary = Summary.of([0.001, 0.002, 0.003])
+    assert (summary.count, summary.p50, summary.max) == (3, 2.0, 3.0)
+    assert Summary.of([]).count == 0
+
+
+def test_split_spreads_evenly() -> None:
+    assert split(10, 3) == [4, 3, 3]
+    assert sum(split(5000, 7)) == 5000
+
+
+@pytest.mark.parametrize("size", [300, 2048, 100 * 1024])
+def test_message_has_the_asked_size(size: int) -> None:
+    head, tail = make_message(size, "a@b.test", "c@d.test")
+    message = head + b"12345678" + tail
+    assert abs(len(message) - size) <= 2
+    assert message.endswith(b"\r\n")
+    assert b"\n." not in message  # nothing to dot-stuff
+
+
+def test_tree_monitor_sees_own_cpu() -> None:
+    monitor = TreeMonitor(os.getpid(), interval=0.01)
+    monitor.start()
+    end = time.process_time() + 0.05
+    while time.process_time() < end:
+        pass
+    usage = monitor.stop()
+    assert usage.cpu_seconds > 0
+    assert usage.peak_rss_bytes > 0
+
+
+def test_hot_spots_and_table(tmp_path: Path) -> None:
+    stacks = tmp_path / "stacks.txt"
+    stacks.write_text("main (a.py);work (b.py) 3\nmain (a.py);idle (c.py) 1\n")
+    spots = {name: (incl, own) for name, incl, own in hot_spots(stacks)}
+    assert spots["main (a.py)"] == (100.0, 0.0)
+    assert spots["work (b.py)"] == (75.0, 75.0)
+    table = format_table([{"a": 1.234, "b": "x"}], [("a", "A"), ("b", "B")])
+    assert "1.23" in table and "B" in table
