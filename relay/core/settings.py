@@ -156,6 +156,15 @@ class PolicySettings:
 
 
 @dataclass(frozen=True)
+class DNSSettings:
+    nameservers: tuple[str, ...] = _doc(
+        "Resolvers for domain verification; empty: the system's.", ()
+    )
+    port: int = _doc("Port of those resolvers.", 53)
+    timeout: float = _doc("Seconds a verification look-up may take.", 5.0)
+
+
+@dataclass(frozen=True)
 class BillingSettings:
     price_per_1000: float = _doc("Price per thousand recipients on invoices.", 0.675)
 
@@ -179,6 +188,7 @@ class Settings:
     queue: QueueSettings = field(default_factory=QueueSettings)
     policy: PolicySettings = field(default_factory=PolicySettings)
     billing: BillingSettings = field(default_factory=BillingSettings)
+    dns: DNSSettings = field(default_factory=DNSSettings)
     secrets: SecretSettings = field(default_factory=SecretSettings)
     source: str = ""
 
@@ -197,11 +207,12 @@ _SECTIONS: dict[str, type[Any]] = {
     "queue": QueueSettings,
     "policy": PolicySettings,
     "billing": BillingSettings,
+    "dns": DNSSettings,
     "secrets": SecretSettings,
 }
 
 
-def _coerce(key: str, value: Any, default: Any) -> Any:
+def _coerce(key: str, value: Any, default: Any, kind: str = "") -> Any:
     """Turn a TOML or environment value into the type of the default."""
     try:
         if isinstance(default, Secret):
@@ -216,6 +227,8 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
             return value
         if isinstance(default, tuple):
             items = value.split(",") if isinstance(value, str) else list(value)
+            if "str" in kind:  # the field's annotation, e.g. tuple[str, ...]
+                return tuple(str(i).strip() for i in items if str(i).strip())
             return tuple(float(i) for i in items)
         if isinstance(default, int):
             if isinstance(value, bool):
@@ -242,9 +255,9 @@ def _section(name: str, cls: type[Any], table: Mapping[str, Any], env: Mapping[s
         if name == "secrets":
             env_key = f"RELAY_{fname}".upper()
         if env_key in env:
-            values[fname] = _coerce(f"{env_key}", env[env_key], default)
+            values[fname] = _coerce(f"{env_key}", env[env_key], default, str(f.type))
         elif fname in table:
-            values[fname] = _coerce(f"[{name}] {fname}", table[fname], default)
+            values[fname] = _coerce(f"[{name}] {fname}", table[fname], default, str(f.type))
     return cls(**values)
 
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from sqlalchemy import Engine, func, select
+import dns.resolver
+from sqlalchemy import Engine, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -18,6 +19,7 @@ from relay.auth.authenticator import normalise_username
 from relay.auth.passwords import Hasher, generate_password
 from relay.core.errors import Conflict, Invalid, NotFound
 from relay.queue import held
+from relay.routing import dnsverify
 from relay.routing.policy import sender_matches
 from relay.store.models import Account, Credential, Domain, Sender, utcnow
 
@@ -227,6 +229,45 @@ def verify_sender(engine: Engine, pattern: str, account: str) -> Sender:
         account_id = owner.id
     _resume_paused(engine, account_id)
     return row
+
+
+@dataclass(frozen=True)
+class DNSChallenge:
+    domain: str
+    record: str  # the name to publish the TXT record at
+    value: str  # the TXT value
+    verified: bool
+
+
+def verify_sender_dns(
+    engine: Engine, domain: str, account: str, resolver: dns.resolver.Resolver
+) -> DNSChallenge:
+    """Verify a whole domain by a TXT record: make the token once, then look it up."""
+    domain = check_domain(domain)
+    with Session(engine) as session, session.begin():
+        owner = get_account(session, account)
+        row = session.scalar(
+            select(Sender).where(Sender.account_id == owner.id, Sender.pattern == domain)
+        )
+        if row is None:
+            row = Sender(
+                account_id=owner.id, pattern=domain, verified=False, dns_token=dnsverify.new_token()
+            )
+            session.add(row)
+        elif row.dns_token is None:
+            row.dns_token = dnsverify.new_token()
+        token, already, account_id = row.dns_token, row.verified, owner.id
+    assert token is not None
+    found = already or dnsverify.txt_has_token(resolver, domain, token)
+    if found and not already:
+        with Session(engine) as session, session.begin():
+            session.execute(
+                update(Sender)
+                .where(Sender.account_id == account_id, Sender.pattern == domain)
+                .values(verified=True)
+            )
+        _resume_paused(engine, account_id)
+    return DNSChallenge(domain, dnsverify.record_name(domain), dnsverify.record_value(token), found)
 
 
 def _resume_paused(engine: Engine, account_id: int) -> list[str]:
