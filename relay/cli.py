@@ -22,9 +22,14 @@ from relay.store.engine import make_engine, migrate
 Handler = Callable[[argparse.Namespace, Settings], int]
 
 
+_ENGINES: list[Engine] = []
+
+
 def _engine(settings: Settings) -> Engine:
+    """The database for this invocation; main() closes its pool before exiting."""
     engine = make_engine(settings.database.url, settings.database.pool_size)
     migrate(engine)
+    _ENGINES.append(engine)
     return engine
 
 
@@ -487,6 +492,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    finally:
+        while _ENGINES:
+            _ENGINES.pop().dispose()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -45,9 +45,15 @@ class TinyDNS:
             question = query.question[0]
             name = question.name.to_text().rstrip(".")
             if name in self.records and question.rdtype == dns.rdatatype.TXT:
-                reply.answer.append(dns.rrset.from_text_list(
-                    question.name, 60, dns.rdataclass.IN, dns.rdatatype.TXT,
-                    [f'"{v}"' for v in self.records[name]]))
+                reply.answer.append(
+                    dns.rrset.from_text_list(
+                        question.name,
+                        60,
+                        dns.rdataclass.IN,
+                        dns.rdatatype.TXT,
+                        [f'"{v}"' for v in self.records[name]],
+                    )
+                )
             else:
                 reply.set_rcode(dns.rcode.NXDOMAIN)
             self.sock.sendto(reply.to_wire(), addr)
@@ -65,8 +71,9 @@ def dns_server() -> Iterator[TinyDNS]:
     server.close()
 
 
-def test_txt_record_verifies_the_domain(dns_server: TinyDNS, engine: Engine,
-                                        tenant: Tenant) -> None:
+def test_txt_record_verifies_the_domain(
+    dns_server: TinyDNS, engine: Engine, tenant: Tenant
+) -> None:
     resolver = dnsverify.make_resolver(("127.0.0.1",), dns_server.port, timeout=2)
     first = accounts.verify_sender_dns(engine, "Brand.test", tenant.account, resolver)
     assert not first.verified
@@ -84,8 +91,9 @@ def test_txt_record_verifies_the_domain(dns_server: TinyDNS, engine: Engine,
         assert row.scalar_one() is True
 
 
-def test_unknown_account_and_bad_domain(dns_server: TinyDNS, engine: Engine,
-                                        tenant: Tenant) -> None:
+def test_unknown_account_and_bad_domain(
+    dns_server: TinyDNS, engine: Engine, tenant: Tenant
+) -> None:
     resolver = dnsverify.make_resolver(("127.0.0.1",), dns_server.port, timeout=2)
     with pytest.raises(NotFound):
         accounts.verify_sender_dns(engine, "brand.test", "nobody", resolver)

@@ -10,18 +10,21 @@ What a line says, for one account over a period of UTC days:
   (``to``, ``cc``, ``bcc``);
 - ``messages``: distinct messages with an ``accepted`` event;
 - ``delivered``, ``dropped``, ``failed``: how those recipients ended;
-- ``pending``: accepted minus ended, i.e. still queued, deferred or paused.
-  It is derived, never stored, so it cannot drift from the ledger;
+- ``pending``: accepted minus ended: recipients of messages still queued,
+  deferred or paused. Derived, never stored, so it cannot drift from the
+  ledger. The ledger writes outcomes once, when a message ends, so a
+  recipient delivered while others of its message are deferred stays pending
+  until the message ends;
 - ``cost``: ``recipients / 1000 x price``, in ``decimal.Decimal``, rounded
   half-up to 4 places (``COST_PLACES``). An agency total is computed from its
   total recipients, not by adding rounded lines, so it may differ from the sum
   of the lines in the last place.
 
 Formats: ``table`` for people; ``csv`` (one row per line, a fixed header,
-LF line ends) and ``json`` (fixed keys, counts as numbers, ``cost`` and
-``price_per_1000`` as strings with fixed decimals so no float ever rounds
-money) for programs. CSV columns are the JSON keys, per-class ones flattened
-as ``<class>_<key>`` (``bcc_delivered``).
+LF line ends) and ``json`` (fixed keys, counts as numbers; ``cost`` a string
+with exactly 4 decimals and ``price_per_1000`` the configured decimal, as a
+string, so no float ever rounds money) for programs. CSV columns are the JSON
+keys, per-class ones flattened as ``<class>_<key>`` (``bcc_delivered``).
 """
 
 from __future__ import annotations

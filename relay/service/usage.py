@@ -21,13 +21,15 @@ import datetime as dt
 import re
 from collections.abc import Iterable, Sequence
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeAlias
 
 from sqlalchemy import (
     ColumnElement,
     Engine,
+    Select,
     String,
     and_,
+    cast,
     distinct,
     func,
     literal_column,
@@ -44,6 +46,9 @@ from relay.store.models import Account, Usage
 _ISO_DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 # The tag of the message-count rows in the one statement (not an event name).
 _MESSAGES = "messages"
+# (account id, class, event or _MESSAGES, count): the rows of the one statement.
+# A string, so SQLAlchemy 2.0 (whose Select takes one parameter) can import it.
+_Sums: TypeAlias = "Select[int, str, str, int]"
 
 
 def parse_day(value: str | dt.date | None, name: str) -> dt.date | None:
@@ -104,45 +109,60 @@ def _selected(session: Session, name: str | None) -> list[AccountRef]:
 def _ledger_sums(
     session: Session, ids: list[int] | None, first: dt.date | None, last: dt.date | None
 ) -> LedgerSums:
-    """All the report's sums in one statement.
+    """All the report's sums in one statement (a UNION ALL of three).
 
-    One statement reads one snapshot on both engines. Three separate queries
-    could see a message accepted and finished between them, counted as ended
-    but not as accepted, and print a negative ``pending``.
+    One statement reads one snapshot on both engines. Separate queries could
+    see a message accepted and finished between them, counted as ended but not
+    as accepted, and print a negative ``pending``.
     """
     accepted = aliased(Usage, name="accepted")
-    ended = aliased(Usage, name="ended")
     where = _period_and_accounts(accepted, ids, first, last)
-    by_class = (
+    statement = _accepted_sums(accepted, where).union_all(
+        _outcome_sums(accepted, where), _message_counts(accepted, where)
+    )
+    return _collect(session.execute(statement).all())
+
+
+def _accepted_sums(accepted: type[Usage], where: list[ColumnElement[bool]]) -> _Sums:
+    """(account, class, "accepted", recipients)."""
+    return (
         select(accepted.account_id, accepted.kind, accepted.event, func.sum(accepted.recipients))
         .where(*where)
         .group_by(accepted.account_id, accepted.kind, accepted.event)
     )
-    # Each outcome counts on its accepted row's day and account (module docstring).
-    outcomes = (
+
+
+def _outcome_sums(accepted: type[Usage], where: list[ColumnElement[bool]]) -> _Sums:
+    """(account, class, outcome, recipients), each outcome row counted on the
+    day and account of its ``accepted`` row (see the module docstring). The
+    join follows the ledger's unique key (message_id, kind, event)."""
+    ended = aliased(Usage, name="ended")
+    same_message_and_class = and_(
+        ended.message_id == accepted.message_id,
+        ended.kind == accepted.kind,
+        ended.event.in_(OUTCOMES),
+    )
+    return (
         select(accepted.account_id, ended.kind, ended.event, func.sum(ended.recipients))
-        .join(
-            ended,
-            and_(
-                ended.message_id == accepted.message_id,
-                ended.kind == accepted.kind,
-                ended.event.in_(OUTCOMES),
-            ),
-        )
+        .join(ended, same_message_and_class)
         .where(*where)
         .group_by(accepted.account_id, ended.kind, ended.event)
     )
-    messages = (
+
+
+def _message_counts(accepted: type[Usage], where: list[ColumnElement[bool]]) -> _Sums:
+    """(account, NULL, "messages", distinct accepted messages): a message has
+    one accepted row per class, so it is counted apart from the classes."""
+    return (
         select(
             accepted.account_id,
-            null(),
+            cast(null(), String()),
             literal_column(f"'{_MESSAGES}'", String()),
             func.count(distinct(accepted.message_id)),
         )
         .where(*where)
         .group_by(accepted.account_id)
     )
-    return _collect(session.execute(by_class.union_all(outcomes, messages)).all())
 
 
 def _period_and_accounts(
@@ -162,7 +182,7 @@ def _collect(rows: Iterable[Sequence[Any]]) -> LedgerSums:
     recipients: dict[tuple[int, str, str], int] = {}
     messages: dict[int, int] = {}
     for account_id, kind, event, n in rows:
-        # SUM is NUMERIC on PostgreSQL (a Decimal), INTEGER on SQLite.
+        # int(): what SUM and COUNT return differs by engine and driver.
         if event == _MESSAGES:
             messages[int(account_id)] = int(n)
         else:
