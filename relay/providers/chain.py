@@ -37,7 +37,9 @@ them synchronously, in order, as each leg finishes:
   (the worker's attempt rows: collect, then write them after ``send`` returns
   or raises).
 
-A callback that raises is logged and ignored: a bookkeeping bug must not turn
+An API leg skipped because the breaker is open is no attempt (nothing was
+tried); ``chain.breaker.state`` says why. A callback that raises is logged and
+ignored: a bookkeeping bug must not turn
 a delivered message into a failed one (and so into a duplicate on retry).
 
 Circuit breaker
@@ -214,6 +216,10 @@ class ProviderChain:
             if first is not None:
                 raise exc from first
             raise
+
+    async def send_recorded(self, message: OutboundMessage, on_attempt: AttemptHook) -> Receipt:
+        """``send`` with a per-message attempt callback (the delivery pool's entry point)."""
+        return await self.send(message, on_attempt=on_attempt)
 
     async def _try_api(
         self, message: OutboundMessage, hooks: Sequence[AttemptHook]

@@ -60,6 +60,7 @@ OPTIONS: dict[str, tuple[tuple[type, ...], str]] = {
     "smtp_max_messages": ((int,), "messages per SMTP connection, 0 = no cap"),
     "helo_hostname": ((str,), "name to say in EHLO (default: the host's FQDN)"),
     "domain": ((str,), "sending domain the provider is bound to (used by routing)"),
+    "directory": ((str,), "outbox only: where the .eml files go (default outbox_dir)"),
 }
 SECRETS = ("api_key", "smtp_password")
 
@@ -300,7 +301,8 @@ def build_provider(
     validate_options(kind, options, secrets)
     chain_options: dict[str, Any] = {"breaker": breaker, "on_attempt": on_attempt}
     if kind == "outbox":
-        return ProviderChain(name, Leg("file", OutboxProvider(name, outbox_dir)), **chain_options)
+        directory = options.get("directory") or outbox_dir
+        return ProviderChain(name, Leg("file", OutboxProvider(name, directory)), **chain_options)
     endpoint = _endpoint(kind, options, secrets, tls_context)
     smtp = Leg("smtp", SmtpTransport(name, endpoint, prepare=_PREPARE.get(kind)))
     if kind == "smtp":
