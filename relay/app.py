@@ -85,7 +85,7 @@ class Relay:
         tls = server_context(s)
         box = secret_box(s)
         self.spool = Spool(self.engine, s.queue.lifetime)
-        self.pool = ProviderPool(self.engine, box, s.var_path / "outbox")
+        self.pool = ProviderPool(self.engine, box, s.var_path / "outbox", s.server.hostname)
         if s.queue.workers:
             self.worker = Worker(
                 self.engine, s.queue, Deliverer(self.pool, s.queue), on_outcome=self._count_outcome
@@ -177,6 +177,8 @@ class Relay:
         for attempt in outcome.attempts:
             m.delivery_attempts.labels(attempt.provider, attempt.transport, attempt.result).inc()
             m.delivery_duration.observe(attempt.duration)
+        if outcome.fell_back:
+            m.provider_fallbacks.labels(outcome.attempts[-1].provider).inc()
         # The ledger's outcome rows, as written in the same transaction.
         for kind, event, n in recorded.usage:
             m.recipients.labels(msg.account_name, kind, event).inc(n)

@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import ssl
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +19,11 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from relay.core.crypto import SecretBox
-from relay.core.errors import ConfigError
+from relay.core.errors import ConfigError, Invalid
 from relay.core.message import OutboundMessage
-from relay.providers.base import Provider, Receipt
+from relay.providers.base import Receipt
+from relay.providers.chain import Attempt, ProviderChain
+from relay.providers.registry import build_provider, make_http_client
 from relay.queue.store import AttemptRecord
 from relay.store.models import Provider as ProviderRow
 
@@ -34,13 +36,17 @@ class ProviderPool:
         engine: Engine,
         box: SecretBox,
         outbox_dir: Path,
-        build: Callable[..., Provider] | None = None,
+        hostname: str = "relay.localhost",
+        tls_context: ssl.SSLContext | None = None,
     ) -> None:
         self._engine = engine
         self._box = box
         self._outbox_dir = outbox_dir
-        self._build = build or _default_build
-        self._live: dict[int, tuple[str, float, Provider]] = {}
+        self._hostname = hostname
+        self._tls_context = tls_context
+        # One pooled HTTP client for every provider of the process.
+        self._http = make_http_client()
+        self._live: dict[int, tuple[str, float, ProviderChain]] = {}
         self._lock = asyncio.Lock()
 
     def _row(self, provider_id: int) -> tuple[str, str, dict[str, Any], dict[str, str], str]:
@@ -56,7 +62,7 @@ class ProviderPool:
         ).hexdigest()
         return row.name, row.kind, options, self._box.open(row.secrets), fingerprint
 
-    async def get(self, provider_id: int) -> Provider:
+    async def get(self, provider_id: int) -> ProviderChain:
         live = self._live.get(provider_id)
         if live is not None and time.monotonic() - live[1] < REFRESH:
             return live[2]
@@ -68,36 +74,48 @@ class ProviderPool:
             if live is not None and live[0] == fingerprint:
                 self._live[provider_id] = (fingerprint, time.monotonic(), live[2])
                 return live[2]
-            provider = self._build(kind, name, options, secrets, outbox_dir=self._outbox_dir)
+            # EHLO says our configured name: aiosmtplib would otherwise look up
+            # the host's FQDN, a blocking DNS query.
+            options.setdefault("helo_hostname", self._hostname)
+            try:
+                provider = build_provider(
+                    kind,
+                    name,
+                    options,
+                    secrets,
+                    http=self._http,
+                    outbox_dir=self._outbox_dir,
+                    tls_context=self._tls_context,
+                )
+            except Invalid as exc:
+                raise ConfigError(f"provider {name}: {exc}") from exc
             self._live[provider_id] = (fingerprint, time.monotonic(), provider)
         if live is not None:
             await live[2].aclose()
         return provider
 
     async def send(
-        self,
-        provider: Provider,
-        message: OutboundMessage,
-        on_attempt: Callable[[AttemptRecord], None],
+        self, provider: ProviderChain, message: OutboundMessage, attempts: list[AttemptRecord]
     ) -> Receipt:
-        """Send through ``provider``; chains report each attempt through ``on_attempt``."""
-        send_with = getattr(provider, "send_recorded", None)
-        if send_with is not None:
-            receipt: Receipt = await send_with(message, on_attempt)
-            return receipt
-        return await provider.send(message)
+        """Send through the chain, turning each of its attempts into an attempt row."""
+
+        def record(a: Attempt) -> None:
+            attempts.append(
+                AttemptRecord(
+                    a.provider,
+                    a.transport,
+                    a.result,
+                    a.duration,
+                    a.code,
+                    a.text,
+                    a.provider_message_id,
+                )
+            )
+
+        return await provider.send(message, on_attempt=record)
 
     async def aclose(self) -> None:
         for _, _, provider in self._live.values():
             await provider.aclose()
         self._live.clear()
-
-
-def _default_build(
-    kind: str, name: str, options: dict[str, Any], secrets: dict[str, str], *, outbox_dir: Path
-) -> Provider:
-    if kind == "outbox":
-        from relay.providers.outbox import OutboxProvider
-
-        return OutboxProvider(name, options.get("directory") or outbox_dir)
-    raise ConfigError(f"provider kind {kind!r} is not available")
+        await self._http.aclose()

@@ -26,7 +26,8 @@ from relay.core.errors import ConfigError, PermanentError, ProviderError, Transi
 from relay.core.message import OutboundMessage
 from relay.core.settings import QueueSettings
 from relay.delivery.pool import ProviderPool
-from relay.providers.base import Provider, Receipt
+from relay.providers.base import Receipt
+from relay.providers.chain import UNNAMED_RECIPIENTS, ProviderChain, result_of
 from relay.queue import store
 from relay.queue.store import AttemptRecord, Claimed, Outcome, Recorded
 
@@ -44,14 +45,6 @@ def backoff(
     # Jitter spreads retries of a burst that failed together (thundering herd).
     delay = step * (0.8 + 0.4 * rng())
     return max(delay, retry_after or 0.0)
-
-
-def _result(exc: ProviderError) -> str:
-    from relay.core.errors import CredentialsError
-
-    if isinstance(exc, CredentialsError):
-        return "credentials"
-    return "permanent" if isinstance(exc, PermanentError) else "transient"
 
 
 class Deliverer:
@@ -79,51 +72,46 @@ class Deliverer:
             return self._defer(msg, [], f"provider unavailable: {exc}", None)
         return await self._send(msg, provider)
 
-    async def _send(self, msg: Claimed, provider: Provider) -> Outcome:
+    async def _send(self, msg: Claimed, provider: ProviderChain) -> Outcome:
         attempts: list[AttemptRecord] = []
+        recipients = [(a, k) for _, a, k in msg.recipients]
         outbound = OutboundMessage(
-            msg.id,
-            msg.mail_from,
-            [(a, k) for _, a, k in msg.recipients],
-            msg.data,
-            ip_pool=None,
-            campaign=msg.campaign,
+            msg.id, msg.mail_from, recipients, msg.data, campaign=msg.campaign
         )
         started = time.perf_counter()
         try:
-            receipt = await self._pool.send(provider, outbound, attempts.append)
+            receipt = await self._pool.send(provider, outbound, attempts)
         except ProviderError as exc:
-            if not attempts:
+            if not attempts:  # the chain records its legs; this is for anything else
                 attempts.append(
                     AttemptRecord(
                         provider.name,
                         exc.transport or "api",
-                        _result(exc),
+                        result_of(exc),
                         time.perf_counter() - started,
                         _code(exc.code),
                         exc.text,
                     )
                 )
-            return self._failure(msg, attempts, exc)
-        if not attempts:
-            attempts.append(
-                AttemptRecord(
-                    provider.name,
-                    receipt.transport,
-                    "partial" if receipt.rejected else "delivered",
-                    time.perf_counter() - started,
-                    None,
-                    receipt.text,
-                    receipt.provider_message_id,
-                )
-            )
-        return self._success(msg, attempts, receipt)
+            outcome = self._failure(msg, attempts, exc)
+        else:
+            outcome = self._success(msg, attempts, receipt)
+        # Sent by SMTP although the provider has an API: the API failed or its
+        # circuit is open (relay_provider_fallbacks_total).
+        outcome.fell_back = provider.fallback is not None and any(
+            a.transport == provider.fallback.transport for a in attempts
+        )
+        return outcome
 
     def _success(self, msg: Claimed, attempts: list[AttemptRecord], receipt: Receipt) -> Outcome:
         rejected = {k.lower(): v for k, v in receipt.rejected.items()}
+        unnamed = rejected.pop(UNNAMED_RECIPIENTS, None)
         delivered = [rid for rid, a, _ in msg.recipients if a.lower() not in rejected]
         if not rejected:
-            return Outcome("delivered", attempts, delivered=delivered)
+            # A provider that counts refusals without naming them (SparkPost):
+            # nothing to retry per recipient; the count is kept as the reason.
+            note = f"provider refused recipients it did not name: {unnamed}" if unnamed else None
+            return Outcome("delivered", attempts, delivered=delivered, reason=note)
         refused = {
             rid: rejected[a.lower()] for rid, a, _ in msg.recipients if a.lower() in rejected
         }

@@ -74,6 +74,7 @@ class Outcome:
     failed: dict[int, str] = field(default_factory=dict)  # row id -> reply
     reason: str | None = None
     next_attempt_at: dt.datetime | None = None
+    fell_back: bool = False  # went by SMTP although the provider has an API
 
 
 def claim(

@@ -233,3 +233,48 @@ class Usage(Base):
     kind: Mapped[str] = mapped_column(String(3))
     event: Mapped[str] = mapped_column(String(10))
     recipients: Mapped[int] = mapped_column(Integer)
+
+
+class ApiToken(Base):
+    """A bearer token of the admin API, stored only as its SHA-256 digest.
+
+    ``operator`` tokens see every account; any other token sees its account
+    and, when that account is an agency, the agency's sub-accounts.
+    """
+
+    __tablename__ = "api_tokens"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # Hex SHA-256 of the whole token: looked up by equality, never reversed.
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    # The token's first characters, so that a listing can name it.
+    prefix: Mapped[str] = mapped_column(String(16))
+    account_id: Mapped[int | None] = mapped_column(ForeignKey("accounts.id"), index=True)
+    operator: Mapped[bool] = mapped_column(Boolean, default=False)
+    label: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    last_used_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+
+
+class AuditEntry(Base):
+    """One change asked through the API or the command line, and how it ended.
+
+    Written before the change (``result`` = ``pending``) and completed after
+    it, so a change is never made without its entry. Never holds a secret.
+    """
+
+    __tablename__ = "audit_log"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # "operator" or "token:<id>"; via "cli", "api" or "local" (a direct call).
+    actor: Mapped[str] = mapped_column(String(100))
+    via: Mapped[str] = mapped_column(String(10))
+    # The account of the token that acted, if any: its tenants may read the entry.
+    actor_account_id: Mapped[int | None] = mapped_column(Integer, index=True)
+    action: Mapped[str] = mapped_column(String(60))
+    target: Mapped[str] = mapped_column(String(400))
+    # The account the target belongs to, when it exists and the actor may see it.
+    account_id: Mapped[int | None] = mapped_column(Integer, index=True)
+    # pending | ok | invalid | not_found | conflict | forbidden | error
+    result: Mapped[str] = mapped_column(String(20))
+    detail: Mapped[str | None] = mapped_column(Text)

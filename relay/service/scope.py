@@ -1,0 +1,244 @@
+"""Who is acting, and which accounts they may see.
+
+An actor is the operator (every account), or an API token: an agency's token
+sees the agency and its sub-accounts, a sub-account's token only itself. The
+actor of the current call is a context variable: the command line sets the
+operator, the admin API sets the token's actor for one request, and the
+guards of the service functions (``relay.service.audit.audited``) read it.
+A direct call with nothing set is the operator on this machine (the tests,
+the demo seed).
+
+Hiding, not refusing: a target outside the actor's scope gets the very
+``NotFound`` the service gives for a target that does not exist, word for
+word, so a token cannot tell the two apart. Only actions that touch no
+tenant's data, such as making a new agency, are refused with ``OperatorOnly``
+(403), which says nothing about what exists.
+
+Ownership never changes once a row exists (a domain, credential, message,
+provider or sub-account never moves to another account), so the owner
+resolved in one transaction still owns the target when the service acts in
+the next one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
+
+from relay.core.errors import NotFound, RelayError
+from relay.store.models import Account, Credential, Domain, Message
+from relay.store.models import Provider as ProviderRow
+
+
+class OperatorOnly(RelayError):
+    """Only an operator may do this (the admin API answers 403).
+
+    Belongs in ``relay.core.errors``' tree beside NotFound; kept here while
+    that module is shared.
+    """
+
+
+@dataclass(frozen=True)
+class Scope:
+    """The accounts an actor may see; ``accounts=None`` is every account."""
+
+    accounts: frozenset[int] | None = None
+
+    @property
+    def everything(self) -> bool:
+        return self.accounts is None
+
+    def sees(self, account_id: int | None) -> bool:
+        return self.accounts is None or (account_id is not None and account_id in self.accounts)
+
+
+EVERYTHING = Scope()
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who asked: ``operator`` or ``token:<id>``, by which way (cli, api, local)."""
+
+    name: str
+    via: str
+    scope: Scope = EVERYTHING
+    account_id: int | None = None  # the token's own account
+
+
+LOCAL_OPERATOR = Actor("operator", "local")
+_current: ContextVar[Actor] = ContextVar("relay_actor", default=LOCAL_OPERATOR)
+
+
+def current() -> Actor:
+    return _current.get()
+
+
+@contextlib.contextmanager
+def acting(actor: Actor) -> Iterator[Actor]:
+    """Make ``actor`` the one the service guards and the audit log see."""
+    token = _current.set(actor)
+    try:
+        yield actor
+    finally:
+        _current.reset(token)
+
+
+def scope_of_account(session: Session, account_id: int) -> Scope:
+    """An account and, when it is an agency, its sub-accounts (a sub-account has none)."""
+    subs = session.scalars(select(Account.id).where(Account.parent_id == account_id))
+    return Scope(frozenset([account_id, *subs]))
+
+
+# -- owners: which account a target belongs to ------------------------------------
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The account a target belongs to (None: no such target), and what the
+    service says when the target does not exist, for when it is hidden."""
+
+    account_id: int | None
+    hidden: str = ""
+    operator_only: bool = False
+
+
+# (open session, the call's arguments by name) -> Owner
+Resolver = Callable[[Session, Mapping[str, Any]], Owner]
+
+
+def guard(session: Session, actor: Actor, resolve: Resolver, args: Mapping[str, Any]) -> Owner:
+    """The target's owner, if ``actor`` may act on it; NotFound or OperatorOnly if not.
+
+    For a restricted actor a missing target is answered here too, with the
+    service's own words: the service is then never called with a name that
+    another tenant could create in between.
+    """
+    owner = resolve(session, args)
+    if actor.scope.everything:
+        return owner
+    if owner.operator_only:
+        raise OperatorOnly("only an operator token may do this")
+    if not actor.scope.sees(owner.account_id):
+        raise NotFound(owner.hidden)
+    return owner
+
+
+def require(engine: Engine, resolve: Resolver, **args: Any) -> Owner:
+    """Check, for a read, that the current actor may see the target."""
+    with Session(engine) as session:
+        return guard(session, current(), resolve, args)
+
+
+def _account_id(session: Session, name: str) -> int | None:
+    return session.scalar(select(Account.id).where(Account.name == name))
+
+
+def of_account(arg: str = "account") -> Resolver:
+    """The target is the account named by argument ``arg`` (see ``get_account``)."""
+
+    def resolve(session: Session, args: Mapping[str, Any]) -> Owner:
+        name = args[arg]
+        return Owner(_account_id(session, name), f"account {name!r} does not exist")
+
+    return resolve
+
+
+def of_new_account(agency_arg: str = "agency") -> Resolver:
+    """A new sub-account belongs to its agency; a new agency to no tenant at all."""
+    parent = of_account(agency_arg)
+
+    def resolve(session: Session, args: Mapping[str, Any]) -> Owner:
+        if not args[agency_arg]:
+            return Owner(None, operator_only=True)
+        return parent(session, args)
+
+    return resolve
+
+
+def of_credential(arg: str = "username") -> Resolver:
+    """An existing SMTP user (``reset_credential``, ``delete_credential``)."""
+
+    def resolve(session: Session, args: Mapping[str, Any]) -> Owner:
+        # Imported here: relay.service.accounts imports this module for its guards.
+        from relay.service.accounts import split_username
+
+        local, domain = split_username(args[arg])
+        owner = session.scalar(
+            select(Domain.account_id)
+            .join(Credential, Credential.domain_id == Domain.id)
+            .where(Credential.username == f"{local}@{domain}")
+        )
+        return Owner(owner, f"credential {local}@{domain} does not exist")
+
+    return resolve
+
+
+def of_credential_domain(arg: str = "username") -> Resolver:
+    """A new SMTP user belongs to the account of its domain (``create_credential``)."""
+
+    def resolve(session: Session, args: Mapping[str, Any]) -> Owner:
+        from relay.service.accounts import split_username
+
+        _, domain = split_username(args[arg])
+        return Owner(
+            _domain_owner(session, domain),
+            f"domain {domain} is not a sending domain of any account "
+            f"(add it with: relay domain add {domain} --account NAME)",
+        )
+
+    return resolve
+
+
+def of_domain(arg: str = "domain") -> Resolver:
+    """A sending domain (``list_credentials``)."""
+
+    def resolve(session: Session, args: Mapping[str, Any]) -> Owner:
+        from relay.service.accounts import check_domain
+
+        domain = check_domain(args[arg])
+        return Owner(_domain_owner(session, domain), f"domain {domain} does not exist")
+
+    return resolve
+
+
+def _domain_owner(session: Session, domain: str) -> int | None:
+    return session.scalar(select(Domain.account_id).where(Domain.name == domain))
+
+
+def of_message(arg: str = "queue_id") -> Resolver:
+    def resolve(session: Session, args: Mapping[str, Any]) -> Owner:
+        queue_id = args[arg]
+        owner = session.scalar(select(Message.account_id).where(Message.id == queue_id))
+        return Owner(owner, f"message {queue_id} is not in the queue")
+
+    return resolve
+
+
+def of_held(id_arg: str = "queue_id", account_arg: str = "account") -> Resolver:
+    """Release or discard: one message, an account's paused mail, or (operator
+    only) every account's paused mail from a sender."""
+    by_id, by_account = of_message(id_arg), of_account(account_arg)
+
+    def resolve(session: Session, args: Mapping[str, Any]) -> Owner:
+        if args[id_arg]:
+            return by_id(session, args)
+        if args[account_arg]:
+            return by_account(session, args)
+        return Owner(None, operator_only=True)
+
+    return resolve
+
+
+def of_provider(arg: str = "name") -> Resolver:
+    def resolve(session: Session, args: Mapping[str, Any]) -> Owner:
+        name = args[arg]
+        owner = session.scalar(select(ProviderRow.account_id).where(ProviderRow.name == name))
+        return Owner(owner, f"provider {name!r} does not exist")
+
+    return resolve
