@@ -292,59 +292,6 @@ def cmd_queue_discard(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-# -- providers ------------------------------------------------------------------
-
-
-def cmd_provider_add(args: argparse.Namespace, settings: Settings) -> int:
-    from relay.app import secret_box
-    from relay.service.providers import add_provider
-
-    options = {
-        "api_url": args.api_url,
-        "smtp_host": args.smtp_host,
-        "smtp_port": args.smtp_port,
-        "smtp_user": args.smtp_user,
-        "smtp_tls": args.smtp_tls,
-        "allow_insecure_tls": args.allow_insecure_tls or None,
-        "ip_pool": args.ip_pool,
-        "test_address": args.test_address,
-        "directory": args.directory,
-    }
-    secrets = {"api_key": args.api_key or "", "smtp_password": args.smtp_password or ""}
-    row = add_provider(
-        _engine(settings),
-        secret_box(settings),
-        args.name,
-        args.account,
-        args.kind,
-        options,
-        secrets,
-        args.domain,
-    )
-    print(f"added provider {row.name} ({row.kind}) to account {args.account}")
-    return 0
-
-
-def cmd_provider_default(args: argparse.Namespace, settings: Settings) -> int:
-    from relay.service.providers import set_default
-
-    set_default(_engine(settings), args.name, args.account, args.scope)
-    scope = "its sub-accounts" if args.scope == "subaccounts" else "itself"
-    print(f"{args.account} now sends through {args.name} by default for {scope}")
-    return 0
-
-
-def cmd_provider_list(args: argparse.Namespace, settings: Settings) -> int:
-    from relay.service.providers import list_providers
-
-    rows = [
-        (p.name, p.kind, a, p.domain or "-", (p.options or {}).get("ip_pool") or "-")
-        for p, a in list_providers(_engine(settings))
-    ]
-    _print_rows(rows, ("PROVIDER", "KIND", "ACCOUNT", "DOMAIN", "IP-POOL"))
-    return 0
-
-
 def cmd_emulate(args: argparse.Namespace, settings: Settings) -> int:
     from relay.emulator import main as emulate  # type: ignore[attr-defined,import-not-found,unused-ignore]
 
@@ -451,29 +398,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--to", dest="last", metavar="DATE", help="last UTC day (inclusive)")
     s.add_argument("--format", choices=("table", "csv", "json"), default="table")
 
-    prov = _group(sub, "provider", "outbound providers")
-    s = _sub(prov, "add", cmd_provider_add, "add a provider to an account")
-    s.add_argument("name")
-    s.add_argument("--account", required=True)
-    s.add_argument("--kind", required=True, choices=("sendgrid", "sparkpost", "smtp", "outbox"))
-    s.add_argument("--api-key")
-    s.add_argument("--api-url", help="API base URL: a region, or the emulator")
-    s.add_argument("--smtp-host")
-    s.add_argument("--smtp-port", type=int)
-    s.add_argument("--smtp-user")
-    s.add_argument("--smtp-password")
-    s.add_argument("--smtp-tls", choices=("implicit", "starttls", "none"))
-    s.add_argument("--allow-insecure-tls", action="store_true")
-    s.add_argument("--ip-pool")
-    s.add_argument("--domain", help="bind the provider to this sending domain")
-    s.add_argument("--test-address")
-    s.add_argument("--directory", help="outbox: where .eml files go")
-    s.add_argument("--no-check", action="store_true", help="skip the live check")
-    s = _sub(prov, "default", cmd_provider_default, "make a provider an account's default")
-    s.add_argument("name")
-    s.add_argument("--account", required=True)
-    s.add_argument("--for", dest="scope", choices=("own", "subaccounts"), default="own")
-    _sub(prov, "list", cmd_provider_list, "list providers")
+    from relay import cli_providers
+
+    cli_providers.register(sub, _sub)
 
     s = _sub(sub, "emulate", cmd_emulate, "fake SendGrid and SparkPost APIs and an SMTP sink")
     s.add_argument("emulator_args", nargs=argparse.REMAINDER)

@@ -46,15 +46,9 @@ def seed(settings: Settings) -> None:
         accounts.add_domain(engine, DOMAIN, ACCOUNT)
         new = accounts.create_credential(engine, make_hasher(settings), USER, None)
         accounts.verify_sender(engine, f"*@{DOMAIN}", ACCOUNT)
-        providers.add_provider(
-            engine,
-            secret_box(settings),
-            "demo-outbox",
-            AGENCY,
-            "outbox",
-            {"directory": str(settings.var_path / "outbox")},
-            {},
-        )
+        outbox = {"directory": str(settings.var_path / "outbox")}
+        config = providers.ProviderConfig("demo-outbox", "outbox", outbox, {})
+        providers.add_provider(engine, secret_box(settings), AGENCY, config)
         providers.set_default(engine, "demo-outbox", AGENCY, "own")
         providers.set_default(engine, "demo-outbox", AGENCY, "subaccounts")
         print(f"demo tenant created: username {new.username}  password {new.password}")

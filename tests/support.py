@@ -65,15 +65,9 @@ def seed_tenant(
     and an outbox provider as the agency's default for itself and its sub-accounts."""
     if not any(a.name == agency for a, _ in accounts.list_accounts(engine)):
         accounts.create_account(engine, agency)
-        providers.add_provider(
-            engine,
-            secret_box(settings),
-            f"{agency}-outbox",
-            agency,
-            "outbox",
-            {"directory": str(settings.var_path / "outbox")},
-            {},
-        )
+        outbox = {"directory": str(settings.var_path / "outbox")}
+        config = providers.ProviderConfig(f"{agency}-outbox", "outbox", outbox, {})
+        providers.add_provider(engine, secret_box(settings), agency, config)
         providers.set_default(engine, f"{agency}-outbox", agency, "own")
         providers.set_default(engine, f"{agency}-outbox", agency, "subaccounts")
     accounts.create_account(engine, name, agency=agency)

@@ -67,13 +67,15 @@ def test_ingest_starttls_raw_client_both_modes() -> None:
     assert any("LOWERED" in line for line in doc["setup"])  # the cheaper hash is said
 
 
-def test_ingest_plaintext_aiosmtplib_client() -> None:
+def test_ingest_plaintext_aiosmtplib_client_two_server_processes() -> None:
     doc = run_ingest(
         "--messages", "4", "--concurrency", "2", "--processes", "1",
         "--per-connection", "2", "--warmup", "1", "--fast-argon2",
         "--plaintext", "--client", "aiosmtplib", "--size", "300",
+        "--server-processes", "2",
     )  # fmt: skip
     check_mode(doc["modes"][0], 4)
+    assert doc["modes"][0]["server_processes_seen"] >= 2
 
 
 def test_percentile_interpolates() -> None:

@@ -201,16 +201,10 @@ def test_provider_test_address_counts_as_verified(
 def outbox(
     settings: Settings, engine: Engine, name: str, account: str, domain: str | None = None
 ) -> int:
-    row = providers.add_provider(
-        engine,
-        secret_box(settings),
-        name,
-        account,
-        "outbox",
-        {"directory": str(settings.var_path / name)},
-        {},
-        domain,
+    config = providers.ProviderConfig(
+        name, "outbox", {"directory": str(settings.var_path / name)}, {}, domain
     )
+    row = providers.add_provider(engine, secret_box(settings), account, config)
     return row.id
 
 

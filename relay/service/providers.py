@@ -1,51 +1,56 @@
-"""Providers as account resources: add, list, set defaults."""
+"""Providers as account resources: add, edit, show, remove, defaults, assignments.
+
+A provider belongs to an account; an agency's providers serve its
+sub-accounts too. Secrets (API key, SMTP password) are sealed with
+RELAY_SECRET_KEY and only ever shown masked. Adding or editing a provider
+runs its live check first (``relay.service.provider_checks``); these
+functions store only what passed, or what the operator explicitly did not
+check (``--no-check``).
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, or_, select, update
 from sqlalchemy.orm import Session
 
-from relay.core.crypto import SecretBox
+from relay.core.crypto import SecretBox, mask
 from relay.core.errors import Conflict, Invalid, NotFound
+from relay.providers.registry import KINDS, SECRETS, validate_options
 from relay.service.accounts import check_domain, get_account
-from relay.store.models import Account
+from relay.store.models import Account, Message
 from relay.store.models import Provider as ProviderRow
 
-KINDS = ("sendgrid", "sparkpost", "smtp", "outbox")
-SECRET_KEYS = ("api_key", "smtp_password")
+ROUTING_COLUMNS = ("default_provider_id", "subaccount_provider_id", "assigned_provider_id")
 
 
-def add_provider(
-    engine: Engine,
-    box: SecretBox,
-    name: str,
-    account: str,
-    kind: str,
-    options: dict[str, Any],
-    secrets: dict[str, str],
-    domain: str | None = None,
-) -> ProviderRow:
-    if kind not in KINDS:
+@dataclass(frozen=True)
+class ProviderConfig:
+    """What a provider is made of: enough to build and check it before saving."""
+
+    name: str
+    kind: str
+    options: dict[str, Any]
+    secrets: dict[str, str]
+    domain: str | None = None
+
+
+def clean(config: ProviderConfig) -> ProviderConfig:
+    """Validate a configuration (``Invalid`` names the field) and drop empty values."""
+    if config.kind not in KINDS:
         raise Invalid(f"kind must be one of {', '.join(KINDS)}", "kind")
-    name = name.strip()
-    if not name:
-        raise Invalid("provider name is empty", "name")
-    with Session(engine, expire_on_commit=False) as session, session.begin():
-        owner = get_account(session, account)
-        if session.scalar(select(ProviderRow.id).where(ProviderRow.name == name)):
-            raise Conflict(f"provider {name!r} already exists")
-        row = ProviderRow(
-            name=name,
-            account_id=owner.id,
-            kind=kind,
-            options={k: v for k, v in options.items() if v is not None},
-            secrets=box.seal(secrets),
-            domain=check_domain(domain) if domain else None,
-        )
-        session.add(row)
-    return row
+    name = config.name.strip()
+    if not name or len(name) > 200:
+        raise Invalid("provider name must be 1 to 200 characters", "name")
+    options = {k: v for k, v in config.options.items() if v is not None and v != ""}
+    secrets = {k: v for k, v in config.secrets.items() if v}
+    if config.kind == "smtp" and secrets.get("api_key"):
+        raise Invalid("a custom smtp provider takes SMTP credentials only", "api_key")
+    validate_options(config.kind, options, secrets)
+    domain = check_domain(config.domain) if config.domain else None
+    return ProviderConfig(name, config.kind, options, secrets, domain)
 
 
 def get_provider(session: Session, name: str) -> ProviderRow:
@@ -55,6 +60,122 @@ def get_provider(session: Session, name: str) -> ProviderRow:
     return row
 
 
+def add_provider(
+    engine: Engine, box: SecretBox, account: str, config: ProviderConfig
+) -> ProviderRow:
+    config = clean(config)
+    with Session(engine, expire_on_commit=False) as session, session.begin():
+        owner = get_account(session, account)
+        if session.scalar(select(ProviderRow.id).where(ProviderRow.name == config.name)):
+            raise Conflict(f"provider {config.name!r} already exists")
+        row = ProviderRow(
+            name=config.name,
+            account_id=owner.id,
+            kind=config.kind,
+            options=config.options,
+            secrets=box.seal(config.secrets),
+            domain=config.domain,
+        )
+        session.add(row)
+    return row
+
+
+def load_config(engine: Engine, box: SecretBox, name: str) -> ProviderConfig:
+    with Session(engine) as session:
+        row = get_provider(session, name)
+        return ProviderConfig(
+            row.name, row.kind, dict(row.options or {}), box.open(row.secrets), row.domain
+        )
+
+
+def edited(
+    current: ProviderConfig, options: dict[str, Any], secrets: dict[str, str], domain: str | None
+) -> ProviderConfig:
+    """The configuration after an edit: given values replace, None leaves as is."""
+    merged = {**current.options, **{k: v for k, v in options.items() if v is not None}}
+    new_secrets = {**current.secrets, **{k: v for k, v in secrets.items() if v}}
+    return clean(
+        ProviderConfig(
+            current.name,
+            current.kind,
+            merged,
+            new_secrets,
+            domain if domain is not None else current.domain,
+        )
+    )
+
+
+def save_edit(engine: Engine, box: SecretBox, config: ProviderConfig) -> None:
+    """Store an edited configuration (after its check passed)."""
+    with Session(engine) as session, session.begin():
+        row = get_provider(session, config.name)
+        row.options = config.options
+        row.secrets = box.seal(config.secrets)
+        row.domain = config.domain
+
+
+def show_provider(engine: Engine, box: SecretBox, name: str) -> dict[str, Any]:
+    """The provider with its secrets masked, and who routes through it."""
+    config = load_config(engine, box, name)
+    with Session(engine) as session:
+        row = get_provider(session, name)
+        owner = session.get_one(Account, row.account_id) if row.account_id else None
+        users = _routed_accounts(session, row.id)
+    return {
+        "name": config.name,
+        "kind": config.kind,
+        "account": owner.name if owner else None,
+        "domain": config.domain,
+        "options": config.options,
+        "secrets": {k: mask(config.secrets.get(k)) for k in SECRETS if config.secrets.get(k)},
+        "used_by": users,
+    }
+
+
+def _routed_accounts(session: Session, provider_id: int) -> list[str]:
+    """Accounts whose default, sub-account default or assignment is this provider."""
+    clauses = [getattr(Account, c) == provider_id for c in ROUTING_COLUMNS]
+    return list(session.scalars(select(Account.name).where(or_(*clauses)).order_by(Account.name)))
+
+
+def remove_provider(engine: Engine, name: str, replacement: str | None = None) -> list[str]:
+    """Remove a provider. If accounts route through it, a replacement must be named:
+    their defaults, assignments and not yet delivered messages move to it."""
+    with Session(engine) as session, session.begin():
+        row = get_provider(session, name)
+        users = _routed_accounts(session, row.id)
+        if users and replacement is None:
+            raise Conflict(
+                f"provider {name!r} is in use by {', '.join(users)}; name a "
+                "replacement (--replacement NAME) or change their routes first"
+            )
+        new_id = None
+        if replacement is not None:
+            if replacement == name:
+                raise Invalid("the replacement is the provider being removed", "replacement")
+            new_id = get_provider(session, replacement).id
+        for column in ROUTING_COLUMNS:
+            session.execute(
+                update(Account).where(getattr(Account, column) == row.id).values({column: new_id})
+            )
+        session.execute(
+            update(Message)
+            .where(
+                Message.provider_id == row.id, Message.state.in_(("queued", "deferred", "paused"))
+            )
+            .values(provider_id=new_id)
+        )
+        session.delete(row)
+    return users
+
+
+def _usable(session: Session, provider: ProviderRow, account: Account) -> None:
+    """An account may use its own providers and its agency's."""
+    if provider.account_id in (account.id, account.parent_id):
+        return
+    raise Invalid(f"provider {provider.name!r} belongs to another account", "provider")
+
+
 def set_default(engine: Engine, name: str, account: str, scope: str = "own") -> None:
     """The account's own default, or (an agency's) default for its sub-accounts."""
     if scope not in ("own", "subaccounts"):
@@ -62,7 +183,7 @@ def set_default(engine: Engine, name: str, account: str, scope: str = "own") -> 
     with Session(engine) as session, session.begin():
         owner = get_account(session, account)
         provider = get_provider(session, name)
-        _check_usable(session, provider, owner)
+        _usable(session, provider, owner)
         if scope == "subaccounts":
             if owner.parent_id is not None:
                 raise Invalid(
@@ -74,11 +195,26 @@ def set_default(engine: Engine, name: str, account: str, scope: str = "own") -> 
             owner.default_provider_id = provider.id
 
 
-def _check_usable(session: Session, provider: ProviderRow, account: Account) -> None:
-    """An account may use its own providers and its agency's."""
-    if provider.account_id in (account.id, account.parent_id):
-        return
-    raise Invalid(f"provider {provider.name!r} belongs to another account", "provider")
+def assign(engine: Engine, name: str, account: str) -> None:
+    """An agency puts one of its sub-accounts on a provider (it wins over defaults)."""
+    with Session(engine) as session, session.begin():
+        sub = get_account(session, account)
+        if sub.parent_id is None:
+            raise Invalid(
+                f"{account} is an agency; assign sub-accounts, or set the agency's own default",
+                "account",
+            )
+        provider = get_provider(session, name)
+        _usable(session, provider, sub)
+        sub.assigned_provider_id = provider.id
+
+
+def unassign(engine: Engine, account: str) -> None:
+    with Session(engine) as session, session.begin():
+        sub = get_account(session, account)
+        if sub.assigned_provider_id is None:
+            raise Conflict(f"{account} is not assigned to a provider")
+        sub.assigned_provider_id = None
 
 
 def list_providers(engine: Engine) -> list[tuple[ProviderRow, str]]:

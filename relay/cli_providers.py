@@ -1,0 +1,211 @@
+"""``relay provider ...``: the provider verbs of the command line.
+
+Adding or editing runs the provider's live check first and refuses to save
+what fails, printing the provider's own error; ``--no-check`` skips it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from collections.abc import Callable
+from typing import Any
+
+from relay.core.errors import Invalid
+from relay.core.settings import Settings
+from relay.service import provider_checks as checks
+from relay.service import providers as service
+from relay.service.providers import ProviderConfig
+
+Handler = Callable[[argparse.Namespace, Settings], int]
+
+
+def _env(settings: Settings) -> tuple[Any, Any]:
+    from relay.app import secret_box
+    from relay.cli import _engine
+
+    return _engine(settings), secret_box(settings)
+
+
+def _options(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "api_url": args.api_url,
+        "smtp_host": args.smtp_host,
+        "smtp_port": args.smtp_port,
+        "smtp_user": args.smtp_user,
+        "smtp_tls": args.smtp_tls,
+        "allow_insecure_tls": True if args.allow_insecure_tls else None,
+        "ip_pool": args.ip_pool,
+        "test_address": args.test_address,
+        "source_address": args.source_address,
+        "directory": args.directory,
+    }
+
+
+def _secrets(args: argparse.Namespace) -> dict[str, str]:
+    return {"api_key": args.api_key or "", "smtp_password": args.smtp_password or ""}
+
+
+def _check_or_refuse(config: ProviderConfig, settings: Settings, what: str) -> None:
+    result = asyncio.run(checks.live_check(config, settings.server.hostname))
+    for leg in result.legs:
+        print(f"  {leg.transport}: {'ok' if leg.ok else 'FAILED'}: {leg.detail}")
+    if not result.ok:
+        raise Invalid(
+            f"provider {config.name} failed its live check; {what}: {result.detail}", "provider"
+        )
+
+
+def cmd_add(args: argparse.Namespace, settings: Settings) -> int:
+    engine, box = _env(settings)
+    config = service.clean(
+        ProviderConfig(args.name, args.kind, _options(args), _secrets(args), args.domain)
+    )
+    if args.kind != "outbox" and not args.test_address and not args.no_check:
+        raise Invalid(
+            "--test-address is required (an address the provider accepts as "
+            "a sender), or --no-check",
+            "test_address",
+        )
+    if not args.no_check:
+        _check_or_refuse(config, settings, "not saved")
+    row = service.add_provider(engine, box, args.account, config)
+    print(f"added provider {row.name} ({row.kind}) to account {args.account}")
+    return 0
+
+
+def cmd_edit(args: argparse.Namespace, settings: Settings) -> int:
+    engine, box = _env(settings)
+    current = service.load_config(engine, box, args.name)
+    config = service.edited(current, _options(args), _secrets(args), args.domain)
+    if not args.no_check:
+        # A wrong edit must not break every account that sends through it.
+        _check_or_refuse(config, settings, "the edit was not applied")
+    service.save_edit(engine, box, config)
+    print(f"updated provider {args.name}")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
+    engine, box = _env(settings)
+    print(json.dumps(service.show_provider(engine, box, args.name), indent=2))
+    return 0
+
+
+def cmd_test(args: argparse.Namespace, settings: Settings) -> int:
+    engine, box = _env(settings)
+    config = service.load_config(engine, box, args.name)
+    result = asyncio.run(checks.test_send(config, args.to, settings.server.hostname))
+    for leg in result.legs:
+        print(f"{leg.transport}: {'ok' if leg.ok else 'FAILED'}: {leg.detail}")
+    return 0 if result.ok else 1
+
+
+def cmd_remove(args: argparse.Namespace, settings: Settings) -> int:
+    engine, _ = _env(settings)
+    moved = service.remove_provider(engine, args.name, args.replacement)
+    tail = f"; {', '.join(moved)} now use {args.replacement}" if moved else ""
+    print(f"removed provider {args.name}{tail}")
+    return 0
+
+
+def cmd_default(args: argparse.Namespace, settings: Settings) -> int:
+    engine, _ = _env(settings)
+    service.set_default(engine, args.name, args.account, args.scope)
+    scope = "its sub-accounts" if args.scope == "subaccounts" else "itself"
+    print(f"{args.account} now sends through {args.name} by default for {scope}")
+    return 0
+
+
+def cmd_assign(args: argparse.Namespace, settings: Settings) -> int:
+    engine, _ = _env(settings)
+    service.assign(engine, args.name, args.account)
+    print(f"{args.account} now sends through {args.name}")
+    return 0
+
+
+def cmd_unassign(args: argparse.Namespace, settings: Settings) -> int:
+    engine, _ = _env(settings)
+    service.unassign(engine, args.account)
+    print(f"{args.account} is no longer assigned; its defaults apply")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
+    from relay.cli import _print_rows
+
+    engine, _ = _env(settings)
+    rows = [
+        (p.name, p.kind, a, p.domain or "-", (p.options or {}).get("ip_pool") or "-")
+        for p, a in service.list_providers(engine)
+    ]
+    _print_rows(rows, ("PROVIDER", "KIND", "ACCOUNT", "DOMAIN", "IP-POOL"))
+    return 0
+
+
+def cmd_ips(args: argparse.Namespace, settings: Settings) -> int:
+    engine, box = _env(settings)
+    config = service.load_config(engine, box, args.name)
+    for transport, address in checks.egress_addresses(config):
+        print(f"{transport}\t{address}")
+    return 0
+
+
+def _connection_options(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--api-key")
+    s.add_argument("--api-url", help="API base URL: a region, or the emulator")
+    s.add_argument("--smtp-host")
+    s.add_argument("--smtp-port", type=int)
+    s.add_argument("--smtp-user")
+    s.add_argument("--smtp-password")
+    s.add_argument("--smtp-tls", choices=("implicit", "starttls", "none"))
+    s.add_argument(
+        "--allow-insecure-tls",
+        action="store_true",
+        help="accept a certificate that cannot be verified",
+    )
+    s.add_argument("--ip-pool")
+    s.add_argument("--source-address", help="local IP to connect from (static egress)")
+    s.add_argument("--domain", help="bind the provider to this sending domain")
+    s.add_argument("--test-address", help="an address the provider accepts as a sender")
+    s.add_argument("--directory", help="outbox: where .eml files go")
+    s.add_argument("--no-check", action="store_true", help="skip the live check")
+
+
+def register(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+    make: Callable[..., argparse.ArgumentParser],
+) -> None:
+    """Add ``relay provider`` and its verbs to the parser (``make`` is cli._sub)."""
+    parser = sub.add_parser("provider", help="outbound providers", description="outbound providers")
+    prov = parser.add_subparsers(dest="provider_verb", required=True, metavar="VERB")
+    s = make(prov, "add", cmd_add, "add a provider to an account (after its live check)")
+    s.add_argument("name")
+    s.add_argument("--account", required=True)
+    s.add_argument("--kind", required=True, choices=("sendgrid", "sparkpost", "smtp", "outbox"))
+    _connection_options(s)
+    s = make(prov, "edit", cmd_edit, "change a provider (the live check runs first)")
+    s.add_argument("name")
+    _connection_options(s)
+    for verb, handler, what in (
+        ("show", cmd_show, "a provider, secrets masked"),
+        ("ips", cmd_ips, "the addresses the relay connects from"),
+    ):
+        make(prov, verb, handler, what).add_argument("name")
+    s = make(prov, "test", cmd_test, "send a test message now through each transport")
+    s.add_argument("name")
+    s.add_argument("--to", required=True)
+    s = make(prov, "remove", cmd_remove, "remove a provider")
+    s.add_argument("name")
+    s.add_argument("--replacement", help="where accounts that use it go instead")
+    s = make(prov, "default", cmd_default, "make a provider an account's default")
+    s.add_argument("name")
+    s.add_argument("--account", required=True)
+    s.add_argument("--for", dest="scope", choices=("own", "subaccounts"), default="own")
+    s = make(prov, "assign", cmd_assign, "put a sub-account on a provider")
+    s.add_argument("name")
+    s.add_argument("--account", required=True)
+    s = make(prov, "unassign", cmd_unassign, "take a sub-account off its assigned provider")
+    s.add_argument("--account", required=True)
+    make(prov, "list", cmd_list, "list providers")

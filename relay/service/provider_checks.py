@@ -1,0 +1,144 @@
+"""Live checks of a provider: before it is saved, on demand, and its egress addresses.
+
+The check is what the provider itself says: every transport connects and
+accepts our credentials (``check()``), and the test address is accepted as a
+sender (a test message from it, to it, through every transport). A provider
+that fails is not saved, and the operator sees the provider's own words.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+from dataclasses import dataclass
+
+import httpx
+
+from relay.core.errors import ProviderError
+from relay.providers import sendgrid, sparkpost
+from relay.providers.chain import ProviderChain
+from relay.providers.registry import build_provider, make_test_message
+from relay.service.providers import ProviderConfig
+
+
+@dataclass(frozen=True)
+class LegResult:
+    transport: str
+    ok: bool
+    detail: str
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    ok: bool
+    legs: list[LegResult]
+
+    @property
+    def detail(self) -> str:
+        return "; ".join(f"{leg.transport}: {leg.detail}" for leg in self.legs)
+
+
+def _build(
+    config: ProviderConfig, hostname: str, tls_context: ssl.SSLContext | None
+) -> ProviderChain:
+    options = {**config.options, "helo_hostname": config.options.get("helo_hostname") or hostname}
+    return build_provider(
+        config.kind, config.name, options, config.secrets, tls_context=tls_context
+    )
+
+
+async def _send_each(
+    chain: ProviderChain, mail_from: str, to: str, hostname: str
+) -> list[LegResult]:
+    """One test message through every transport, each on its own (no fallback)."""
+    results = []
+    legs = [chain.primary] + ([chain.fallback] if chain.fallback else [])
+    for leg in legs:
+        message = make_test_message(mail_from, to, hostname=hostname)
+        try:
+            receipt = await leg.provider.send(message)
+        except ProviderError as exc:
+            results.append(LegResult(leg.transport, False, str(exc)))
+            continue
+        ok = not receipt.rejected
+        text = receipt.text or receipt.provider_message_id or "accepted"
+        results.append(LegResult(leg.transport, ok, text if ok else str(receipt.rejected)))
+    return results
+
+
+async def live_check(
+    config: ProviderConfig, hostname: str, tls_context: ssl.SSLContext | None = None
+) -> CheckResult:
+    """Credentials valid on every transport, and the test address accepted as a sender."""
+    chain = _build(config, hostname, tls_context)
+    try:
+        health = await chain.check()
+        if not health.ok:
+            return CheckResult(False, [LegResult("check", False, health.detail)])
+        test = config.options.get("test_address")
+        if not test or config.kind == "outbox":
+            return CheckResult(True, [LegResult("check", True, health.detail)])
+        legs = await _send_each(chain, str(test), str(test), hostname)
+        return CheckResult(all(leg.ok for leg in legs), legs)
+    finally:
+        await chain.aclose()
+
+
+async def test_send(
+    config: ProviderConfig, to: str, hostname: str, tls_context: ssl.SSLContext | None = None
+) -> CheckResult:
+    """``relay provider test``: a message to ``to`` now, through each transport."""
+    sender = str(config.options.get("test_address") or to)
+    chain = _build(config, hostname, tls_context)
+    try:
+        legs = await _send_each(chain, sender, to, hostname)
+    finally:
+        await chain.aclose()
+    return CheckResult(all(leg.ok for leg in legs), legs)
+
+
+def egress_addresses(config: ProviderConfig) -> list[tuple[str, str]]:
+    """(transport, local address) the relay connects to the provider from.
+
+    A configured ``source_address`` is what the provider sees. Without one it
+    is the address of the route the kernel picks: a UDP ``connect`` chooses it
+    without sending a packet (the host name is resolved, once).
+    """
+    source = config.options.get("source_address")
+    targets = _targets(config)
+    if source:
+        return [(transport, str(source)) for transport, _, _ in targets]
+    out = []
+    for transport, host, port in targets:
+        out.append((transport, _route_address(host, port)))
+    return out
+
+
+_API_URLS = {"sendgrid": sendgrid.API_URL, "sparkpost": sparkpost.API_URL}
+_SMTP_RELAYS = {
+    "sendgrid": (sendgrid.SMTP_HOST, sendgrid.SMTP_PORT),
+    "sparkpost": (sparkpost.SMTP_HOST, sparkpost.SMTP_PORT),
+}
+
+
+def _targets(config: ProviderConfig) -> list[tuple[str, str, int]]:
+    """(transport, host, port) the provider's transports connect to."""
+    opts = config.options
+    out = []
+    if config.kind in _API_URLS:
+        url = httpx.URL(str(opts.get("api_url") or _API_URLS[config.kind]))
+        out.append(("api", url.host, url.port or (443 if url.scheme == "https" else 80)))
+    if config.kind in _SMTP_RELAYS or config.kind == "smtp":
+        host, port = _SMTP_RELAYS.get(config.kind, ("", 587))
+        out.append(("smtp", str(opts.get("smtp_host") or host), int(opts.get("smtp_port") or port)))
+    return out
+
+
+def _route_address(host: str, port: int) -> str:
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
+        with socket.socket(family[0], socket.SOCK_DGRAM) as sock:
+            sock.connect(family[4])
+            return str(sock.getsockname()[0])
+    except OSError as exc:
+        return f"unknown ({exc.strerror or exc})"
