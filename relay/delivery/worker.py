@@ -115,13 +115,18 @@ class Deliverer:
         refused = {
             rid: rejected[a.lower()] for rid, a, _ in msg.recipients if a.lower() in rejected
         }
-        if receipt.permanent:
+        # Per recipient, its own reply decides (RFC 5321 4.2.1: 4xx is for
+        # later, 5xx is final); a reply without a code follows the receipt.
+        failed = {r: t for r, t in refused.items() if _permanent(t, receipt.permanent)}
+        later = [r for r in refused if r not in failed]
+        if not later:
             state = "delivered" if delivered else "failed"
             return Outcome(
-                state, attempts, delivered, refused, reason=f"{len(refused)} recipient(s) refused"
+                state, attempts, delivered, failed, reason=f"{len(failed)} recipient(s) refused"
             )
-        outcome = self._defer(msg, attempts, f"{len(refused)} recipient(s) deferred", None)
+        outcome = self._defer(msg, attempts, f"{len(later)} recipient(s) deferred", None)
         outcome.delivered = delivered
+        outcome.failed = failed
         return outcome
 
     def _failure(self, msg: Claimed, attempts: list[AttemptRecord], exc: ProviderError) -> Outcome:
@@ -165,6 +170,11 @@ class Deliverer:
         return Outcome(
             "failed", [], failed={rid: reason for rid, _, _ in msg.recipients}, reason=reason
         )
+
+
+def _permanent(reply: str, default: bool) -> bool:
+    code = reply.strip()[:1]
+    return code == "5" if code in ("4", "5") else default
 
 
 def _code(code: int | str | None) -> str | None:
