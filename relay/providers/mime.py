@@ -46,7 +46,7 @@ import mimetypes
 import re
 from collections.abc import Iterator, Sequence
 from email import policy
-from email.message import EmailMessage
+from email.message import EmailMessage, Message
 from email.parser import BytesParser
 from typing import Any
 
@@ -289,7 +289,7 @@ def _headers(mime: EmailMessage) -> dict[str, str]:
     return headers
 
 
-def categories(mime: EmailMessage) -> list[str]:
+def categories(mime: Message) -> list[str]:
     """The X-Relay-Category values, split at commas, each once, in order."""
     values = [_text(str(v)) for v in mime.get_all(CATEGORY_HEADER, [])]
     found = list(dict.fromkeys(c.strip() for v in values for c in v.split(",") if c.strip()))
