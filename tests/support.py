@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import uvloop
 from sqlalchemy import Engine
 
 from relay.app import Relay, make_hasher, secret_box
@@ -93,7 +94,7 @@ class RelayThread:
 
     def _main(self) -> None:
         try:
-            asyncio.run(self._serve())
+            uvloop.run(self._serve())  # the loop production runs on
         except BaseException as exc:  # reported by start()
             self._error = exc
             self._ready.set()

@@ -334,6 +334,8 @@ def test_sigterm_lets_the_open_transaction_finish(
         client.login(tenant.username, PASSWORD)
         client.docmd("MAIL", f"FROM:<{tenant.username}>")
         client.docmd("RCPT", "TO:<bob@example.org>")
+        idle = socket.create_connection(("127.0.0.1", port), 5)
+        assert idle.recv(200).startswith(b"220 ")
         proc.send_signal(signal.SIGTERM)
         time.sleep(0.3)
         with pytest.raises(OSError):  # no new connections
@@ -341,6 +343,9 @@ def test_sigterm_lets_the_open_transaction_finish(
         code, _ = client.data(message(tenant.username))
         assert code == 250  # the transaction in flight completed
         client.close()
+        idle.settimeout(5)
+        assert idle.recv(200).startswith(b"421 4.3.2")  # the idle session was told
+        idle.close()
         assert proc.wait(20) == 0
     finally:
         if proc.poll() is None:

@@ -8,13 +8,23 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, text
 
 from relay.auth.limiter import FailureLimiter
 from relay.auth.passwords import Hasher, LoginCache
 from relay.core.replies import AUTH_INVALID, AUTH_LOCKED, AUTH_OK, AUTH_TEMPFAIL, Reply
 from relay.core.settings import AuthSettings
-from relay.store.models import Account, Credential, Domain
+
+
+# Every login reads the row (a reset or a delete must count at once, on every
+# node); plain SQL prepared once keeps that read cheap.
+_LOOKUP = text("""
+SELECT c.id, c.username, c.password_hash, c.purpose, c.unverified_policy, a.id, a.name
+FROM credentials c
+JOIN domains d ON d.id = c.domain_id
+JOIN accounts a ON a.id = d.account_id
+WHERE c.username = :username
+""")
 
 
 @dataclass(frozen=True)
@@ -64,22 +74,8 @@ class Authenticator:
         self.failures = 0
 
     def _lookup(self, username: str) -> _Row | None:
-        query = (
-            select(
-                Credential.id,
-                Credential.username,
-                Credential.password_hash,
-                Credential.purpose,
-                Credential.unverified_policy,
-                Account.id,
-                Account.name,
-            )
-            .join(Domain, Credential.domain_id == Domain.id)
-            .join(Account, Domain.account_id == Account.id)
-            .where(Credential.username == username)
-        )
         with self._engine.connect() as conn:
-            row = conn.execute(query).first()
+            row = conn.execute(_LOOKUP, {"username": username}).first()
         if row is None:
             return None
         cid, user, pw, purpose, policy, aid, aname = row

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import warnings
 from collections import Counter
 from collections.abc import Callable
-from typing import Any, AnyStr
+from typing import Any, AnyStr, cast
 
-from aiosmtpd.smtp import SMTP, Session
+from aiosmtpd.smtp import SMTP, Session, TLSSetupException
 
 from relay.core.replies import SERVER_BUSY, TOO_MANY_CONNECTIONS, with_enhanced_code
 
@@ -126,6 +127,53 @@ class RelaySMTP(SMTP):
             if self.session is not None:
                 self.session.ssl = transport.get_extra_info("ssl_object")
 
+    async def smtp_STARTTLS(self, arg: str) -> None:
+        """STARTTLS through the loop's own TLS (uvloop's is native code).
+
+        aiosmtpd layers asyncio's pure-Python SSL protocol by hand, which cost
+        a fifth of the CPU of a persistent TLS session (profiled). RFC 3207
+        4.2: what the client said before TLS is forgotten, and anything it
+        pipelined after STARTTLS in plaintext is discarded, never executed.
+        """
+        if arg:
+            await self.push("501 Syntax: STARTTLS")
+            return
+        if not self.tls_context or self.transport is None:
+            await self.push("454 4.7.0 TLS not available")
+            return
+        if self._tls_protocol is not None:
+            await self.push("503 5.5.1 TLS already active")
+            return
+        await self.push("220 2.0.0 Ready to start TLS")
+        # uvloop's transports are not asyncio.WriteTransport subclasses.
+        raw = cast(asyncio.WriteTransport, self.transport)
+        self._reader._buffer.clear()  # type: ignore[attr-defined]
+        try:
+            secure = await self.loop.start_tls(
+                raw, self, self.tls_context, server_side=True, ssl_handshake_timeout=30
+            )
+        except (OSError, ssl.SSLError, TimeoutError) as error:
+            raise TLSSetupException() from error
+        if secure is None:  # the connection went away during the handshake
+            return
+        self._secured(raw, secure)
+
+    def _secured(self, raw: asyncio.BaseTransport, secure: asyncio.BaseTransport) -> None:
+        """Start over on the encrypted transport, as aiosmtpd's connection_made does."""
+        peer = self.session.peer if self.session else None
+        self._set_rset_state()  # type: ignore[no-untyped-call]
+        self.session = self._create_session()
+        self.session.peer = peer
+        self.session.ssl = {"ssl_object": secure.get_extra_info("ssl_object")}
+        self._original_transport = raw
+        self._tls_protocol = secure  # type: ignore[assignment]  # aiosmtpd tests it for truth
+        self._tls_handshake_okay = True
+        self.transport = secure
+        self._reader._transport = secure  # type: ignore[attr-defined]
+        self._writer._transport = secure  # type: ignore[attr-defined]
+        # No clearing here: with TLS 1.3 the client's first encrypted command
+        # can arrive with its Finished message, before this runs.
+
     def _create_session(self) -> Session:
         return RelaySession(self.loop)
 
@@ -145,14 +193,15 @@ class RelaySMTP(SMTP):
         return self.transport is None or self.transport.is_closing()
 
     def close_with(self, line: bytes) -> None:
-        if isinstance(self.transport, asyncio.WriteTransport) and not self.transport.is_closing():
-            self.transport.write(line)
-            self.transport.close()
+        transport = cast(asyncio.WriteTransport | None, self.transport)
+        if transport is not None and not transport.is_closing():
+            transport.write(line)
+            transport.close()
 
     def abort(self) -> None:
         """Drop the connection now (a TLS close would wait for the client's reply)."""
-        transport = self._original_transport or self.transport
-        if isinstance(transport, asyncio.WriteTransport):
+        transport = cast(asyncio.WriteTransport | None, self._original_transport or self.transport)
+        if transport is not None:
             transport.abort()
 
     async def push(self, status: AnyStr) -> None:
