@@ -85,11 +85,14 @@ class RelaySMTP(SMTP):
     def __init__(
         self, handler: Any, *, listener: str, tracker: ConnectionTracker, **kwargs: Any
     ) -> None:
-        with warnings.catch_warnings():
-            # The operator allowed AUTH without TLS on this listener (loopback
-            # use); aiosmtpd would warn about that on every connection.
-            warnings.filterwarnings("ignore", "Requiring AUTH while not requiring TLS")
+        if kwargs.get("auth_require_tls", True):
             super().__init__(handler, **kwargs)
+        else:
+            with warnings.catch_warnings():
+                # The operator allowed AUTH without TLS on this listener (for
+                # loopback use); aiosmtpd would warn on every connection.
+                warnings.filterwarnings("ignore", "Requiring AUTH while not requiring TLS")
+                super().__init__(handler, **kwargs)
         self.listener = listener
         self._tracker = tracker
         self._raw_replies = False
