@@ -18,6 +18,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 from sqlalchemy import Engine, select, text
 
+from relay.admin.api import make_api
+from relay.admin.api.context import ApiContext
 from relay.admin.http import AdminServer, make_app
 from relay.auth.authenticator import Authenticator
 from relay.auth.passwords import Hasher
@@ -128,7 +130,9 @@ class Relay:
             ListenerSettings("admin", host, port), reuse_port=self.settings.server.processes > 1
         )
         self.admin_port = int(sock.getsockname()[1])
-        self._admin = AdminServer(make_app(self.registry, self.ready), sock)
+        s = self.settings
+        api = make_api(ApiContext(self.engine, s, make_hasher(s), secret_box(s), self.ready))
+        self._admin = AdminServer(make_app(self.registry, self.ready, api), sock)
         self._admin_task = asyncio.create_task(self._admin.serve())
 
     def registry(self) -> CollectorRegistry:

@@ -2,6 +2,11 @@
 
 Each verb calls the service layer (``relay.service``); a RelayError becomes
 ``relay: error: ...`` on stderr and exit status 1; bad usage exits 2.
+
+With ``--url`` and ``--token`` (or RELAY_URL and RELAY_TOKEN) the same verbs
+go to a remote relay's admin API instead (``relay.remote``), and print the
+same. Locally the command line acts as the operator: its changes are
+recorded in the audit log as ``operator`` by way of ``cli``.
 """
 
 from __future__ import annotations
@@ -9,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -38,6 +44,9 @@ def _print_rows(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> None:
     widths = [max(len(r[i]) for r in table) for i in range(len(header))]
     for row in table:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+print_rows = _print_rows  # relay.remote prints its answers with the same tables
 
 
 # -- serve and demo -------------------------------------------------------------
@@ -162,6 +171,22 @@ def cmd_sender_verify(args: argparse.Namespace, settings: Settings) -> int:
     what = "address" if "@" in row.pattern else "domain (every address in it)"
     print(f"verified {row.pattern} for account {args.account}: {what}")
     return 0
+
+
+def cmd_sender_verify_dns(args: argparse.Namespace, settings: Settings) -> int:
+    from relay.routing.dnsverify import make_resolver
+    from relay.service.accounts import verify_sender_dns
+
+    dns = settings.dns
+    resolver = make_resolver(dns.nameservers, dns.port, dns.timeout)
+    found = verify_sender_dns(_engine(settings), args.domain, args.account, resolver)
+    if found.verified:
+        print(f"verified {found.domain} for account {args.account} by DNS")
+        return 0
+    print(
+        f'publish this record, then run the command again:\n  {found.record}. TXT "{found.value}"'
+    )
+    return 3  # not verified yet: scripts can tell "pending" from an error
 
 
 def cmd_sender_list(args: argparse.Namespace, settings: Settings) -> int:
@@ -322,6 +347,16 @@ def _group(
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="relay", description="Relay: a multi-tenant SMTP relay")
     p.add_argument("--config", help="TOML configuration file (default: $RELAY_CONFIG)")
+    p.add_argument(
+        "--url",
+        default=os.environ.get("RELAY_URL"),
+        help="act on the relay whose admin listener is here (default: $RELAY_URL)",
+    )
+    p.add_argument(
+        "--token",
+        default=os.environ.get("RELAY_TOKEN"),
+        help="API token for --url (default: $RELAY_TOKEN)",
+    )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = _sub(sub, "serve", cmd_serve, "run listeners, workers and /metrics")
@@ -369,6 +404,14 @@ def build_parser() -> argparse.ArgumentParser:
     s = _sub(snd, "verify", cmd_sender_verify, "verify an address or a whole domain")
     s.add_argument("sender", metavar="ADDRESS_OR_DOMAIN")
     s.add_argument("--account", required=True)
+    s = _sub(
+        snd,
+        "verify-dns",
+        cmd_sender_verify_dns,
+        "verify a domain by a DNS TXT record (prints it; checks it)",
+    )
+    s.add_argument("domain")
+    s.add_argument("--account", required=True)
     s = _sub(snd, "list", cmd_sender_list, "list an account's senders")
     s.add_argument("--account", required=True)
     s = _sub(snd, "remove", cmd_sender_remove, "remove a verified sender")
@@ -402,18 +445,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     cli_providers.register(sub, _sub)
 
+    from relay import cli_tokens
+
+    cli_tokens.register(sub, _group, _sub)
+
     s = _sub(sub, "emulate", cmd_emulate, "fake SendGrid and SparkPost APIs and an SMTP sink")
     s.add_argument("emulator_args", nargs=argparse.REMAINDER)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from relay.service.scope import Actor, acting
+
     args = build_parser().parse_args(argv)
     try:
+        if args.url:
+            from relay.remote import run as run_remote
+
+            return run_remote(args, args.url, args.token)
         settings = load_settings(args.config)
         if args.command not in ("serve", "demo", "emulate"):
             logging.basicConfig(level=logging.WARNING)
-        return int(args.handler(args, settings))
+        if args.command in ("serve", "emulate"):  # a server, not an operator's change
+            return int(args.handler(args, settings))
+        with acting(Actor("operator", "cli")):
+            return int(args.handler(args, settings))
     except RelayError as exc:
         print(f"relay: error: {exc}", file=sys.stderr)
         return 1

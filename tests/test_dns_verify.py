@@ -97,3 +97,26 @@ def test_unknown_account_and_bad_domain(
     resolver = dnsverify.make_resolver(("127.0.0.1",), dns_server.port, timeout=2)
     with pytest.raises(NotFound):
         accounts.verify_sender_dns(engine, "brand.test", "nobody", resolver)
+
+
+def test_cli_prints_the_record_then_verifies(
+    dns_server: TinyDNS,
+    tmp_path: object,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from relay.cli import main
+
+    monkeypatch.setenv("RELAY_DATABASE_URL", f"sqlite:///{tmp_path}/dns.db")
+    monkeypatch.setenv("RELAY_SERVER_VAR_DIR", f"{tmp_path}/var")
+    monkeypatch.setenv("RELAY_DNS_NAMESERVERS", "127.0.0.1")
+    monkeypatch.setenv("RELAY_DNS_PORT", str(dns_server.port))
+    monkeypatch.setenv("RELAY_DNS_TIMEOUT", "2")
+    assert main(["account", "create", "shop"]) == 0
+    assert main(["sender", "verify-dns", "shop.test", "--account", "shop"]) == 3
+    out = capsys.readouterr().out
+    record = out.split("publish this record, then run the command again:\n  ")[1]
+    name, _, value = record.strip().partition(". TXT ")
+    dns_server.records[name] = [value.strip('"')]
+    assert main(["sender", "verify-dns", "shop.test", "--account", "shop"]) == 0
+    assert "verified shop.test" in capsys.readouterr().out

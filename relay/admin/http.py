@@ -1,4 +1,4 @@
-"""The admin listener: /metrics, /healthz, /readyz (the admin API joins it later).
+"""The admin listener: /metrics, /healthz, /readyz, and the admin API under /api/v1.
 
 Served by uvicorn inside the relay's own event loop; the relay owns the
 signals, so uvicorn's signal capture is turned off.
@@ -7,6 +7,7 @@ signals, so uvicorn's signal capture is turned off.
 from __future__ import annotations
 
 import contextlib
+import re
 import socket
 from collections.abc import Awaitable, Callable, Generator
 
@@ -15,7 +16,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.types import ASGIApp
 
 
 class _Server(uvicorn.Server):
@@ -24,8 +26,20 @@ class _Server(uvicorn.Server):
         yield
 
 
+class _Mount(Mount):
+    """A mount whose path may hold any character. Starlette matches the rest of
+    the path with ``.*``, which stops at a newline: ``/api/v1/accounts/a%0Ab``
+    would miss the API, and its JSON errors, for the root's plain-text 404."""
+
+    def __init__(self, path: str, app: ASGIApp) -> None:
+        super().__init__(path, app=app)
+        self.path_regex = re.compile(self.path_regex.pattern, re.DOTALL)
+
+
 def make_app(
-    registry: Callable[[], CollectorRegistry], ready: Callable[[], Awaitable[dict[str, bool]]]
+    registry: Callable[[], CollectorRegistry],
+    ready: Callable[[], Awaitable[dict[str, bool]]],
+    api: ASGIApp | None = None,
 ) -> Starlette:
     async def metrics(_: Request) -> Response:
         return Response(generate_latest(registry()), media_type=CONTENT_TYPE_LATEST)
@@ -41,9 +55,14 @@ def make_app(
             status_code=200 if ok else 503,
         )
 
-    return Starlette(
-        routes=[Route("/metrics", metrics), Route("/healthz", healthz), Route("/readyz", readyz)]
-    )
+    routes: list[BaseRoute] = [
+        Route("/metrics", metrics),
+        Route("/healthz", healthz),
+        Route("/readyz", readyz),
+    ]
+    if api is not None:
+        routes.append(_Mount("/api/v1", api))
+    return Starlette(routes=routes)
 
 
 class AdminServer:

@@ -15,7 +15,6 @@ from relay.auth.passwords import Hasher, LoginCache
 from relay.core.replies import AUTH_INVALID, AUTH_LOCKED, AUTH_OK, AUTH_TEMPFAIL, Reply
 from relay.core.settings import AuthSettings
 
-
 # Every login reads the row (a reset or a delete must count at once, on every
 # node); plain SQL prepared once keeps that read cheap.
 _LOOKUP = text("""

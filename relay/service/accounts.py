@@ -21,6 +21,8 @@ from relay.core.errors import Conflict, Invalid, NotFound
 from relay.queue import held
 from relay.routing import dnsverify
 from relay.routing.policy import sender_matches
+from relay.service import scope
+from relay.service.audit import arg, audited
 from relay.store.models import Account, Credential, Domain, Sender, utcnow
 
 PURPOSES = ("transactional", "campaign")
@@ -62,6 +64,7 @@ def get_account(session: Session, name: str) -> Account:
     return account
 
 
+@audited("account.create", arg("name"), scope.of_new_account("agency"))
 def create_account(
     engine: Engine, name: str, agency: str | None = None, policy: str | None = None
 ) -> Account:
@@ -90,6 +93,7 @@ def list_accounts(engine: Engine) -> list[tuple[Account, str | None]]:
         return [(a, names.get(a.parent_id) if a.parent_id else None) for a in accounts]
 
 
+@audited("domain.add", arg("domain"), scope.of_account("account"))
 def add_domain(engine: Engine, domain: str, account: str) -> Domain:
     domain = check_domain(domain)
     with Session(engine, expire_on_commit=False) as session, session.begin():
@@ -101,6 +105,7 @@ def add_domain(engine: Engine, domain: str, account: str) -> Domain:
     return row
 
 
+@audited("credential.create", arg("username"), scope.of_credential_domain("username"))
 def create_credential(
     engine: Engine,
     hasher: Hasher,
@@ -166,6 +171,7 @@ def _credential(session: Session, username: str) -> Credential:
     return row
 
 
+@audited("credential.reset", arg("username"), scope.of_credential("username"))
 def reset_credential(
     engine: Engine, hasher: Hasher, username: str, password: str | None
 ) -> NewPassword:
@@ -179,6 +185,7 @@ def reset_credential(
     return NewPassword(name, password)
 
 
+@audited("credential.delete", arg("username"), scope.of_credential("username"))
 def delete_credential(engine: Engine, username: str) -> str:
     with Session(engine) as session, session.begin():
         row = _credential(session, username)
@@ -215,6 +222,7 @@ def check_sender(pattern: str) -> str:
     return check_domain(pattern)
 
 
+@audited("sender.verify", arg("pattern"), scope.of_account("account"))
 def verify_sender(engine: Engine, pattern: str, account: str) -> Sender:
     pattern = check_sender(pattern)
     with Session(engine, expire_on_commit=False) as session, session.begin():
@@ -239,6 +247,7 @@ class DNSChallenge:
     verified: bool
 
 
+@audited("sender.verify_dns", arg("domain"), scope.of_account("account"))
 def verify_sender_dns(
     engine: Engine, domain: str, account: str, resolver: dns.resolver.Resolver
 ) -> DNSChallenge:
@@ -295,6 +304,7 @@ def list_senders(engine: Engine, account: str) -> list[Sender]:
         )
 
 
+@audited("sender.remove", arg("pattern"), scope.of_account("account"))
 def remove_sender(engine: Engine, pattern: str, account: str) -> None:
     pattern = check_sender(pattern)
     with Session(engine) as session, session.begin():

@@ -56,7 +56,17 @@ def arg(name: str) -> Target:
     return lambda args: str(args[name])
 
 
-def audited(action: str, target: Target, owner: Resolver) -> Callable[[Callable[P, R]], Callable[P, R]]:
+def held_mail(args: Mapping[str, Any]) -> str:
+    """One message by id, or paused mail in bulk by sender and/or account."""
+    if args.get("queue_id"):
+        return str(args["queue_id"])
+    parts = [f"{key} {args[key]}" for key in ("sender", "account") if args.get(key)]
+    return "paused mail of " + ", ".join(parts) if parts else "paused mail"
+
+
+def audited(
+    action: str, target: Target, owner: Resolver
+) -> Callable[[Callable[P, R]], Callable[P, R]]:
     """Guard and record calls of a service function whose first argument is the engine."""
 
     def wrap(fn: Callable[P, R]) -> Callable[P, R]:
@@ -102,7 +112,7 @@ def _begin(
         )
         session.add(entry)
         try:
-            entry.account_id = scope.guard(session, actor, owner, values).account_id
+            entry.account_id = scope.guard(session, actor.scope, owner, values).account_id
         except Exception as exc:
             entry.result, entry.detail = _outcome(exc)
             session.commit()
@@ -176,10 +186,8 @@ def list_entries(
         query = query.where(AuditEntry.id < last_id)
     with Session(engine) as session:
         if account is not None:
-            owner = scope.guard(session, Actor("", "", seen_by), scope.of_account(), {"account": account})
-            if owner.account_id is None:
-                raise NotFound(owner.hidden)
-            query = query.where(AuditEntry.account_id == owner.account_id)
+            account_id = scope.visible_account(session, seen_by, account)
+            query = query.where(AuditEntry.account_id == account_id)
         rows = session.execute(query.limit(limit + 1)).all()
     items = [_view(e, name) for e, name in rows[:limit]]
     more = len(rows) > limit

@@ -47,6 +47,7 @@ def decode_cursor(cursor: str, *types: type[str] | type[int]) -> tuple[Any, ...]
     if not isinstance(key, list) or len(key) != len(types):
         raise Invalid("cursor is not one this listing gave", "cursor")
     for value, kind in zip(key, types, strict=True):
-        if type(value) is not kind:
+        # Bounded so that no engine meets an integer wider than its columns.
+        if type(value) is not kind or (isinstance(value, int) and not 0 <= value < 2**62):
             raise Invalid("cursor is not one this listing gave", "cursor")
     return tuple(key)

@@ -10,7 +10,9 @@ from sqlalchemy.orm import Session
 from relay.core.errors import Conflict, Invalid, NotFound
 from relay.queue import held
 from relay.queue.store import now_utc
+from relay.service import scope
 from relay.service.accounts import check_sender, get_account
+from relay.service.audit import arg, audited, held_mail
 from relay.store.models import Account, Attempt, Message, Recipient
 
 STATES = ("queued", "deferred", "paused", "delivered", "failed", "dropped")
@@ -63,6 +65,7 @@ def show_message(engine: Engine, queue_id: str) -> MessageView:
         return MessageView(row[0], row[1], rcpts, attempts)
 
 
+@audited("message.retry", arg("queue_id"), scope.of_message("queue_id"))
 def retry_message(engine: Engine, queue_id: str) -> None:
     """Make a deferred (or queued) message due now."""
     with Session(engine) as session, session.begin():
@@ -101,6 +104,7 @@ def _paused_ids(
     return [m[0] for m in held.paused(engine, account_id, check_sender(sender) if sender else None)]
 
 
+@audited("message.release", held_mail, scope.of_held("queue_id", "account"))
 def release_messages(
     engine: Engine,
     queue_id: str | None = None,
@@ -112,6 +116,7 @@ def release_messages(
     return held.release(engine, _paused_ids(engine, queue_id, sender, account))
 
 
+@audited("message.discard", held_mail, scope.of_held("queue_id", "account"))
 def discard_messages(
     engine: Engine,
     queue_id: str | None = None,

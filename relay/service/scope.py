@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator, Mapping
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy import Engine, select
@@ -95,44 +95,77 @@ def scope_of_account(session: Session, account_id: int) -> Scope:
     return Scope(frozenset([account_id, *subs]))
 
 
+def account_name(engine: Engine, account_id: int | None) -> str | None:
+    with Session(engine) as session:
+        return session.scalar(select(Account.name).where(Account.id == account_id))
+
+
+def list_domains(engine: Engine, seen_by: Scope, account: str) -> list[Domain]:
+    """An account's sending domains (a read the accounts service does not offer yet)."""
+    with Session(engine) as session:
+        account_id = visible_account(session, seen_by, account)
+        query = select(Domain).where(Domain.account_id == account_id).order_by(Domain.name)
+        return list(session.scalars(query))
+
+
 # -- owners: which account a target belongs to ------------------------------------
 
 
 @dataclass(frozen=True)
 class Owner:
     """The account a target belongs to (None: no such target), and what the
-    service says when the target does not exist, for when it is hidden."""
+    service says when the target does not exist, for when it is hidden.
+    ``also``: further targets of the same call (a provider and an account)."""
 
     account_id: int | None
     hidden: str = ""
     operator_only: bool = False
+    unnamed: bool = False  # an optional target the call did not name
+    also: tuple[Owner, ...] = ()
 
 
 # (open session, the call's arguments by name) -> Owner
 Resolver = Callable[[Session, Mapping[str, Any]], Owner]
 
 
-def guard(session: Session, actor: Actor, resolve: Resolver, args: Mapping[str, Any]) -> Owner:
-    """The target's owner, if ``actor`` may act on it; NotFound or OperatorOnly if not.
+def guard(session: Session, seen_by: Scope, resolve: Resolver, args: Mapping[str, Any]) -> Owner:
+    """The target's owner, if it is within ``seen_by``; NotFound or OperatorOnly if not.
 
     For a restricted actor a missing target is answered here too, with the
     service's own words: the service is then never called with a name that
     another tenant could create in between.
     """
     owner = resolve(session, args)
-    if actor.scope.everything:
-        return owner
-    if owner.operator_only:
-        raise OperatorOnly("only an operator token may do this")
-    if not actor.scope.sees(owner.account_id):
-        raise NotFound(owner.hidden)
+    if not seen_by.everything:
+        for target in (owner, *owner.also):
+            _check(seen_by, target)
     return owner
 
 
-def require(engine: Engine, resolve: Resolver, **args: Any) -> Owner:
-    """Check, for a read, that the current actor may see the target."""
+def _check(seen_by: Scope, owner: Owner) -> None:
+    if owner.unnamed:
+        return
+    if owner.operator_only:
+        raise OperatorOnly("only an operator token may do this")
+    if not seen_by.sees(owner.account_id):
+        raise NotFound(owner.hidden)
+
+
+def require(engine: Engine, resolve: Resolver, **args: Any) -> int:
+    """For a read: the owner of a target that exists and the current actor may see."""
     with Session(engine) as session:
-        return guard(session, current(), resolve, args)
+        owner = guard(session, current().scope, resolve, args)
+    if owner.account_id is None:
+        raise NotFound(owner.hidden)
+    return owner.account_id
+
+
+def visible_account(session: Session, seen_by: Scope, name: str) -> int:
+    """The id of account ``name``, or NotFound if it does not exist or is hidden."""
+    owner = guard(session, seen_by, of_account(), {"account": name})
+    if owner.account_id is None:
+        raise NotFound(owner.hidden)
+    return owner.account_id
 
 
 def _account_id(session: Session, name: str) -> int | None:
@@ -235,10 +268,22 @@ def of_held(id_arg: str = "queue_id", account_arg: str = "account") -> Resolver:
     return resolve
 
 
-def of_provider(arg: str = "name") -> Resolver:
+def of_provider(arg: str = "name", optional: bool = False) -> Resolver:
     def resolve(session: Session, args: Mapping[str, Any]) -> Owner:
         name = args[arg]
+        if name is None and optional:
+            return Owner(None, unnamed=True)
         owner = session.scalar(select(ProviderRow.account_id).where(ProviderRow.name == name))
         return Owner(owner, f"provider {name!r} does not exist")
+
+    return resolve
+
+
+def each(first: Resolver, *more: Resolver) -> Resolver:
+    """A call on several targets: each must be visible; ``first`` owns the call."""
+
+    def resolve(session: Session, args: Mapping[str, Any]) -> Owner:
+        owner = first(session, args)
+        return replace(owner, also=tuple(other(session, args) for other in more))
 
     return resolve

@@ -1,0 +1,377 @@
+"""The command line against a remote relay: ``relay --url URL --token TOKEN VERB ...``.
+
+Each verb becomes one request to the admin API (``/api/v1``), and its answer
+is printed exactly as the local verb prints the service's answer, so a
+script cannot tell the two apart (tests/test_api_cli.py runs both and
+compares). The rules are the server's: this module only translates.
+An API error becomes ``relay: error: <its message>`` and exit status 1, as
+a local one does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from relay.cli import print_rows
+from relay.core.errors import RelayError
+
+API = "/api/v1"
+PAGE = 500  # the API's largest page
+
+
+class Remote:
+    """A client of one relay's admin API with one token."""
+
+    def __init__(self, url: str, token: str, transport: httpx.BaseTransport | None = None) -> None:
+        base = url.rstrip("/").removesuffix(API)
+        self.url = base
+        self._client = httpx.Client(
+            base_url=base + API,
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=60,
+            transport=transport,
+        )
+
+    def close(self) -> None:
+        self._client.close()
+
+    def call(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        try:
+            response = self._client.request(method, path, **kw)
+        except httpx.HTTPError as exc:
+            raise RelayError(f"cannot reach the relay at {self.url}: {exc}") from None
+        if response.is_error:
+            raise RelayError(_message(response))
+        return response
+
+    def json(self, method: str, path: str, **kw: Any) -> Any:
+        return self.call(method, path, **kw).json()
+
+
+def _message(response: httpx.Response) -> str:
+    try:
+        return str(response.json()["error"]["message"])
+    except (ValueError, KeyError, TypeError):
+        return f"the relay answered {response.status_code} {response.reason_phrase}"
+
+
+def part(value: str) -> str:
+    """A value as one path segment."""
+    return quote(value, safe="@")
+
+
+def _time(value: str, fmt: str) -> str:
+    return dt.datetime.fromisoformat(value).strftime(fmt)
+
+
+def _iso(value: str | None) -> str | None:
+    """The API's RFC 3339 time as the local command prints it (``isoformat``)."""
+    return dt.datetime.fromisoformat(value).isoformat() if value else None
+
+
+# -- the verbs --------------------------------------------------------------------
+
+
+def account_create(r: Remote, args: argparse.Namespace) -> None:
+    body = {"name": args.name, "agency": args.agency, "policy": args.policy}
+    account = r.json("POST", "/accounts", json=body)
+    kind = f"sub-account of {args.agency}" if args.agency else "agency"
+    print(f"created account {account['name']} ({kind})")
+
+
+def account_list(r: Remote, args: argparse.Namespace) -> None:
+    rows = [
+        (a["name"], a["agency"] or "-", a["unverified_policy"] or "default")
+        for a in r.json("GET", "/accounts")
+    ]
+    print_rows(rows, ("ACCOUNT", "AGENCY", "UNVERIFIED-POLICY"))
+
+
+def domain_add(r: Remote, args: argparse.Namespace) -> None:
+    path = f"/accounts/{part(args.account)}/domains"
+    domain = r.json("POST", path, json={"domain": args.domain})
+    print(f"added domain {domain['name']} to account {args.account}")
+
+
+def _shown_once(args: argparse.Namespace, new: dict[str, Any]) -> None:
+    if args.password is None:
+        print(f"password: {new['password']}")
+        print("(shown once: it is stored only as a hash)")
+
+
+def credential_create(r: Remote, args: argparse.Namespace) -> None:
+    body = {
+        "username": args.username,
+        "password": args.password,
+        "purpose": args.purpose,
+        "policy": args.policy,
+    }
+    new = r.json("POST", "/credentials", json=body)
+    print(f"created credential {new['username']}")
+    _shown_once(args, new)
+
+
+def credential_reset(r: Remote, args: argparse.Namespace) -> None:
+    path = f"/credentials/{part(args.username)}/reset"
+    new = r.json("POST", path, json={"password": args.password})
+    print(f"reset the password of {new['username']}; the old one no longer works")
+    _shown_once(args, new)
+
+
+def credential_delete(r: Remote, args: argparse.Namespace) -> None:
+    gone = r.json("DELETE", f"/credentials/{part(args.username)}")
+    print(f"deleted credential {gone['username']}")
+
+
+def credential_list(r: Remote, args: argparse.Namespace) -> None:
+    minute = "%Y-%m-%d %H:%M"
+    rows = [
+        (
+            c["username"],
+            c["purpose"],
+            c["unverified_policy"] or "default",
+            _time(c["created_at"], minute),
+            _time(c["password_set_at"], minute),
+        )
+        for c in r.json("GET", f"/domains/{part(args.domain)}/credentials")
+    ]
+    print_rows(rows, ("USERNAME", "PURPOSE", "UNVERIFIED-POLICY", "CREATED", "PASSWORD-SET"))
+
+
+def sender_verify(r: Remote, args: argparse.Namespace) -> None:
+    path = f"/accounts/{part(args.account)}/senders"
+    row = r.json("POST", path, json={"sender": args.sender})
+    what = "address" if row["kind"] == "address" else "domain (every address in it)"
+    print(f"verified {row['sender']} for account {args.account}: {what}")
+
+
+def sender_verify_dns(r: Remote, args: argparse.Namespace) -> int:
+    path = f"/accounts/{part(args.account)}/senders/dns"
+    found = r.json("POST", path, json={"domain": args.domain})
+    if found["verified"]:
+        print(f"verified {found['domain']} for account {args.account} by DNS")
+        return 0
+    print(
+        "publish this record, then run the command again:\n"
+        f'  {found["record"]}. TXT "{found["value"]}"'
+    )
+    return 3  # as the local verb: not verified yet
+
+
+def sender_list(r: Remote, args: argparse.Namespace) -> None:
+    rows = [
+        (s["sender"], s["kind"], "verified" if s["verified"] else "pending")
+        for s in r.json("GET", f"/accounts/{part(args.account)}/senders")
+    ]
+    print_rows(rows, ("SENDER", "KIND", "STATE"))
+
+
+def sender_remove(r: Remote, args: argparse.Namespace) -> None:
+    r.call("DELETE", f"/accounts/{part(args.account)}/senders/{part(args.sender)}")
+    print(f"removed {args.sender} from account {args.account}")
+
+
+def queue_list(r: Remote, args: argparse.Namespace) -> None:
+    rows = [
+        (
+            m["id"],
+            m["state"],
+            m["account"],
+            m["mail_from"],
+            m["size"],
+            m["attempts"],
+            _time(m["created_at"], "%Y-%m-%d %H:%M:%S"),
+            m["reason"] or "",
+        )
+        for m in _messages(r, args.state, args.limit)
+    ]
+    print_rows(rows, ("ID", "STATE", "ACCOUNT", "FROM", "SIZE", "TRIES", "CREATED", "REASON"))
+
+
+def _messages(r: Remote, state: str | None, limit: int) -> list[dict[str, Any]]:
+    """Up to ``limit`` messages, newest first, page after page."""
+    out: list[dict[str, Any]] = []
+    cursor = None
+    while len(out) < limit:
+        params = {"state": state, "cursor": cursor, "limit": min(PAGE, limit - len(out))}
+        page = r.json("GET", "/queue", params={k: v for k, v in params.items() if v is not None})
+        out += page["items"]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    return out
+
+
+def queue_show(r: Remote, args: argparse.Namespace) -> None:
+    m = r.json("GET", f"/queue/{part(args.id)}")
+    out = {
+        "id": m["id"],
+        "state": m["state"],
+        "reason": m["reason"],
+        "account": m["account"],
+        "from": m["mail_from"],
+        "header_from": m["header_from"],
+        "size": m["size"],
+        "campaign": m["campaign"],
+        "attempts": m["attempts"],
+        "created": _iso(m["created_at"]),
+        "next_attempt": _iso(m["next_attempt_at"]),
+        "expires": _iso(m["expires_at"]),
+        "recipients": m["recipients"],
+        "history": [
+            {**a, "at": _iso(a["at"]), "duration": round(a["duration"], 4)} for a in m["history"]
+        ],
+    }
+    print(json.dumps(out, indent=2))
+
+
+def queue_retry(r: Remote, args: argparse.Namespace) -> None:
+    r.call("POST", f"/queue/{part(args.id)}/retry")
+    print(f"{args.id} is due now; a running relay delivers it within its poll interval")
+
+
+def _held(r: Remote, args: argparse.Namespace, verb: str) -> list[str]:
+    if args.id:
+        moved = r.json("POST", f"/queue/{part(args.id)}/{verb}")
+    else:
+        moved = r.json(
+            "POST", f"/queue/{verb}", json={"sender": args.sender, "account": args.account}
+        )
+    return list(moved["messages"])
+
+
+def queue_release(r: Remote, args: argparse.Namespace) -> None:
+    moved = _held(r, args, "release")
+    print(f"released {len(moved)} paused message(s)" + "".join(f"\n  {m}" for m in moved))
+
+
+def queue_discard(r: Remote, args: argparse.Namespace) -> None:
+    ids = sorted(_held(r, args, "discard"))
+    print(
+        f"discarded {len(ids)} paused message(s), recorded as dropped"
+        + "".join(f"\n  {m}" for m in ids)
+    )
+
+
+def usage(r: Remote, args: argparse.Namespace) -> None:
+    params = {"account": args.account, "from": args.first, "to": args.last, "format": args.format}
+    response = r.call("GET", "/usage", params={k: v for k, v in params.items() if v is not None})
+    if args.format == "json":
+        # As relay.billing.report.render_json prints the same dict.
+        sys.stdout.write(json.dumps(response.json(), indent=2) + "\n")
+    else:
+        sys.stdout.write(response.text)
+
+
+def audit(r: Remote, args: argparse.Namespace) -> None:
+    from relay.cli_tokens import print_audit
+
+    params = {"account": args.account, "limit": args.limit}
+    page = r.json("GET", "/audit", params={k: v for k, v in params.items() if v is not None})
+    print_audit(page["items"])
+
+
+def provider_list(r: Remote, args: argparse.Namespace) -> None:
+    rows = [
+        (p["name"], p["kind"], p["account"], p["domain"] or "-", p["ip_pool"] or "-")
+        for p in r.json("GET", "/providers")
+    ]
+    print_rows(rows, ("PROVIDER", "KIND", "ACCOUNT", "DOMAIN", "IP-POOL"))
+
+
+def provider_show(r: Remote, args: argparse.Namespace) -> None:
+    print(json.dumps(r.json("GET", f"/providers/{part(args.name)}"), indent=2))
+
+
+def provider_test(r: Remote, args: argparse.Namespace) -> int:
+    result = r.json("POST", f"/providers/{part(args.name)}/test", json={"to": args.to})
+    for leg in result["legs"]:
+        print(f"{leg['transport']}: {'ok' if leg['ok'] else 'FAILED'}: {leg['detail']}")
+    return 0 if result["ok"] else 1
+
+
+def provider_ips(r: Remote, args: argparse.Namespace) -> None:
+    for row in r.json("GET", f"/providers/{part(args.name)}/egress"):
+        print(f"{row['transport']}\t{row['address']}")
+
+
+def provider_remove(r: Remote, args: argparse.Namespace) -> None:
+    params = {"replacement": args.replacement} if args.replacement else {}
+    moved = r.json("DELETE", f"/providers/{part(args.name)}", params=params)["moved"]
+    tail = f"; {', '.join(moved)} now use {args.replacement}" if moved else ""
+    print(f"removed provider {args.name}{tail}")
+
+
+def provider_default(r: Remote, args: argparse.Namespace) -> None:
+    body = {"provider": args.name, "for": args.scope}
+    r.call("PUT", f"/accounts/{part(args.account)}/default-provider", json=body)
+    scope = "its sub-accounts" if args.scope == "subaccounts" else "itself"
+    print(f"{args.account} now sends through {args.name} by default for {scope}")
+
+
+def provider_assign(r: Remote, args: argparse.Namespace) -> None:
+    path = f"/accounts/{part(args.account)}/assigned-provider"
+    r.call("PUT", path, json={"provider": args.name})
+    print(f"{args.account} now sends through {args.name}")
+
+
+def provider_unassign(r: Remote, args: argparse.Namespace) -> None:
+    r.call("DELETE", f"/accounts/{part(args.account)}/assigned-provider")
+    print(f"{args.account} is no longer assigned; its defaults apply")
+
+
+# A verb prints its answer; it may return the exit status (None: 0).
+Verb = Callable[[Remote, argparse.Namespace], int | None]
+
+VERBS: dict[tuple[str, str | None], Verb] = {
+    ("account", "create"): account_create,
+    ("account", "list"): account_list,
+    ("domain", "add"): domain_add,
+    ("credential", "create"): credential_create,
+    ("credential", "reset"): credential_reset,
+    ("credential", "delete"): credential_delete,
+    ("credential", "list"): credential_list,
+    ("sender", "verify"): sender_verify,
+    ("sender", "verify-dns"): sender_verify_dns,
+    ("sender", "list"): sender_list,
+    ("sender", "remove"): sender_remove,
+    ("queue", "list"): queue_list,
+    ("queue", "show"): queue_show,
+    ("queue", "retry"): queue_retry,
+    ("queue", "release"): queue_release,
+    ("queue", "discard"): queue_discard,
+    ("usage", None): usage,
+    ("audit", None): audit,
+    ("provider", "list"): provider_list,
+    ("provider", "show"): provider_show,
+    ("provider", "test"): provider_test,
+    ("provider", "ips"): provider_ips,
+    ("provider", "remove"): provider_remove,
+    ("provider", "default"): provider_default,
+    ("provider", "assign"): provider_assign,
+    ("provider", "unassign"): provider_unassign,
+}
+
+
+def run(args: argparse.Namespace, url: str, token: str | None) -> int:
+    """Run the parsed verb against the relay at ``url``."""
+    verb = getattr(args, f"{args.command}_verb", None)
+    handler = VERBS.get((args.command, verb))
+    if handler is None:
+        name = " ".join(p for p in (args.command, verb) if p)
+        raise RelayError(f"relay {name} works on this machine only; drop --url")
+    if not token:
+        raise RelayError("--url needs a token: --token or RELAY_TOKEN")
+    remote = Remote(url, token)
+    try:
+        return handler(remote, args) or 0
+    finally:
+        remote.close()
