@@ -9,10 +9,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
-from relay.core.errors import Invalid
 from relay.core.settings import Settings
 from relay.service import provider_checks as checks
 from relay.service import providers as service
@@ -47,42 +46,45 @@ def _secrets(args: argparse.Namespace) -> dict[str, str]:
     return {"api_key": args.api_key or "", "smtp_password": args.smtp_password or ""}
 
 
-def _check_or_refuse(config: ProviderConfig, settings: Settings, what: str) -> None:
-    result = asyncio.run(checks.live_check(config, settings.server.hostname))
-    for leg in result.legs:
+def _print_legs(result: checks.CheckResult | None) -> None:
+    for leg in result.legs if result else []:
         print(f"  {leg.transport}: {'ok' if leg.ok else 'FAILED'}: {leg.detail}")
-    if not result.ok:
-        raise Invalid(
-            f"provider {config.name} failed its live check; {what}: {result.detail}", "provider"
-        )
+
+
+def _checked(call: Coroutine[Any, Any, tuple[Any, checks.CheckResult | None]]) -> Any:
+    try:
+        found, result = asyncio.run(call)
+    except checks.CheckFailed as exc:
+        _print_legs(exc.result)
+        raise
+    _print_legs(result)
+    return found
 
 
 def cmd_add(args: argparse.Namespace, settings: Settings) -> int:
     engine, box = _env(settings)
-    config = service.clean(
-        ProviderConfig(args.name, args.kind, _options(args), _secrets(args), args.domain)
+    config = ProviderConfig(args.name, args.kind, _options(args), _secrets(args), args.domain)
+    call = checks.add_checked(
+        engine, box, args.account, config, settings.server.hostname, check=not args.no_check
     )
-    if args.kind != "outbox" and not args.test_address and not args.no_check:
-        raise Invalid(
-            "--test-address is required (an address the provider accepts as "
-            "a sender), or --no-check",
-            "test_address",
-        )
-    if not args.no_check:
-        _check_or_refuse(config, settings, "not saved")
-    row = service.add_provider(engine, box, args.account, config)
+    row = _checked(call)
     print(f"added provider {row.name} ({row.kind}) to account {args.account}")
     return 0
 
 
 def cmd_edit(args: argparse.Namespace, settings: Settings) -> int:
     engine, box = _env(settings)
-    current = service.load_config(engine, box, args.name)
-    config = service.edited(current, _options(args), _secrets(args), args.domain)
-    if not args.no_check:
-        # A wrong edit must not break every account that sends through it.
-        _check_or_refuse(config, settings, "the edit was not applied")
-    service.save_edit(engine, box, config)
+    call = checks.edit_checked(
+        engine,
+        box,
+        args.name,
+        _options(args),
+        _secrets(args),
+        args.domain,
+        settings.server.hostname,
+        check=not args.no_check,
+    )
+    _checked(call)
     print(f"updated provider {args.name}")
     return 0
 

@@ -457,3 +457,49 @@ def test_provider_routes_and_removal(op: Api, engine: Engine) -> None:
         "provider.default",
         "provider.default",
     ]
+
+
+def test_add_and_edit_provider_after_the_live_check(
+    op: Api, client: Callable[[str | None], Api], world: World
+) -> None:
+    from tests.emulated import API_KEY, EmulatorThread
+
+    thread = EmulatorThread()
+    emulator = thread.start()
+    try:
+        body = {
+            "name": "sg-a",
+            "account": "agency-a",
+            "kind": "sendgrid",
+            "api_key": API_KEY,
+            "api_url": emulator.sendgrid_url,
+            "smtp_host": "127.0.0.1",
+            "smtp_port": emulator.smtp_port,
+            "smtp_tls": "none",
+            "test_address": "ops@agency-a.test",
+        }
+        made = op.post("/providers", body)
+        assert made.status_code == 201, made.text
+        assert [(g["transport"], g["ok"]) for g in made.json()["legs"]] == [
+            ("api", True),
+            ("smtp", True),
+        ]
+        assert API_KEY not in made.text
+        bad = op.post("/providers", {**body, "name": "sg-b", "api_key": "SG.wrong-key-1234"})
+        assert bad.status_code == 422 and error(bad)["field"] == "provider"
+        assert "failed its live check; not saved" in error(bad)["message"]
+        assert "SG.wrong-key-1234" not in bad.text
+        untested = op.post("/providers", {**body, "name": "sg-c", "test_address": None})
+        assert untested.status_code == 422 and error(untested)["field"] == "test_address"
+        assert op.post("/providers", body).status_code == 409
+        broken = op("PATCH", "/providers/sg-a", json={"api_key": "SG.bad-key-5678"})
+        assert broken.status_code == 422
+        assert "the edit was not applied" in error(broken)["message"]
+        edited = op("PATCH", "/providers/sg-a", json={"ip_pool": "bulk"})
+        assert edited.status_code == 200, edited.text
+        assert op.get("/providers/sg-a").json()["options"]["ip_pool"] == "bulk"
+        # Another agency's token cannot see it, nor edit it.
+        other = client(world["agency-b"].token)
+        assert other("PATCH", "/providers/sg-a", json={"ip_pool": "x"}).status_code == 404
+    finally:
+        thread.stop()

@@ -75,7 +75,14 @@ def served(
     engine.dispose()
 
 
-schema = schemathesis.openapi.from_dict(openapi_document())
+# Adding and editing a provider run its live check against the hosts in the
+# request: generated hosts would send traffic off this machine. Those two
+# operations are tested with loopback providers in test_api.py instead.
+schema = (
+    schemathesis.openapi.from_dict(openapi_document())
+    .exclude(method="POST", path="/providers")
+    .exclude(method="PATCH", path="/providers/{name}")
+)
 
 
 @schema.parametrize()

@@ -8,17 +8,23 @@ that fails is not saved, and the operator sees the provider's own words.
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import ssl
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
+from sqlalchemy import Engine
 
-from relay.core.errors import ProviderError
+from relay.core.crypto import SecretBox
+from relay.core.errors import Invalid, ProviderError
 from relay.providers import sendgrid, sparkpost
 from relay.providers.chain import ProviderChain
 from relay.providers.registry import build_provider, make_test_message
+from relay.service import providers
 from relay.service.providers import ProviderConfig
+from relay.store.models import Provider as ProviderRow
 
 
 @dataclass(frozen=True)
@@ -36,6 +42,62 @@ class CheckResult:
     @property
     def detail(self) -> str:
         return "; ".join(f"{leg.transport}: {leg.detail}" for leg in self.legs)
+
+
+async def add_checked(
+    engine: Engine,
+    box: SecretBox,
+    account: str,
+    config: ProviderConfig,
+    hostname: str,
+    check: bool = True,
+) -> tuple[ProviderRow, CheckResult | None]:
+    """Add a provider after its live check (the one rule for the CLI and the API)."""
+    config = providers.clean(config)
+    if config.kind != "outbox" and check and not config.options.get("test_address"):
+        raise Invalid(
+            "a test address is required (one the provider accepts as a sender), or skip the check",
+            "test_address",
+        )
+    result = await _passes(config, hostname, "not saved") if check else None
+    row = await asyncio.to_thread(providers.add_provider, engine, box, account, config)
+    return row, result
+
+
+async def edit_checked(
+    engine: Engine,
+    box: SecretBox,
+    name: str,
+    options: dict[str, Any],
+    secrets: dict[str, str],
+    domain: str | None,
+    hostname: str,
+    check: bool = True,
+) -> tuple[ProviderConfig, CheckResult | None]:
+    """Apply an edit only if the edited provider passes its check: a wrong edit must
+    not break every account that sends through it."""
+    current = await asyncio.to_thread(providers.load_config, engine, box, name)
+    config = providers.edited(current, options, secrets, domain)
+    result = await _passes(config, hostname, "the edit was not applied") if check else None
+    await asyncio.to_thread(providers.save_edit, engine, box, config)
+    return config, result
+
+
+async def _passes(config: ProviderConfig, hostname: str, what: str) -> CheckResult:
+    result = await live_check(config, hostname)
+    if not result.ok:
+        raise CheckFailed(config.name, what, result)
+    return result
+
+
+class CheckFailed(Invalid):
+    """The provider's live check failed; ``result`` holds each transport's words."""
+
+    def __init__(self, name: str, what: str, result: CheckResult) -> None:
+        super().__init__(
+            f"provider {name} failed its live check; {what}: {result.detail}", "provider"
+        )
+        self.result = result
 
 
 def _build(

@@ -10,6 +10,7 @@ check (``--no-check``).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +20,9 @@ from sqlalchemy.orm import Session
 from relay.core.crypto import SecretBox, mask
 from relay.core.errors import Conflict, Invalid, NotFound
 from relay.providers.registry import KINDS, SECRETS, validate_options
+from relay.service import scope
 from relay.service.accounts import check_domain, get_account
+from relay.service.audit import arg, audited
 from relay.store.models import Account, Message
 from relay.store.models import Provider as ProviderRow
 
@@ -60,6 +63,12 @@ def get_provider(session: Session, name: str) -> ProviderRow:
     return row
 
 
+def _of_config(session: Session, args: Mapping[str, Any]) -> scope.Owner:
+    """The owner of the provider an edit is for (the edit carries a config, not a name)."""
+    return scope.of_provider("name")(session, {"name": args["config"].name})
+
+
+@audited("provider.add", lambda a: str(a["config"].name), scope.of_account("account"))
 def add_provider(
     engine: Engine, box: SecretBox, account: str, config: ProviderConfig
 ) -> ProviderRow:
@@ -105,6 +114,7 @@ def edited(
     )
 
 
+@audited("provider.edit", lambda a: str(a["config"].name), _of_config)
 def save_edit(engine: Engine, box: SecretBox, config: ProviderConfig) -> None:
     """Store an edited configuration (after its check passed)."""
     with Session(engine) as session, session.begin():
@@ -138,6 +148,11 @@ def _routed_accounts(session: Session, provider_id: int) -> list[str]:
     return list(session.scalars(select(Account.name).where(or_(*clauses)).order_by(Account.name)))
 
 
+@audited(
+    "provider.remove",
+    arg("name"),
+    scope.each(scope.of_provider("name"), scope.of_provider("replacement", optional=True)),
+)
 def remove_provider(engine: Engine, name: str, replacement: str | None = None) -> list[str]:
     """Remove a provider. If accounts route through it, a replacement must be named:
     their defaults, assignments and not yet delivered messages move to it."""
@@ -176,6 +191,11 @@ def _usable(session: Session, provider: ProviderRow, account: Account) -> None:
     raise Invalid(f"provider {provider.name!r} belongs to another account", "provider")
 
 
+@audited(
+    "provider.default",
+    lambda a: f"{a['account']} ({a['scope']}): {a['name']}",
+    scope.each(scope.of_account("account"), scope.of_provider("name")),
+)
 def set_default(engine: Engine, name: str, account: str, scope: str = "own") -> None:
     """The account's own default, or (an agency's) default for its sub-accounts."""
     if scope not in ("own", "subaccounts"):
@@ -195,6 +215,11 @@ def set_default(engine: Engine, name: str, account: str, scope: str = "own") -> 
             owner.default_provider_id = provider.id
 
 
+@audited(
+    "provider.assign",
+    lambda a: f"{a['account']}: {a['name']}",
+    scope.each(scope.of_account("account"), scope.of_provider("name")),
+)
 def assign(engine: Engine, name: str, account: str) -> None:
     """An agency puts one of its sub-accounts on a provider (it wins over defaults)."""
     with Session(engine) as session, session.begin():
@@ -209,6 +234,7 @@ def assign(engine: Engine, name: str, account: str) -> None:
         sub.assigned_provider_id = provider.id
 
 
+@audited("provider.unassign", arg("account"), scope.of_account("account"))
 def unassign(engine: Engine, account: str) -> None:
     with Session(engine) as session, session.begin():
         sub = get_account(session, account)

@@ -1,12 +1,8 @@
-"""Providers: list, show (secrets masked), test, remove, defaults, assignments, egress.
+"""Providers: add and edit (each after its live check), list, show (secrets masked),
+test, remove, defaults, assignments, egress.
 
-Adding and editing are not here yet: their rule (a test address is needed,
-and the live check must pass before anything is saved) lives in the command
-line (``relay.cli_providers``), not in the service, and is not repeated.
-
-``relay.service.providers`` does not record its changes in the audit log
-yet, so the changes made here go through ``audited`` wrappers of its
-functions; once that module carries the decorators itself, these go.
+The rules live in ``relay.service.provider_checks`` and ``relay.service.providers``
+(which also write the audit log); the command line calls the same functions.
 """
 
 from __future__ import annotations
@@ -22,31 +18,11 @@ from relay.admin.api.auth import Authenticated
 from relay.admin.api.errors import responses
 from relay.service import provider_checks, providers, scope
 from relay.service.accounts import list_accounts
-from relay.service.audit import arg, audited
 
 router = APIRouter(tags=["providers"], responses=responses(401, 429))
 
 ProviderName = Annotated[str, Path(min_length=1, max_length=320, pattern=s.PRINTABLE)]
 AccountName = Annotated[str, Path(min_length=1, max_length=320, pattern=s.PRINTABLE)]
-
-_remove = audited(
-    "provider.remove",
-    arg("name"),
-    scope.each(scope.of_provider("name"), scope.of_provider("replacement", optional=True)),
-)(providers.remove_provider)
-_set_default = audited(
-    "provider.default",
-    lambda a: f"{a['account']} ({a['scope']}): {a['name']}",
-    scope.each(scope.of_account("account"), scope.of_provider("name")),
-)(providers.set_default)
-_assign = audited(
-    "provider.assign",
-    lambda a: f"{a['account']}: {a['name']}",
-    scope.each(scope.of_account("account"), scope.of_provider("name")),
-)(providers.assign)
-_unassign = audited("provider.unassign", arg("account"), scope.of_account("account"))(
-    providers.unassign
-)
 
 
 class ProviderOut(BaseModel):
@@ -65,6 +41,45 @@ class ProviderDetail(BaseModel):
     options: dict[str, Any]
     secrets: dict[str, str] = Field(description="Masked: never more than the last 4 characters")
     used_by: list[str]
+
+
+class ConnectionIn(s.Request):
+    api_key: Annotated[str | None, s.text(500)] = None
+    api_url: Annotated[str | None, s.text(500)] = None
+    smtp_host: Annotated[str | None, s.text(253)] = None
+    smtp_port: Annotated[int | None, Field(ge=1, le=65535)] = None
+    smtp_user: Annotated[str | None, s.text(320)] = None
+    smtp_password: Annotated[str | None, s.text(500)] = None
+    smtp_tls: Annotated[str | None, s.choice(("implicit", "starttls", "none"))] = None
+    allow_insecure_tls: bool | None = None
+    ip_pool: Annotated[str | None, s.text(64)] = None
+    source_address: Annotated[str | None, s.text(64)] = None
+    domain: Annotated[str | None, s.text(253)] = None
+    test_address: Annotated[str | None, s.text(320)] = None
+    check: bool = Field(True, description="Run the live check first (false: save unchecked)")
+
+    def options(self) -> dict[str, Any]:
+        keys = (
+            "api_url",
+            "smtp_host",
+            "smtp_port",
+            "smtp_user",
+            "smtp_tls",
+            "allow_insecure_tls",
+            "ip_pool",
+            "source_address",
+            "test_address",
+        )
+        return {k: getattr(self, k) for k in keys}
+
+    def secrets(self) -> dict[str, str]:
+        return {"api_key": self.api_key or "", "smtp_password": self.smtp_password or ""}
+
+
+class ProviderIn(ConnectionIn):
+    name: s.Name
+    account: s.Name
+    kind: Annotated[str, s.choice(("sendgrid", "sparkpost", "smtp", "outbox"))]
 
 
 class TestIn(s.Request):
@@ -111,6 +126,62 @@ class Assignment(BaseModel):
 class Egress(BaseModel):
     transport: str
     address: str
+
+
+def _legs(result: provider_checks.CheckResult | None) -> list[Leg]:
+    return [
+        Leg(transport=g.transport, ok=g.ok, detail=g.detail)
+        for g in (result.legs if result else [])
+    ]
+
+
+class Checked(BaseModel):
+    name: str
+    checked: bool
+    legs: list[Leg] = Field(description="Each transport's result in the live check")
+
+
+@router.post(
+    "/providers",
+    summary="Add a provider to an account, after its live check (refused with the "
+    "provider's own error if it fails)",
+    status_code=201,
+    responses=responses(404, 409, 422),
+)
+async def add_provider(body: ProviderIn, caller: Authenticated) -> Checked:
+    config = providers.ProviderConfig(
+        body.name, body.kind, body.options(), body.secrets(), body.domain
+    )
+    hostname = caller.ctx.settings.server.hostname
+    with scope.acting(caller.actor):
+        row, result = await provider_checks.add_checked(
+            caller.engine, caller.ctx.box, body.account, config, hostname, check=body.check
+        )
+    return Checked(name=row.name, checked=result is not None, legs=_legs(result))
+
+
+@router.patch(
+    "/providers/{name}",
+    summary="Change a provider; the live check runs first and a failing edit is refused",
+    responses=responses(404, 422),
+)
+async def edit_provider(name: ProviderName, body: ConnectionIn, caller: Authenticated) -> Checked:
+    await anyio.to_thread.run_sync(
+        lambda: caller.run(scope.require, caller.engine, scope.of_provider(), name=name)
+    )
+    hostname = caller.ctx.settings.server.hostname
+    with scope.acting(caller.actor):
+        _, result = await provider_checks.edit_checked(
+            caller.engine,
+            caller.ctx.box,
+            name,
+            body.options(),
+            body.secrets(),
+            body.domain,
+            hostname,
+            check=body.check,
+        )
+    return Checked(name=name, checked=result is not None, legs=_legs(result))
 
 
 @router.get("/providers", summary="The providers of the accounts this token sees")
@@ -183,7 +254,7 @@ def remove_provider(
         str | None, Query(min_length=1, max_length=320, pattern=s.PRINTABLE)
     ] = None,
 ) -> Removed:
-    moved = caller.run(_remove, caller.engine, name, replacement)
+    moved = caller.run(providers.remove_provider, caller.engine, name, replacement)
     return Removed(name=name, replacement=replacement, moved=moved)
 
 
@@ -193,7 +264,7 @@ def remove_provider(
     responses=responses(404, 422),
 )
 def set_default(name: AccountName, body: DefaultIn, caller: Authenticated) -> DefaultOut:
-    caller.run(_set_default, caller.engine, body.provider, name, body.for_)
+    caller.run(providers.set_default, caller.engine, body.provider, name, body.for_)
     return DefaultOut(account=name, provider=body.provider, for_=body.for_)
 
 
@@ -203,7 +274,7 @@ def set_default(name: AccountName, body: DefaultIn, caller: Authenticated) -> De
     responses=responses(404, 422),
 )
 def assign(name: AccountName, body: AssignIn, caller: Authenticated) -> Assignment:
-    caller.run(_assign, caller.engine, body.provider, name)
+    caller.run(providers.assign, caller.engine, body.provider, name)
     return Assignment(account=name, provider=body.provider)
 
 
@@ -213,5 +284,5 @@ def assign(name: AccountName, body: AssignIn, caller: Authenticated) -> Assignme
     responses=responses(404, 409, 422),
 )
 def unassign(name: AccountName, caller: Authenticated) -> Assignment:
-    caller.run(_unassign, caller.engine, name)
+    caller.run(providers.unassign, caller.engine, name)
     return Assignment(account=name, provider=None)
