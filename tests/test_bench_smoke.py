@@ -122,3 +122,77 @@ def test_hot_spots_and_table(tmp_path: Path) -> None:
     assert spots["work (b.py)"] == (75.0, 75.0)
     table = format_table([{"a": 1.234, "b": "x"}], [("a", "A"), ("b", "B")])
     assert "1.23" in table and "B" in table
+
+
+# -- bench/deliver.py and bench/compare.py ---------------------------------------------
+
+
+def run_bench(script: str, *args: str, timeout: float = 110) -> dict[str, Any]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / script), "--json", "--quiet", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc: dict[str, Any] = json.loads(proc.stdout)
+    return doc
+
+
+def test_deliver_api_and_smtp_with_latency_on_sqlite() -> None:
+    doc = run_bench(
+        "deliver.py", "--messages", "4", "--transports", "api", "smtp",
+        "--latency-ms", "20", "--databases", "sqlite", "postgres", "--time-limit", "30",
+        "--postgres-url", "",
+    )  # fmt: skip
+    ran = [c for c in doc["cases"] if not c["skipped"]]
+    assert [(c["transport"], c["database"]) for c in ran] == [("api", "sqlite"), ("smtp", "sqlite")]
+    for case in ran:
+        assert case["delivered"] == 4 and case["errors"] == 0
+        assert case["queue_empty"] and case["problems"] == []
+        assert case["relay_cpu_seconds"] > 0
+    api, smtp = ran
+    assert api["emulator_counts"]["api_requests"] == 4  # it went by the API, not SMTP
+    assert smtp["emulator_counts"]["smtp_messages"] == 4
+    skipped = [c for c in doc["cases"] if c["skipped"]]
+    assert len(skipped) == 2 and all("POSTGRES" in c["skipped"] for c in skipped)
+
+
+def test_compare_tiny_run_every_system_it_can() -> None:
+    doc = run_bench(
+        "compare.py", "--systems", "floor", "postfix", "relay-starttls", "relay-e2e-api",
+        "--sizes", "2048", "--concurrency", "2", "--modes", "per-session",
+        "--time-limit", "0.3", "--max-messages", "6", "--e2e-messages", "4", "--wait-quiet", "0",
+        "--drain-limit", "20", "--idle", "20", "--no-results", "--no-profile",
+        "--postfix-install", "never", "--client-processes", "1",
+        timeout=115,
+    )  # fmt: skip
+    cells = doc["cells"]
+    systems = {c["system"] for c in cells}
+    assert {"floor", "relay-starttls", "relay-e2e-api"} <= systems
+    assert "postfix" in systems or "postfix" in doc["skipped"]
+    for cell in cells:
+        assert cell["accepted"] >= 1 and cell["errors"] == 0 and cell["problems"] == []
+        assert cell["server_cpu_seconds"] >= 0 and cell["server_peak_pss_bytes"] > 0
+    e2e = [c for c in cells if c["system"] == "relay-e2e-api"]
+    assert all(c["delivery"]["delivered"] == c["db_new_messages"] for c in e2e)
+    assert [i["opened"] for i in doc["idle"]] == [20, 20]
+    assert {t["target"] for t in doc["targets"]} >= {"end to end by API"}
+
+
+def test_stage_shares_take_the_innermost_marked_frame(tmp_path: Path) -> None:
+    from bench.common import stage_shares
+
+    stacks = tmp_path / "stacks.txt"
+    stacks.write_text(
+        "thread (1): MainThread;run (uvloop/__init__.py);handle (relay/a.py);x (lib/y.py) 3\n"
+        "thread (2): spool_0;write (relay/queue/spool.py);execute (sqlalchemy/e.py) 1\n"
+    )
+    stages = [("a", ("(relay/a.py)",)), ("spool", ("(relay/queue/",)), ("loop", ("(uvloop/",))]
+    shares, threads, total = stage_shares(stacks, stages)
+    assert total == 4
+    assert dict(shares) == {"a": 75.0, "spool": 25.0}
+    assert threads == {"event loop thread": 75.0, "spool writer thread": 25.0}

@@ -7,6 +7,7 @@ that never re-sends; expiry; every attempt recorded.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -19,7 +20,7 @@ from relay.delivery.worker import backoff
 from relay.emulator import Emulator
 from relay.service import providers
 from relay.store.models import Attempt, Message, Recipient
-from tests.emulated import EmulatorThread, add_emulated_provider
+from tests.emulated import API_KEY, EmulatorThread, add_emulated_provider
 from tests.support import RelayThread, Tenant, connect, message
 
 
@@ -117,7 +118,9 @@ def test_api_failure_falls_back_to_smtp(
     engine: Engine,
     emulator: Emulator,
     fault: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.DEBUG)
     route_to(settings, engine, emulator, "sendgrid", timeout=1.0)
     if fault == "timeout":
         emulator.sendgrid.stall(3)
@@ -130,6 +133,10 @@ def test_api_failure_falls_back_to_smtp(
     assert b"hidden@example.org" not in sunk.data.split(b"\r\n\r\n")[0]
     result = {"500": "transient", "401": "credentials", "timeout": "transient"}[fault]
     assert attempts(engine, queue_id) == [("api", result), ("smtp", "delivered")]
+    assert API_KEY not in caplog.text  # not in any log line, at any level
+    with engine.connect() as conn:
+        texts = " ".join(t or "" for t in conn.execute(select(Attempt.text)).scalars())
+    assert API_KEY not in texts
 
 
 def test_no_fallback_when_the_api_refuses_the_recipients(

@@ -12,13 +12,15 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine, func, select
 
 from relay.core.settings import Settings
 from relay.queue.spool import Acceptance, write_batch
 from relay.service import providers
-from relay.store.models import Message
+from relay.store.models import Message, Usage
 from tests.emulated import EmulatorThread, add_emulated_provider
 from tests.support import Tenant, client_context, message
 from tests.test_ingest import free_port, wait_port
@@ -140,20 +142,51 @@ def test_sigkill_mid_delivery_loses_nothing(
 def test_processes_share_the_listeners_and_the_queue(
     settings: Settings, engine: Engine, tenant: Tenant
 ) -> None:
-    port = free_port()
-    config = node_config(settings, "multi", extra=f'[listeners]\nalt = "127.0.0.1:{port}"\n')
+    port, admin = free_port(), free_port()
+    extra = f'[listeners]\nalt = "127.0.0.1:{port}"\n'
+    config = node_config(settings, "multi", extra=extra)
+    config.write_text(config.read_text().replace('listen = ""', f'listen = "127.0.0.1:{admin}"'))
     proc = start(config, "--processes", "2")
     try:
         wait_port(port, proc)
+        wait_port(admin, proc)
         for i in range(10):
             with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
                 client.starttls(context=client_context())
                 client.login(tenant.username, tenant.password)
-                client.sendmail(tenant.username, [f"r{i}@example.org"], message(tenant.username))
+                client.sendmail(
+                    tenant.username,
+                    [f"r{i}@example.org", f"c{i}@example.org"],
+                    message(tenant.username, to=f"r{i}@example.org"),
+                )
         deadline = time.monotonic() + 20
         while states(engine).get("delivered", 0) < 10 and time.monotonic() < deadline:
             time.sleep(0.1)
         assert states(engine) == {"delivered": 10}
+        # One scrape shows the sum of both processes, and it equals the ledger.
+        text = httpx.get(f"http://127.0.0.1:{admin}/metrics", timeout=5).text
+        scraped = {
+            (s.labels["kind"], s.labels["outcome"]): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+            if s.name == "relay_recipients_total"
+        }
+        with engine.connect() as conn:
+            ledger = {
+                (k, e): float(n)
+                for k, e, n in conn.execute(
+                    select(Usage.kind, Usage.event, func.sum(Usage.recipients)).group_by(
+                        Usage.kind, Usage.event
+                    )
+                ).all()
+            }
+        assert ledger == {
+            ("to", "accepted"): 10,
+            ("bcc", "accepted"): 10,
+            ("to", "delivered"): 10,
+            ("bcc", "delivered"): 10,
+        }
+        assert scraped == ledger
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0

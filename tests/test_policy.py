@@ -236,6 +236,18 @@ def test_routing_matrix(
     accounts.verify_sender(engine, "other.test", tenant.account)
     send(relay, tenant, message("x@other.test"), mail_from="x@other.test")
     assert routed(engine) == own
+    # 5. an agency's assignment of the sub-account wins over the sub-account's default
+    assigned = outbox(settings, engine, "assigned", "agency")
+    providers.assign(engine, "assigned", tenant.account)
+    send(relay, tenant, message("x@other.test"), mail_from="x@other.test")
+    assert routed(engine) == assigned
+    send(relay, tenant, message(tenant.username))
+    assert routed(engine) == bound  # the domain binding still comes first
+    # 6. the agency's own default is for the agency's own mail, not its sub-accounts'
+    providers.unassign(engine, tenant.account)
+    providers.set_default(engine, "assigned", "agency")
+    send(relay, tenant, message("x@other.test"), mail_from="x@other.test")
+    assert routed(engine) == own
 
 
 def test_no_route_holds_the_message(relay: RelayThread, settings: Settings, engine: Engine) -> None:
