@@ -51,6 +51,7 @@ from relay.core.settings import Secret
 from relay.providers import mime
 from relay.providers.base import Health, Receipt
 from relay.providers.chain import PayloadRejected
+from relay.providers.http import HttpApi
 from relay.providers.smtp import has_field, header_field
 
 API_URL = "https://api.sendgrid.com"
@@ -130,8 +131,10 @@ def _retry_after(response: httpx.Response) -> float | None:
         return None
 
 
-class SendGridApi:
+class SendGridApi(HttpApi):
     """The API leg of a SendGrid provider."""
+
+    label = "SendGrid"
 
     def __init__(
         self,
@@ -143,39 +146,15 @@ class SendGridApi:
         timeout: float = 30.0,
         own_http: bool = False,
     ) -> None:
-        self.name = name
-        self.api_url = api_url.rstrip("/")
-        self.timeout = timeout
-        self._key = api_key
-        self._http = http
-        self._own_http = own_http
-
-    def __repr__(self) -> str:
-        return f"SendGridApi({self.name!r}, api_url={self.api_url!r})"
+        super().__init__(
+            name, api_key, http=http, api_url=api_url, timeout=timeout, own_http=own_http
+        )
 
     def _headers(self) -> dict[str, str]:
         return {
             "Authorization": f"Bearer {self._key.reveal()}",
             "Content-Type": "application/json",
         }
-
-    async def _request(self, method: str, path: str, body: bytes | None = None) -> httpx.Response:
-        try:
-            return await self._http.request(
-                method,
-                self.api_url + path,
-                content=body,
-                headers=self._headers(),
-                timeout=self.timeout,
-            )
-        except httpx.TimeoutException as exc:
-            raise TransientError(
-                f"SendGrid timed out after {self.timeout:g} s", transport="api"
-            ) from exc
-        except (httpx.HTTPError, httpx.InvalidURL) as exc:
-            raise TransientError(
-                f"SendGrid unreachable: {type(exc).__name__}: {exc}", transport="api"
-            ) from exc
 
     async def _post(self, payload: mime.Json, body: bytes) -> str | None:
         response = await self._request("POST", "/v3/mail/send", body)
@@ -239,10 +218,6 @@ class SendGridApi:
         if "mail.send" not in scopes:
             return Health(False, "the API key lacks the mail.send scope")
         return Health(True, f"{self.api_url}: key accepted")
-
-    async def aclose(self) -> None:
-        if self._own_http:
-            await self._http.aclose()
 
 
 def _without_refused(message: OutboundMessage, exc: PermanentError) -> OutboundMessage | None:

@@ -63,6 +63,7 @@ from relay.core.message import OutboundMessage, split_header
 from relay.core.settings import Secret
 from relay.providers.base import Health, Receipt
 from relay.providers.chain import UNNAMED_RECIPIENTS, PayloadRejected
+from relay.providers.http import HttpApi
 from relay.providers.smtp import has_field, header_field
 
 API_URL = "https://api.sparkpost.com"
@@ -196,8 +197,10 @@ def _results(message: OutboundMessage, results: dict[str, Any]) -> Receipt:
     return Receipt("api", ident, note, rejected={UNNAMED_RECIPIENTS: note})
 
 
-class SparkPostApi:
+class SparkPostApi(HttpApi):
     """The API leg of a SparkPost provider."""
+
+    label = "SparkPost"
 
     def __init__(
         self,
@@ -209,31 +212,13 @@ class SparkPostApi:
         timeout: float = 30.0,
         own_http: bool = False,
     ) -> None:
-        self.name = name
-        self.api_url = api_url.rstrip("/")
-        self.timeout = timeout
-        self._key = api_key
-        self._http = http
-        self._own_http = own_http
+        super().__init__(
+            name, api_key, http=http, api_url=api_url, timeout=timeout, own_http=own_http
+        )
 
-    def __repr__(self) -> str:
-        return f"SparkPostApi({self.name!r}, api_url={self.api_url!r})"
-
-    async def _request(self, method: str, path: str, body: bytes | None = None) -> httpx.Response:
+    def _headers(self) -> dict[str, str]:
         # SparkPost takes the bare key, no "Bearer" (API reference, "Authentication").
-        headers = {"Authorization": self._key.reveal(), "Content-Type": "application/json"}
-        try:
-            return await self._http.request(
-                method, self.api_url + path, content=body, headers=headers, timeout=self.timeout
-            )
-        except httpx.TimeoutException as exc:
-            raise TransientError(
-                f"SparkPost timed out after {self.timeout:g} s", transport="api"
-            ) from exc
-        except (httpx.HTTPError, httpx.InvalidURL) as exc:
-            raise TransientError(
-                f"SparkPost unreachable: {type(exc).__name__}: {exc}", transport="api"
-            ) from exc
+        return {"Authorization": self._key.reveal(), "Content-Type": "application/json"}
 
     async def send(self, message: OutboundMessage) -> Receipt:
         if not message.recipients:
@@ -266,10 +251,6 @@ class SparkPostApi:
             return Health(True, f"{self.api_url}: key accepted (no Account read permission)")
         text = _error_text(response.status_code, _errors(_json(response)))
         return Health(False, f"{response.status_code} {text}")
-
-    async def aclose(self) -> None:
-        if self._own_http:
-            await self._http.aclose()
 
 
 def msys_api_header(message: OutboundMessage) -> bytes:
