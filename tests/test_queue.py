@@ -148,3 +148,20 @@ def test_release_lease_gives_messages_back(db: Engine) -> None:
     assert len(store.claim(db, "w1", 10, 600)) == 3
     assert store.release_lease(db, "w1") == 3
     assert len(store.claim(db, "w2", 10, 600)) == 3
+
+
+def test_outcomes_share_a_transaction_but_a_lost_lease_skips_only_its_message(
+    db: Engine,
+) -> None:
+    write_batch(db, [acceptance(i) for i in range(3)], 3600)
+    first, second, third = store.claim(db, "w1", 3, lease=60)
+    second.token = "someone-else"  # as if its lease had been taken over
+    results = store.record_many(
+        db,
+        [
+            (m, Outcome("delivered", [], delivered=[rid for rid, _, _ in m.recipients]))
+            for m in (first, second, third)
+        ],
+    )
+    assert [r is not None for r in results] == [True, False, True]
+    assert store.queue_counts(db)["delivered"] == 2

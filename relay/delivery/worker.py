@@ -29,6 +29,7 @@ from relay.delivery.pool import ProviderPool
 from relay.providers.base import Receipt
 from relay.providers.chain import UNNAMED_RECIPIENTS, ProviderChain, result_of
 from relay.queue import store
+from relay.queue.batch import GroupCommit
 from relay.queue.store import AttemptRecord, Claimed, Outcome, Recorded
 
 log = logging.getLogger("relay.delivery")
@@ -198,6 +199,10 @@ class Worker:
         self.token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._wake = asyncio.Event()
         self._slots = asyncio.Semaphore(settings.concurrency)
+        # Outcomes share transactions too: one fsync per batch, not per message.
+        self._outcomes: GroupCommit[tuple[Claimed, Outcome], Recorded | None] = GroupCommit(
+            lambda items: store.record_many(engine, items), "outcomes"
+        )
         # A provider's own limit, so one slow provider cannot take every slot.
         self._per_provider: dict[int | None, asyncio.Semaphore] = {}
         self._inflight: set[asyncio.Task[None]] = set()
@@ -245,7 +250,7 @@ class Worker:
         try:
             async with limit:
                 outcome = await self._deliverer.run(msg)
-            recorded = await asyncio.to_thread(store.record, self._engine, msg, outcome)
+            recorded = await self._outcomes.submit((msg, outcome))
             if recorded is not None:
                 log.info(
                     "%s: state=%s%s",
@@ -272,4 +277,5 @@ class Worker:
             await self._task
         if self._inflight:
             await asyncio.gather(*self._inflight, return_exceptions=True)
+        await self._outcomes.aclose()
         await asyncio.to_thread(store.release_lease, self._engine, self.token)

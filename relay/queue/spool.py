@@ -5,29 +5,24 @@ recipients and its usage rows are committed in one transaction. The SMTP
 front says 250 after that and never before ("never accept what you cannot
 persist": a failed write raises ``SpoolError``, which carries 451 4.3.0).
 
-Group commit: acceptances that arrive while a write is in progress wait for
-the next one, and all of them share its transaction and its fsync. There is
-no timer: under light load each message gets its own commit at once, under
-heavy load the batch grows to whatever arrived during the previous commit.
-Writes run on one dedicated thread so the event loop never blocks on disk
-and SQLite sees a single writer.
+Group commit (``relay.queue.batch``): acceptances that arrive while a write
+is in progress share the next transaction and its fsync.
 """
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import logging
 import secrets
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Engine, insert
 
 from relay.core.errors import SpoolError
+from relay.queue.batch import GroupCommit
 from relay.store.models import Message, MessageContent, Recipient, Usage
 
 log = logging.getLogger("relay.spool")
@@ -133,60 +128,35 @@ class Spool:
     """Durable acceptance with group commit. One per process."""
 
     def __init__(self, engine: Engine, lifetime: float) -> None:
+        self._commits: GroupCommit[Acceptance, None] = GroupCommit(self._write, "spool")
         self._engine = engine
         self._lifetime = lifetime
-        self._pending: list[tuple[Acceptance, asyncio.Future[None]]] = []
-        self._writer: asyncio.Task[None] | None = None
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="spool")
-        self._listeners: list[Callable[[list[Acceptance]], None]] = []
-        self._closed = False
-        self.batches = 0
         self.healthy = True
+
+    @property
+    def batches(self) -> int:
+        return self._commits.batches
+
+    def _write(self, batch: list[Acceptance]) -> list[None]:
+        write_batch(self._engine, batch, self._lifetime)
+        return [None] * len(batch)
 
     def on_commit(self, callback: Callable[[list[Acceptance]], None]) -> None:
         """Call ``callback`` with each committed batch (wakes the workers, counts)."""
-        self._listeners.append(callback)
+        self._commits.after_commit(callback)
 
     async def accept(self, acc: Acceptance) -> str:
-        if self._closed:
+        if self._commits.closed:
             raise SpoolError("spool is shutting down")
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((acc, fut))
-        if self._writer is None:
-            self._writer = asyncio.create_task(self._drain())
-        await asyncio.shield(fut)
-        return acc.queue_id
-
-    async def _drain(self) -> None:
-        loop = asyncio.get_running_loop()
         try:
-            while self._pending:
-                batch, self._pending = self._pending, []
-                accs = [a for a, _ in batch]
-                try:
-                    await loop.run_in_executor(
-                        self._executor, write_batch, self._engine, accs, self._lifetime
-                    )
-                except Exception as exc:
-                    self.healthy = False
-                    log.error("spool write failed for %d message(s): %s", len(batch), exc)
-                    for _, fut in batch:
-                        if not fut.done():
-                            fut.set_exception(SpoolError(str(exc)))
-                    continue
-                self.healthy = True
-                self.batches += 1
-                for _, fut in batch:
-                    if not fut.done():
-                        fut.set_result(None)
-                for callback in self._listeners:
-                    callback(accs)
-        finally:
-            self._writer = None
+            await self._commits.submit(acc)
+        except Exception as exc:
+            self.healthy = False
+            log.error("%s: spool write failed: %s", acc.queue_id, exc)
+            raise SpoolError(str(exc)) from exc
+        self.healthy = True
+        return acc.queue_id
 
     async def aclose(self) -> None:
         """Refuse new work, let the commits in flight finish, stop the thread."""
-        self._closed = True
-        if self._writer is not None:
-            await asyncio.shield(self._writer)
-        self._executor.shutdown(wait=True)
+        await self._commits.aclose()

@@ -144,7 +144,23 @@ class Recorded:
 
 def record(engine: Engine, claimed: Claimed, outcome: Outcome) -> Recorded | None:
     """Write an outcome if the claim is still ours; None if the lease was lost."""
+    return record_many(engine, [(claimed, outcome)])[0]
+
+
+def record_many(engine: Engine, items: list[tuple[Claimed, Outcome]]) -> list[Recorded | None]:
+    """Write several outcomes in one transaction (one fsync for all of them).
+
+    Each is written only while its claim is still ours: a lost lease skips
+    that message (None), not the batch.
+    """
     now = now_utc()
+    with engine.begin() as conn:
+        return [_record(conn, claimed, outcome, now) for claimed, outcome in items]
+
+
+def _record(
+    conn: Connection, claimed: Claimed, outcome: Outcome, now: dt.datetime
+) -> Recorded | None:
     final = outcome.state in FINAL_STATES
     values: dict[str, object] = {
         "state": outcome.state,
@@ -156,37 +172,32 @@ def record(engine: Engine, claimed: Claimed, outcome: Outcome) -> Recorded | Non
     }
     if outcome.next_attempt_at is not None:
         values["next_attempt_at"] = outcome.next_attempt_at
-    with engine.begin() as conn:
-        done = conn.execute(
-            update(Message)
-            .where(Message.id == claimed.id, Message.locked_by == claimed.token)
-            .values(**values)
-        )
-        if done.rowcount != 1:
-            return None
-        _write_recipients(conn, claimed.id, outcome)
-        if outcome.attempts:
-            conn.execute(
-                insert(Attempt),
-                [
-                    {
-                        "message_id": claimed.id,
-                        "provider": a.provider,
-                        "transport": a.transport,
-                        "result": a.result,
-                        "code": a.code,
-                        "text": (a.text or "")[:2000],
-                        "provider_message_id": a.provider_message_id,
-                        "duration": a.duration,
-                        "at": now,
-                    }
-                    for a in outcome.attempts
-                ],
-            )
-        usage = (
-            write_usage_outcome(conn, claimed.id, claimed.account_id, now.date()) if final else []
-        )
+    done = conn.execute(
+        update(Message)
+        .where(Message.id == claimed.id, Message.locked_by == claimed.token)
+        .values(**values)
+    )
+    if done.rowcount != 1:
+        return None
+    _write_recipients(conn, claimed.id, outcome)
+    if outcome.attempts:
+        conn.execute(insert(Attempt), [_attempt_row(claimed.id, a, now) for a in outcome.attempts])
+    usage = write_usage_outcome(conn, claimed.id, claimed.account_id, now.date()) if final else []
     return Recorded(usage)
+
+
+def _attempt_row(message_id: str, a: AttemptRecord, now: dt.datetime) -> dict[str, object]:
+    return {
+        "message_id": message_id,
+        "provider": a.provider,
+        "transport": a.transport,
+        "result": a.result,
+        "code": a.code,
+        "text": (a.text or "")[:2000],
+        "provider_message_id": a.provider_message_id,
+        "duration": a.duration,
+        "at": now,
+    }
 
 
 def _write_recipients(conn: Connection, message_id: str, outcome: Outcome) -> None:
