@@ -17,9 +17,17 @@ import datetime as dt
 from collections import Counter
 from dataclasses import dataclass, field
 
-from sqlalchemy import Connection, Engine, and_, func, insert, or_, select, update
+from sqlalchemy import Connection, Engine, and_, bindparam, func, insert, or_, select, text, update
 
-from relay.store.models import Account, Attempt, Message, MessageContent, Recipient, Usage
+from relay.store.models import (
+    Account,
+    Attempt,
+    Message,
+    MessageContent,
+    Recipient,
+    Usage,
+    UTCDateTime,
+)
 
 DUE_STATES = ("queued", "deferred")
 # A recipient still pending when its message finishes has failed with it.
@@ -158,30 +166,47 @@ def record_many(engine: Engine, items: list[tuple[Claimed, Outcome]]) -> list[Re
         return [_record(conn, claimed, outcome, now) for claimed, outcome in items]
 
 
+# The per-message statements of a delivery outcome, prepared once: building
+# SQLAlchemy constructs per message cost more than running them (profiled).
+_FINISH = text(
+    "UPDATE messages SET state = :state, reason = :reason, locked_by = NULL, "
+    "locked_until = NULL, attempts = attempts + :tries, finished_at = :finished_at, "
+    "next_attempt_at = COALESCE(:next_at, next_attempt_at) "
+    "WHERE id = :id AND locked_by = :token"
+).bindparams(
+    bindparam("finished_at", type_=UTCDateTime()), bindparam("next_at", type_=UTCDateTime())
+)
+_DELIVERED = text("UPDATE recipients SET state = 'delivered' WHERE id = :id")
+_FAILED = text("UPDATE recipients SET state = 'failed', reply = :reply WHERE id = :id")
+_FAIL_PENDING = text(
+    "UPDATE recipients SET state = 'failed', reply = :reply "
+    "WHERE message_id = :id AND state = 'pending'"
+)
+_COUNTS = text(
+    "SELECT kind, state, COUNT(*) FROM recipients WHERE message_id = :id GROUP BY kind, state"
+)
+_ATTEMPTS = insert(Attempt)
+_USAGE = insert(Usage)
+
+
 def _record(
     conn: Connection, claimed: Claimed, outcome: Outcome, now: dt.datetime
 ) -> Recorded | None:
     final = outcome.state in FINAL_STATES
-    values: dict[str, object] = {
+    params = {
         "state": outcome.state,
         "reason": outcome.reason,
-        "locked_by": None,
-        "locked_until": None,
-        "attempts": Message.attempts + len(outcome.attempts),
+        "tries": len(outcome.attempts),
         "finished_at": now if final else None,
+        "next_at": outcome.next_attempt_at,
+        "id": claimed.id,
+        "token": claimed.token,
     }
-    if outcome.next_attempt_at is not None:
-        values["next_attempt_at"] = outcome.next_attempt_at
-    done = conn.execute(
-        update(Message)
-        .where(Message.id == claimed.id, Message.locked_by == claimed.token)
-        .values(**values)
-    )
-    if done.rowcount != 1:
+    if conn.execute(_FINISH, params).rowcount != 1:
         return None
     _write_recipients(conn, claimed.id, outcome)
     if outcome.attempts:
-        conn.execute(insert(Attempt), [_attempt_row(claimed.id, a, now) for a in outcome.attempts])
+        conn.execute(_ATTEMPTS, [_attempt_row(claimed.id, a, now) for a in outcome.attempts])
     usage = write_usage_outcome(conn, claimed.id, claimed.account_id, now.date()) if final else []
     return Recorded(usage)
 
@@ -202,20 +227,12 @@ def _attempt_row(message_id: str, a: AttemptRecord, now: dt.datetime) -> dict[st
 
 def _write_recipients(conn: Connection, message_id: str, outcome: Outcome) -> None:
     if outcome.delivered:
-        conn.execute(
-            update(Recipient).where(Recipient.id.in_(outcome.delivered)).values(state="delivered")
-        )
-    for rid, reply in outcome.failed.items():
-        conn.execute(
-            update(Recipient).where(Recipient.id == rid).values(state="failed", reply=reply[:2000])
-        )
+        conn.execute(_DELIVERED, [{"id": rid} for rid in outcome.delivered])
+    if outcome.failed:
+        conn.execute(_FAILED, [{"id": r, "reply": t[:2000]} for r, t in outcome.failed.items()])
     if outcome.state == "failed":
         # Whatever was still pending when the message failed (expiry) fails too.
-        conn.execute(
-            update(Recipient)
-            .where(Recipient.message_id == message_id, Recipient.state == "pending")
-            .values(state="failed", reply=outcome.reason)
-        )
+        conn.execute(_FAIL_PENDING, {"id": message_id, "reply": outcome.reason})
 
 
 def write_usage_outcome(
@@ -226,29 +243,22 @@ def write_usage_outcome(
     Runs in the transaction that finishes the message, under our lease; the
     ledger's unique key turns a second finish into an error, never a double count.
     """
-    rows = conn.execute(
-        select(Recipient.kind, Recipient.state, func.count())
-        .where(Recipient.message_id == message_id)
-        .group_by(Recipient.kind, Recipient.state)
-    ).all()
     counts: Counter[tuple[str, str]] = Counter()
-    for kind, state, n in rows:
+    for kind, state, n in conn.execute(_COUNTS, {"id": message_id}).all():
         counts[(kind, _OUTCOME_OF_STATE[state])] += int(n)
     written = sorted((kind, event, n) for (kind, event), n in counts.items())
-    conn.execute(
-        insert(Usage),
-        [
-            {
-                "account_id": account_id,
-                "day": day,
-                "message_id": message_id,
-                "kind": kind,
-                "event": event,
-                "recipients": n,
-            }
-            for kind, event, n in written
-        ],
-    )
+    rows = [
+        {
+            "account_id": account_id,
+            "day": day,
+            "message_id": message_id,
+            "kind": kind,
+            "event": event,
+            "recipients": n,
+        }
+        for kind, event, n in written
+    ]
+    conn.execute(_USAGE, rows)
     return written
 
 
