@@ -285,10 +285,24 @@ class RelayOptions:
     argon2_memory_kib: int | None = None
     hostname: str = "relay.bench.test"
     extra_toml: str = ""
+    # More keys for [queue] and [limits] (those sections are already written,
+    # and TOML refuses a table defined twice, so extra_toml cannot add to them).
+    queue: dict[str, Any] = field(default_factory=dict)
+    limits: dict[str, Any] = field(default_factory=dict)
 
 
 def _toml_string(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return _toml_string(str(value))
 
 
 def relay_config(var_dir: Path, options: RelayOptions, ports: dict[str, int]) -> str:
@@ -310,9 +324,15 @@ def relay_config(var_dir: Path, options: RelayOptions, ports: dict[str, int]) ->
         f'listen = "{LOOPBACK}:{ports["admin"]}"',
         "[queue]",
         f"workers = {'true' if options.workers else 'false'}",
+        *(f"{k} = {_toml_value(v)}" for k, v in options.queue.items() if k != "workers"),
         "[limits]",
         # The load comes from one address; the default cap per IP would refuse it.
-        "max_connections_per_ip = 100000",
+        f"max_connections_per_ip = {int(options.limits.get('max_connections_per_ip', 100000))}",
+        *(
+            f"{k} = {_toml_value(v)}"
+            for k, v in options.limits.items()
+            if k != "max_connections_per_ip"
+        ),
     ]
     auth = []
     if options.argon2_time_cost is not None:
@@ -553,6 +573,10 @@ class LoadSpec:
     time_limit: float = 60.0  # no new message starts after this
     op_timeout: float = 30.0  # one reply, or one TLS handshake
     ehlo_name: str = "bench.client"
+    # None: the greeting may take the whole open budget (4 x op_timeout). A
+    # listener whose accept queue overflowed can leave a connection the client
+    # thinks is open but the server never saw; this names and bounds that case.
+    greeting_timeout: float | None = None
 
 
 @dataclass
@@ -571,6 +595,10 @@ class WorkerResult:
     sessions: int = 0
     sequence: int = 0  # numbers the messages this process sent
     timed_out: bool = False
+
+
+class NoGreeting(TimeoutError):
+    """Connected, but the server never greeted (its accept queue dropped us)."""
 
 
 class SMTPError(Exception):
@@ -629,7 +657,10 @@ class RawSession:
     async def open(self) -> None:
         spec = self.spec
         self.reader, self.writer = await asyncio.open_connection(spec.host, spec.port)
-        code, text = await self._reply()
+        try:
+            code, text = await asyncio.wait_for(self._reply(), spec.greeting_timeout)
+        except TimeoutError as exc:
+            raise NoGreeting(f"no greeting within {spec.greeting_timeout}s") from exc
         if code != 220:
             raise SMTPError("greeting", code, text)
         ehlo = f"EHLO {spec.ehlo_name}\r\n".encode()
@@ -1088,3 +1119,577 @@ def stage(name: str, quiet: bool = False) -> Iterator[None]:
     yield
     if not quiet:
         print(f"[bench] {name}: {time.monotonic() - began:.1f}s", file=sys.stderr, flush=True)
+
+
+# -- memory that sums honestly over many processes -------------------------------------
+
+
+def pss_bytes(pid: int) -> int:
+    """Proportional set size: shared pages split among their sharers.
+
+    Summing RSS over Postfix's dozens of processes counts libc and friends once
+    per process; PSS sums to what the tree really occupies. Falls back to RSS
+    where smaps_rollup is unreadable.
+    """
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as fh:
+            for line in fh:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return rss_bytes(pid)
+
+
+class MemoryMonitor(TreeMonitor):
+    """A TreeMonitor that also keeps the peak of the tree's summed PSS."""
+
+    def __init__(self, root: int, interval: float = 0.2) -> None:
+        super().__init__(root, interval)
+        self.peak_pss_bytes = 0
+
+    def _sample(self) -> None:
+        super()._sample()
+        self.peak_pss_bytes = max(self.peak_pss_bytes, sum(pss_bytes(p) for p in self._pids))
+
+
+def tree_pss_bytes(root: int) -> int:
+    return sum(pss_bytes(p) for p in process_tree(root))
+
+
+def raise_fd_limit(wanted: int = 1 << 20) -> int:
+    """Lift this process's soft RLIMIT_NOFILE towards the hard limit; children inherit it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if target > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def pid_listening_on(port: int) -> int | None:
+    """The process holding a listening TCP socket on ``port`` (to watch PostgreSQL's CPU)."""
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as fh:
+            next(fh, None)
+            for line in fh:
+                fields = line.split()
+                if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    inodes.add(fields[9])
+    wanted = {f"socket:[{i}]" for i in inodes}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{entry}/fd"):
+                with contextlib.suppress(OSError):
+                    if os.readlink(f"/proc/{entry}/fd/{fd}") in wanted:
+                        return int(entry)
+    return None
+
+
+# -- PostgreSQL: a database of its own per run ------------------------------------------
+
+
+def _pg_maintenance(url: str) -> Any:
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    return psycopg.connect(
+        host=parsed.host,
+        port=parsed.port,
+        user=parsed.username,
+        password=parsed.password,
+        dbname="postgres",
+        connect_timeout=10,
+        autocommit=True,
+    )
+
+
+def fresh_postgres_database(url: str, prefix: str = "relay_bench") -> str:
+    """A new empty database on ``url``'s server; the URL that points at it."""
+    from psycopg import sql
+    from sqlalchemy.engine import make_url
+
+    name = f"{prefix}_{secrets.token_hex(6)}"
+    with _pg_maintenance(url) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(name)))
+    return str(make_url(url).set(database=name).render_as_string(hide_password=False))
+
+
+def drop_postgres_database(url: str) -> None:
+    from psycopg import sql
+    from sqlalchemy.engine import make_url
+
+    name = make_url(url).database
+    if not name or not name.startswith("relay_bench"):
+        raise ValueError(f"refusing to drop database {name!r}")
+    with _pg_maintenance(url) as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
+
+
+def postgres_port(url: str) -> int:
+    from sqlalchemy.engine import make_url
+
+    return int(make_url(url).port or 5432)
+
+
+def database_version(url: str) -> str:
+    """'SQLite 3.x' or 'PostgreSQL 15.x', as the relay's driver reports it."""
+    from sqlalchemy import text
+
+    from relay.store.engine import make_engine
+
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            if engine.dialect.name == "sqlite":
+                return f"SQLite {conn.execute(text('select sqlite_version()')).scalar()}"
+            return f"PostgreSQL {conn.execute(text('show server_version')).scalar()}"
+    finally:
+        engine.dispose()
+
+
+# -- the provider emulator in a process of its own ---------------------------------------
+
+EMULATOR_API_KEY = "SG.relay-bench-key-0123456789"
+
+
+class _Forgetful(list[Any]):
+    """A list that counts what is appended and keeps nothing.
+
+    The emulator remembers every request for tests to inspect; a benchmark
+    sends thousands of 100 KB messages and only needs the count.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.appended = 0
+
+    def append(self, item: Any) -> None:
+        self.appended += 1
+
+
+def _add_latency(emulator: Any, seconds: float) -> None:
+    """A constant delay on every API request and every SMTP DATA.
+
+    ``ApiState.stall(seconds, count)`` cannot do this: ``misbehave`` keeps
+    taking the same stall fault while its count lasts, so the first request
+    sleeps count x seconds and the rest none. Until the emulator has a
+    per-request latency, the bound methods are wrapped on the instances.
+    """
+    if seconds <= 0:
+        return
+    for state in (emulator.sendgrid, emulator.sparkpost):
+        original = state.misbehave
+
+        async def delayed(original: Any = original) -> Any:
+            await asyncio.sleep(seconds)
+            return await original()
+
+        state.misbehave = delayed
+    sink = emulator.smtp
+    original_data = sink.handle_DATA
+
+    async def data(server: Any, session: Any, envelope: Any) -> Any:
+        await asyncio.sleep(seconds)
+        return await original_data(server, session, envelope)
+
+    sink.handle_DATA = data  # aiosmtpd looks the hook up on the instance per connection
+
+
+async def _emulator_serve(latency: float, conn: Any, max_lifetime: float) -> None:
+    from relay.emulator import serve_emulator
+
+    emulator = await serve_emulator(api_key=EMULATOR_API_KEY)
+    emulator.sendgrid.received = _Forgetful()
+    emulator.sparkpost.received = _Forgetful()
+    emulator.smtp.messages = _Forgetful()
+    _add_latency(emulator, latency)
+    conn.send(
+        {
+            "sendgrid": emulator.sendgrid_port,
+            "sparkpost": emulator.sparkpost_port,
+            "smtp": emulator.smtp_port,
+        }
+    )
+    parent, deadline = os.getppid(), time.monotonic() + max_lifetime
+    try:
+        # Bounded: stops when told, when the parent is gone, or at max_lifetime.
+        while time.monotonic() < deadline and os.getppid() == parent:
+            if conn.poll():
+                conn.recv()
+                break
+            await asyncio.sleep(0.2)
+        counts = {
+            "api_requests": emulator.sendgrid.received.appended
+            + emulator.sparkpost.received.appended,
+            "smtp_messages": emulator.smtp.messages.appended,
+            "smtp_connections": emulator.smtp.connections,
+        }
+        conn.send(counts)
+    finally:
+        await emulator.aclose()
+
+
+def _emulator_main(latency: float, conn: Any, max_lifetime: float) -> None:
+    import logging
+
+    import uvloop
+
+    raise_fd_limit()
+    logging.basicConfig(level=logging.WARNING)
+    uvloop.run(_emulator_serve(latency, conn, max_lifetime))
+
+
+class EmulatorProcess:
+    """``serve_emulator`` in a spawned process (its CPU is watched apart from the relay's).
+
+    ``latency`` (seconds) delays every API request and SMTP DATA reply.
+    """
+
+    def __init__(self, latency: float = 0.0, max_lifetime: float = 3600.0) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self._conn, child = ctx.Pipe()
+        self.latency = latency
+        self.proc = ctx.Process(
+            target=_emulator_main, args=(latency, child, max_lifetime), name="bench-emulator"
+        )
+        self.ports: dict[str, int] = {}
+        self.counts: dict[str, int] = {}
+
+    @property
+    def pid(self) -> int:
+        assert self.proc.pid is not None
+        return self.proc.pid
+
+    def start(self, timeout: float = 30.0) -> None:
+        self.proc.start()
+        if not self._conn.poll(timeout):
+            self.stop()
+            raise RuntimeError("the emulator did not start")
+        self.ports = self._conn.recv()
+
+    def provider_options(self, kind: str) -> dict[str, Any]:
+        """Options and secrets for a provider of ``kind`` aimed at this emulator."""
+        options: dict[str, Any] = {
+            "smtp_host": LOOPBACK,
+            "smtp_port": self.ports["smtp"],
+            "smtp_tls": "none",
+            "smtp_user": "apikey",
+        }
+        if kind in ("sendgrid", "sparkpost"):
+            options["api_url"] = f"http://{LOOPBACK}:{self.ports[kind]}"
+        return options
+
+    def stop(self) -> dict[str, int]:
+        if self.proc.is_alive():
+            with contextlib.suppress(OSError, EOFError):
+                self._conn.send("stop")
+                if self._conn.poll(10):
+                    self.counts = self._conn.recv()
+            self.proc.join(10)
+        if self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join(5)
+        return self.counts
+
+    def __enter__(self) -> EmulatorProcess:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def add_emulated_provider(
+    config_path: Path, tenant: Tenant, emulator: EmulatorProcess, kind: str, **extra: Any
+) -> int:
+    """A provider of ``kind`` on the tenant's agency, aimed at the emulator, made the
+    default for its sub-accounts (so accepted mail routes to it). Its id."""
+    from relay.app import secret_box
+    from relay.core.settings import load_settings
+    from relay.service import providers
+    from relay.store.engine import make_engine
+
+    settings = load_settings(config_path, env={})
+    engine = make_engine(settings.database.url)
+    name = f"bench-{kind}-{secrets.token_hex(3)}"
+    agency = tenant.account.replace("bench-", "bench-agency-", 1)
+    options = {**emulator.provider_options(kind), **extra}
+    secret = {"api_key": EMULATOR_API_KEY} if kind != "smtp" else {}
+    secret["smtp_password"] = EMULATOR_API_KEY
+    try:
+        config = providers.ProviderConfig(name, kind, options, secret)
+        row = providers.add_provider(engine, secret_box(settings), agency, config)
+        providers.set_default(engine, name, agency, "subaccounts")
+        return int(row.id)
+    finally:
+        engine.dispose()
+
+
+# -- a full queue, held until released ---------------------------------------------------
+
+HELD_UNTIL = 365 * 86400.0  # seconds in the future a held message is next due
+
+
+def fill_queue(
+    database_url: str, tenant: Tenant, provider_id: int, messages: int, size: int, chunk: int = 500
+) -> float:
+    """``messages`` queued messages for ``tenant`` via the spool's own ``write_batch``,
+    held (not due) so that delivery starts only at :func:`release_queue`. Seconds taken."""
+    import datetime as dt
+
+    from sqlalchemy import select, update
+
+    from relay.queue.spool import Acceptance, write_batch
+    from relay.store.engine import make_engine
+    from relay.store.models import Account, Message
+
+    began = time.monotonic()
+    engine = make_engine(database_url)
+    head, tail = make_message(size, tenant.sender, tenant.recipient)
+    try:
+        with engine.connect() as conn:
+            account_id = conn.execute(
+                select(Account.id).where(Account.name == tenant.account)
+            ).scalar_one()
+        for start in range(0, messages, chunk):
+            batch = [
+                Acceptance(
+                    account_id=account_id,
+                    mail_from=tenant.sender,
+                    recipients=[(tenant.recipient, "to")],
+                    data=head + str(i).encode() + tail,
+                    provider_id=provider_id,
+                    header_from=tenant.sender,
+                    account_name=tenant.account,
+                )
+                for i in range(start, min(start + chunk, messages))
+            ]
+            write_batch(engine, batch, 86400.0)
+        later = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=HELD_UNTIL)
+        with engine.begin() as conn:
+            conn.execute(
+                update(Message)
+                .where(Message.account_id == account_id)
+                .values(next_attempt_at=later)
+            )
+    finally:
+        engine.dispose()
+    return time.monotonic() - began
+
+
+def release_queue(database_url: str, account: str) -> float:
+    """Make the held messages due now; the wall-clock time (epoch seconds) of the release."""
+    import datetime as dt
+
+    from sqlalchemy import select, update
+
+    from relay.store.engine import make_engine
+    from relay.store.models import Account, Message
+
+    engine = make_engine(database_url)
+    try:
+        with engine.begin() as conn:
+            account_id = select(Account.id).where(Account.name == account).scalar_subquery()
+            now = dt.datetime.now(dt.UTC)
+            conn.execute(
+                update(Message)
+                .where(Message.account_id == account_id, Message.state == "queued")
+                .values(next_attempt_at=now)
+            )
+    finally:
+        engine.dispose()
+    return now.timestamp()
+
+
+@dataclass
+class DeliveryStats:
+    """What the relay's own tables say about one account's messages."""
+
+    states: dict[str, int]
+    attempts: dict[str, int]  # attempt rows by transport:result
+    first_finished: float | None  # epoch seconds
+    last_finished: float | None
+    first_created: float | None
+
+    @property
+    def delivered(self) -> int:
+        return self.states.get("delivered", 0)
+
+    @property
+    def pending(self) -> int:
+        return sum(self.states.get(s, 0) for s in ("queued", "deferred"))
+
+    @property
+    def rate(self) -> float:
+        """Messages per second from the first delivery to the last."""
+        if self.first_finished is None or self.last_finished is None or self.delivered < 2:
+            return math.nan
+        return (self.delivered - 1) / max(self.last_finished - self.first_finished, 1e-6)
+
+
+class QueueWatch:
+    """Polls one account's messages by state, with one engine for the whole watch."""
+
+    def __init__(self, database_url: str, account: str) -> None:
+        from relay.store.engine import make_engine
+
+        self.engine = make_engine(database_url, pool_size=1)
+        self.account = account
+
+    def states(self) -> Counter[str]:
+        from sqlalchemy import func, select
+
+        from relay.store.models import Account, Message
+
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(Message.state, func.count())
+                .join(Account, Account.id == Message.account_id)
+                .where(Account.name == self.account)
+                .group_by(Message.state)
+            ).all()
+        return Counter({str(state): int(n) for state, n in rows})
+
+    def wait_empty(self, timeout: float, interval: float = 0.1) -> tuple[bool, float]:
+        """Until nothing is queued or deferred: (emptied, epoch seconds when seen)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            states = self.states()
+            if states.get("queued", 0) + states.get("deferred", 0) == 0:
+                return True, time.time()
+            if time.monotonic() >= deadline:
+                return False, time.time()
+            time.sleep(interval)
+
+    def stats(self) -> DeliveryStats:
+        from sqlalchemy import func, select
+
+        from relay.store.models import Account, Attempt, Message
+
+        with self.engine.connect() as conn:
+            account_id = conn.execute(
+                select(Account.id).where(Account.name == self.account)
+            ).scalar_one()
+            mine = Message.account_id == account_id
+            first, last, created = conn.execute(
+                select(
+                    func.min(Message.finished_at),
+                    func.max(Message.finished_at),
+                    func.min(Message.created_at),
+                ).where(mine)
+            ).one()
+            attempts = conn.execute(
+                select(Attempt.transport, Attempt.result, func.count())
+                .join(Message, Message.id == Attempt.message_id)
+                .where(mine)
+                .group_by(Attempt.transport, Attempt.result)
+            ).all()
+        return DeliveryStats(
+            dict(self.states()),
+            {f"{t}:{r}": int(n) for t, r, n in attempts},
+            _epoch(first),
+            _epoch(last),
+            _epoch(created),
+        )
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def _epoch(value: Any) -> float | None:
+    """A datetime from the database as epoch seconds (min/max lose the column type)."""
+    import datetime as dt
+
+    if value is None:
+        return None
+    if isinstance(value, str):  # SQLite's aggregate returns the stored text
+        value = dt.datetime.fromisoformat(value)
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.UTC)
+    return float(value.timestamp())
+
+
+# -- profile stages ------------------------------------------------------------------------
+
+Stages = Sequence[tuple[str, tuple[str, ...]]]  # (stage name, frame markers)
+# py-spy --threads names each stack's thread; these prefixes say what it is.
+THREAD_KINDS = (
+    ("MainThread", "event loop thread"),
+    ("spool", "spool writer thread"),
+    ("outcomes", "outcome writer thread"),
+    ("uvloop_", "to_thread pool"),
+    ("asyncio_", "to_thread pool"),
+)
+
+
+def stage_shares(
+    collapsed: Path, *tables: Stages
+) -> tuple[list[tuple[str, float]], dict[str, float], int]:
+    """Share of samples (%) per stage and per kind of thread, and the sample count.
+
+    A sample belongs to the stage of its innermost frame that carries one of
+    the markers of the first table where any frame does. So a first table can
+    claim samples whatever they called (a cost hidden inside a library call),
+    and a last one catch torn stacks (py-spy reads a running process without
+    pausing it, and a stack sometimes lacks its callers).
+    """
+    by_stage: Counter[str] = Counter()
+    by_thread: Counter[str] = Counter()
+    for line in collapsed.read_text(errors="replace").splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        frames = stack.split(";")
+        by_thread[_thread_kind(frames)] += int(count)
+        by_stage[_stage_of(frames, tables)] += int(count)
+    total = sum(by_stage.values())
+    if not total:
+        return [], {}, 0
+    shares = [(k, 100 * v / total) for k, v in by_stage.most_common()]
+    return shares, {k: 100 * v / total for k, v in by_thread.items()}, total
+
+
+def _stage_of(frames: list[str], tables: Sequence[Stages]) -> str:
+    for table in tables:
+        for frame in reversed(frames):
+            for name, markers in table:
+                if any(m in frame for m in markers):
+                    return name
+    return "other"
+
+
+def _thread_kind(frames: list[str]) -> str:
+    thread = next((f for f in frames if f.startswith("thread (")), "")
+    name = thread.partition(": ")[2]
+    return next((kind for prefix, kind in THREAD_KINDS if name.startswith(prefix)), "other threads")
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds the whole machine has been busy since boot (all cores, /proc/stat)."""
+    with open("/proc/stat") as fh:
+        fields = [int(x) for x in fh.readline().split()[1:9]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    return (user + nice + system + irq + softirq + steal) / _TICK
+
+
+def relay_revision() -> str:
+    """The git commit the relay under test is at ('+dirty' with uncommitted edits)."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+            capture_output=True, text=True, timeout=10, check=True,
+        ).stdout.strip()  # fmt: skip
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--", "relay"],
+            capture_output=True, text=True, timeout=10, check=True,
+        ).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return head + ("+dirty" if dirty else "")

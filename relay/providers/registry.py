@@ -56,7 +56,7 @@ OPTIONS: dict[str, tuple[tuple[type, ...], str]] = {
     "source_address": ((str,), "local IP address to connect from (static egress)"),
     "test_address": ((str,), "address the provider must accept in a test send"),
     "timeout": ((int, float), "seconds for an API request or an SMTP command"),
-    "smtp_pool_size": ((int,), "SMTP connections kept per endpoint (2)"),
+    "smtp_pool_size": ((int,), "SMTP connections kept per endpoint (10)"),
     "smtp_max_messages": ((int,), "messages per SMTP connection, 0 = no cap"),
     "helo_hostname": ((str,), "name to say in EHLO (default: the host's FQDN)"),
     "domain": ((str,), "sending domain the provider is bound to (used by routing)"),
@@ -198,7 +198,7 @@ def _endpoint(
         source_address=options.get("source_address") or None,
         local_hostname=options.get("helo_hostname") or None,
         timeout=float(options.get("timeout") or 60.0),
-        pool_size=int(options.get("smtp_pool_size") or 2),
+        pool_size=int(options.get("smtp_pool_size") or 10),
         max_messages_per_connection=_cap(kind, options),
         tls_context=tls_context,
     )

@@ -19,6 +19,8 @@ from relay.core.settings import LimitSettings, ListenerSettings
 from relay.smtp.handler import SessionHandler
 from relay.smtp.protocol import ConnectionTracker, RelaySMTP
 
+BACKLOG = 4096  # pending connections per listener (the kernel caps it at somaxconn)
+
 
 def bind_socket(listener: ListenerSettings, reuse_port: bool = False) -> socket.socket:
     """A bound, listening TCP socket, or a ConfigError that says why not."""
@@ -42,7 +44,7 @@ def bind_socket(listener: ListenerSettings, reuse_port: bool = False) -> socket.
         if reuse_port:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(addr)
-        sock.listen(1024)
+        sock.listen(BACKLOG)
     except OSError as exc:
         sock.close()
         raise ConfigError(
@@ -116,8 +118,14 @@ async def start(
             return RelaySMTP(handler, listener=name, tracker=tracker, loop=loop, **kwargs)
 
         ssl_ctx = tls if item.settings.mode == "implicit" else None
+        # create_server listens again with its own backlog (100 by default),
+        # which dropped bursts of new sessions: keep bind_socket's.
         item.server = await loop.create_server(
-            factory, sock=item.sock, ssl=ssl_ctx, ssl_handshake_timeout=30 if ssl_ctx else None
+            factory,
+            sock=item.sock,
+            ssl=ssl_ctx,
+            backlog=BACKLOG,
+            ssl_handshake_timeout=30 if ssl_ctx else None,
         )
 
 
