@@ -14,6 +14,7 @@ class HttpApi:
     """Base of an API leg. Subclasses set ``label`` and ``_headers``."""
 
     label = "API"
+    default_url = ""
 
     def __init__(
         self,
@@ -21,12 +22,12 @@ class HttpApi:
         api_key: Secret,
         *,
         http: httpx.AsyncClient,
-        api_url: str,
+        api_url: str | None = None,
         timeout: float = 30.0,
         own_http: bool = False,
     ) -> None:
         self.name = name
-        self.api_url = api_url.rstrip("/")
+        self.api_url = (api_url or self.default_url).rstrip("/")
         self.timeout = timeout
         self._key = api_key
         self._http = http

@@ -47,7 +47,6 @@ import httpx
 
 from relay.core.errors import CredentialsError, PermanentError, ProviderError, TransientError
 from relay.core.message import MalformedMessage, OutboundMessage, parse
-from relay.core.settings import Secret
 from relay.providers import mime
 from relay.providers.base import Health, Receipt
 from relay.providers.chain import PayloadRejected
@@ -135,20 +134,7 @@ class SendGridApi(HttpApi):
     """The API leg of a SendGrid provider."""
 
     label = "SendGrid"
-
-    def __init__(
-        self,
-        name: str,
-        api_key: Secret,
-        *,
-        http: httpx.AsyncClient,
-        api_url: str = API_URL,
-        timeout: float = 30.0,
-        own_http: bool = False,
-    ) -> None:
-        super().__init__(
-            name, api_key, http=http, api_url=api_url, timeout=timeout, own_http=own_http
-        )
+    default_url = API_URL
 
     def _headers(self) -> dict[str, str]:
         return {

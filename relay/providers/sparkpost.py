@@ -60,7 +60,6 @@ import httpx
 
 from relay.core.errors import CredentialsError, PermanentError, ProviderError, TransientError
 from relay.core.message import OutboundMessage, split_header
-from relay.core.settings import Secret
 from relay.providers.base import Health, Receipt
 from relay.providers.chain import UNNAMED_RECIPIENTS, PayloadRejected
 from relay.providers.http import HttpApi
@@ -201,20 +200,7 @@ class SparkPostApi(HttpApi):
     """The API leg of a SparkPost provider."""
 
     label = "SparkPost"
-
-    def __init__(
-        self,
-        name: str,
-        api_key: Secret,
-        *,
-        http: httpx.AsyncClient,
-        api_url: str = API_URL,
-        timeout: float = 30.0,
-        own_http: bool = False,
-    ) -> None:
-        super().__init__(
-            name, api_key, http=http, api_url=api_url, timeout=timeout, own_http=own_http
-        )
+    default_url = API_URL
 
     def _headers(self) -> dict[str, str]:
         # SparkPost takes the bare key, no "Bearer" (API reference, "Authentication").
