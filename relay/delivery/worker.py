@@ -262,7 +262,9 @@ class Worker:
         limit = self._settings.provider_concurrency
         while not self._stopping:
             want = min(self._settings.concurrency - len(self._inflight), self._settings.batch_size)
-            full = {p for p, n in self._busy.items() if n >= limit and p is not None}
+            # Only what can start now is claimed: a claim waiting for a slot
+            # would be stranded for the whole lease if this process were killed.
+            room = {p: limit - n for p, n in self._busy.items() if p is not None}
             batch: list[Claimed] = []
             if want > 0:
                 try:
@@ -272,16 +274,17 @@ class Worker:
                         self.token,
                         want,
                         self._settings.lease,
-                        skip_providers=full,
+                        room=room,
+                        per_provider=limit,
                     )
                 except Exception as exc:  # database down: keep trying, say so
                     log.error("claim failed: %s", exc)
-            # Only what can start now is kept: a claim waiting for a slot would
-            # be stranded for the whole lease if this process were killed.
             excess = [m.id for m in batch if self._stopping or not self._start(m, limit)]
             if excess:
                 await self._give_back(excess)
-            if want <= 0 or len(batch) < want or excess:
+            # Fewer than asked may mean a provider filled up while others'
+            # mail waits: look once more; an empty claim means nothing is due.
+            if not batch or excess:
                 await self._idle()
 
     def _start(self, msg: Claimed, limit: int) -> bool:

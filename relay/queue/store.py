@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import Counter
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
 from sqlalchemy import Connection, Engine, and_, bindparam, func, insert, or_, select, text, update
@@ -100,32 +100,42 @@ def claim(
     lease: float,
     now: dt.datetime | None = None,
     *,
-    skip_providers: Collection[int] = (),
+    room: Mapping[int, int] | None = None,
+    per_provider: int | None = None,
 ) -> list[Claimed]:
     """Take up to ``limit`` due messages for ``lease`` seconds.
 
-    ``skip_providers``: providers with no free delivery slot here; their
-    messages are left for another worker, or for later.
+    ``room``: free delivery slots of the providers busy here; ``per_provider``:
+    those of any other provider. Only messages that fit are claimed (a claim
+    that waits for a slot is stranded for the whole lease if the process
+    dies); the others are left for another worker, or for later.
     """
     now = now or now_utc()
+    room = dict(room or {})
+    full = [p for p, n in room.items() if n <= 0]
     conditions = [
         Message.state.in_(DUE_STATES),
         Message.next_attempt_at <= now,
         or_(Message.locked_until.is_(None), Message.locked_until < now),
     ]
-    if skip_providers:
-        conditions.append(
-            or_(Message.provider_id.is_(None), Message.provider_id.not_in(list(skip_providers)))
-        )
+    if full:
+        conditions.append(or_(Message.provider_id.is_(None), Message.provider_id.not_in(full)))
     due = (
-        select(Message.id)
+        select(Message.id, Message.provider_id)
         .where(*conditions)
         .order_by(Message.next_attempt_at)
         .limit(limit)
         .with_for_update(skip_locked=True)
     )
     with engine.begin() as conn:
-        ids = list(conn.execute(due).scalars())
+        ids = []
+        for mid, provider_id in conn.execute(due).all():
+            if provider_id is not None and per_provider is not None:
+                free = room.get(provider_id, per_provider)
+                if free <= 0:
+                    continue
+                room[provider_id] = free - 1
+            ids.append(mid)
         if not ids:
             return []
         conn.execute(
