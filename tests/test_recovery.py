@@ -148,3 +148,20 @@ def test_sigterm_ends_within_the_grace_despite_a_stalled_provider(
     assert sorted(rows) == sorted((i, "deferred", None) for i in ids)  # claims given back
     assert sorted(results) == sorted((i, "api", "unknown") for i in ids)
     assert emulator.smtp.messages == []
+
+
+def test_node_identity_is_stable_and_per_process(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from relay.core.errors import ConfigError
+    from relay.core.settings import ServerSettings
+    from relay.delivery.worker import node_identity
+
+    server = ServerSettings()
+    one, other = tmp_path / "one", tmp_path / "other"
+    assert node_identity(server, one, 0) == node_identity(server, one, 0)  # a restart
+    assert node_identity(server, one, 0) != node_identity(server, one, 1)  # --processes
+    assert node_identity(server, one, 0) != node_identity(server, other, 0)
+    assert node_identity(replace(server, node_id="mx1"), one, 2) == "mx1/2"
+    with pytest.raises(ConfigError, match="node_id"):
+        node_identity(replace(server, node_id="x" * 65), one, 0)
