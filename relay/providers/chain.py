@@ -281,7 +281,8 @@ class ProviderChain:
                 raise
             return exc
         except BaseException:
-            self.breaker.release()
+            if not pinned:  # a pinned message took no probe
+                self.breaker.release()
             raise
         self.breaker.success()
         return receipt
