@@ -2,9 +2,11 @@
 
 ``Relay.start`` builds everything in order (database, spool, auth, policy,
 providers, workers, listeners, admin); ``Relay.stop`` takes it down in
-reverse on SIGTERM: stop accepting, let open transactions finish (idle
-sessions are told 421 and closed), let in-flight commits and deliveries
-finish, give back leases, close providers and the engine.
+reverse on SIGTERM, within ``[server] shutdown_grace``: stop accepting and stop
+claiming at once, let open transactions and in-flight deliveries finish
+(idle sessions are told 421 and closed), cut off what is still running when
+the grace ends (its messages are retried later), give back leases, close
+providers and the engine.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from relay.core.crypto import SecretBox, load_or_create_key
 from relay.core.metrics import Metrics, scrape_registry
 from relay.core.settings import ListenerSettings, Settings, parse_hostport
 from relay.delivery.pool import ProviderPool
-from relay.delivery.worker import Deliverer, Worker
+from relay.delivery.worker import Deliverer, Worker, node_identity
 from relay.queue import held, store
 from relay.queue.spool import Acceptance, Spool
 from relay.queue.store import Claimed, Outcome, Recorded
@@ -43,6 +45,8 @@ from relay.store.models import Account
 log = logging.getLogger("relay")
 
 SHUTDOWN_GRACE = 30.0
+# Of the grace, what is kept for writing the last outcomes and closing down.
+CLOSING_SHARE, CLOSING_MAX = 0.1, 2.0
 
 
 def secret_box(settings: Settings) -> SecretBox:
@@ -59,8 +63,10 @@ class Relay:
         settings: Settings,
         engine: Engine | None = None,
         sockets: dict[str, Any] | None = None,
+        process_index: int = 0,
     ) -> None:
         self.settings = settings
+        self.process_index = process_index
         self.engine = engine or make_engine(settings.database.url, settings.database.pool_size)
         self.metrics = Metrics()
         self.listeners: list[Listener] = []
@@ -90,7 +96,11 @@ class Relay:
         self.pool = ProviderPool(self.engine, box, s.var_path / "outbox", s.server.hostname)
         if s.queue.workers:
             self.worker = Worker(
-                self.engine, s.queue, Deliverer(self.pool, s.queue), on_outcome=self._count_outcome
+                self.engine,
+                s.queue,
+                Deliverer(self.pool, s.queue),
+                on_outcome=self._count_outcome,
+                identity=node_identity(s.server, s.var_path, self.process_index),
             )
             self.spool.on_commit(lambda _: self.worker.wake() if self.worker else None)
         self.spool.on_commit(self._count_accepted)
@@ -220,19 +230,28 @@ class Relay:
 
     # -- stop -----------------------------------------------------------------
 
-    async def stop(self, grace: float = SHUTDOWN_GRACE) -> None:
+    async def stop(self, grace: float | None = None) -> None:
+        """Take everything down within ``grace`` seconds (``[server] shutdown_grace``)."""
+        grace = self.settings.server.shutdown_grace if grace is None else grace
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        # The open work gets the grace less a share kept for closing down.
+        work = max(grace - min(grace * CLOSING_SHARE, CLOSING_MAX), 0.0)
         log.info("stopping: no new connections; waiting for open transactions")
         await smtp_listeners.stop_accepting(self.listeners)
-        await self._drain_sessions(grace)
+        # No new claims from now on; deliveries in flight run alongside the
+        # sessions' last transactions.
+        worker_stop = asyncio.create_task(self.worker.stop(work)) if self.worker else None
+        await self._drain_sessions(work)
         await self.spool.aclose()
-        if self.worker:
-            await self.worker.stop()
+        if worker_stop is not None:
+            await worker_stop
         if self._gauge_task:
             self._gauge_task.cancel()
         if self._admin and self._admin_task:
             self._admin.stop()
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._admin_task, 5)
+                await asyncio.wait_for(self._admin_task, max(deadline - loop.time(), 0.5))
         await self.pool.aclose()
         self.engine.dispose()
         log.info("stopped")
@@ -255,9 +274,12 @@ class Relay:
 
 
 async def run(
-    settings: Settings, sockets: dict[str, Any] | None = None, ready: asyncio.Event | None = None
+    settings: Settings,
+    sockets: dict[str, Any] | None = None,
+    ready: asyncio.Event | None = None,
+    process_index: int = 0,
 ) -> None:
-    relay = Relay(settings, sockets=sockets)
+    relay = Relay(settings, sockets=sockets, process_index=process_index)
     await relay.start()
     for item in relay.listeners:
         log.info(

@@ -47,14 +47,14 @@ def setup_logging(settings: Settings) -> None:
     logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
-def _run_one(settings: Settings) -> int:
+def _run_one(settings: Settings, index: int = 0) -> int:
     import uvloop
 
     from relay.app import run
 
     setup_logging(settings)
     try:
-        uvloop.run(run(settings))
+        uvloop.run(run(settings, process_index=index))
     except RelayError as exc:
         logging.getLogger("relay").error("%s", exc)
         print(f"relay: error: {exc}", file=sys.stderr)
@@ -65,7 +65,7 @@ def _run_one(settings: Settings) -> int:
 def _child(settings: Settings, index: int) -> None:
     if index > 0:  # one process serves /metrics and the admin API
         settings = replace(settings, admin=replace(settings.admin, listen=""))
-    sys.exit(_run_one(settings))
+    sys.exit(_run_one(settings, index))
 
 
 def _shared_metrics_dir(settings: Settings) -> None:

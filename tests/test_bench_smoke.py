@@ -196,3 +196,24 @@ def test_stage_shares_take_the_innermost_marked_frame(tmp_path: Path) -> None:
     assert total == 4
     assert dict(shares) == {"a": 75.0, "spool": 25.0}
     assert threads == {"event loop thread": 75.0, "spool writer thread": 25.0}
+
+
+def test_crashes_one_kill_on_sqlite() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "crashes.py"),
+            "--kills",
+            "1",
+            "--databases",
+            "sqlite",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=100,
+        env=env,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "== sqlite: 1 SIGKILLs" in proc.stdout and "lost 0" in proc.stdout

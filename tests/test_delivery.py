@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import socket
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -110,7 +111,7 @@ def test_sparkpost_api_keeps_the_to_line(
     assert body["options"]["perform_substitutions"] is False
 
 
-@pytest.mark.parametrize("fault", ["500", "401", "timeout"])
+@pytest.mark.parametrize("fault", ["500", "401", "429", "unreachable"])
 def test_api_failure_falls_back_to_smtp(
     relay: RelayThread,
     tenant: Tenant,
@@ -121,22 +122,62 @@ def test_api_failure_falls_back_to_smtp(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    route_to(settings, engine, emulator, "sendgrid", timeout=1.0)
-    if fault == "timeout":
-        emulator.sendgrid.stall(3)
+    options: dict[str, object] = {"timeout": 1.0}
+    if fault == "unreachable":  # connection refused: provably not taken
+        with socket.socket() as closed:
+            closed.bind(("127.0.0.1", 0))
+            options["api_url"] = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    elif fault == "429":
+        emulator.sendgrid.rate_limit()
     else:
         emulator.sendgrid.fail(int(fault))
+    route_to(settings, engine, emulator, "sendgrid", **options)
     queue_id = send(relay, tenant, RCPTS, mail(tenant))
     wait_for(engine, queue_id, ("delivered",))
     (sunk,) = emulator.smtp.messages
     assert sorted(sunk.rcpt_tos) == sorted(RCPTS)
     assert b"hidden@example.org" not in sunk.data.split(b"\r\n\r\n")[0]
-    result = {"500": "transient", "401": "credentials", "timeout": "transient"}[fault]
+    result = {"500": "transient", "401": "credentials"}.get(fault, "transient")
     assert attempts(engine, queue_id) == [("api", result), ("smtp", "delivered")]
     assert API_KEY not in caplog.text  # not in any log line, at any level
     with engine.connect() as conn:
         texts = " ".join(t or "" for t in conn.execute(select(Attempt.text)).scalars())
     assert API_KEY not in texts
+
+
+def test_api_timeout_is_unknown_and_retried_on_the_api_only(
+    relay: RelayThread, tenant: Tenant, settings: Settings, engine: Engine, emulator: Emulator
+) -> None:
+    # The API answers after the read timeout (it took the message at 3 s):
+    # falling back to SMTP then would make two copies.
+    route_to(settings, engine, emulator, "sendgrid", timeout=1.0)
+    emulator.sendgrid.stall(3)
+    emulator.sendgrid.fail(503)  # the next request: would fall back, were it not pinned
+    queue_id = send(relay, tenant, RCPTS, mail(tenant))
+    deferred = wait_for(engine, queue_id, ("deferred",))
+    assert "no answer" in (deferred.reason or "")
+    # The test settings retry after about a second (retry_schedule = [1, 2, 4]).
+    wait_for(engine, queue_id, ("delivered",))
+    assert attempts(engine, queue_id) == [
+        ("api", "unknown"),
+        ("api", "transient"),  # the pinned pass: the API only
+        ("api", "delivered"),
+    ]
+    assert emulator.smtp.messages == []  # never by another transport
+
+
+def test_retry_after_holds_when_smtp_fails_too(
+    relay: RelayThread, tenant: Tenant, settings: Settings, engine: Engine, emulator: Emulator
+) -> None:
+    route_to(settings, engine, emulator, "sendgrid")
+    emulator.sendgrid.rate_limit(reset_in=600)
+    emulator.smtp.fail("mail", "451 4.3.0 try later")
+    before = dt.datetime.now(dt.UTC)
+    queue_id = send(relay, tenant, ["to@example.org"], mail(tenant))
+    msg = wait_for(engine, queue_id, ("deferred",))
+    assert attempts(engine, queue_id) == [("api", "transient"), ("smtp", "transient")]
+    # Retry-After (about 600 s), not the schedule's one second.
+    assert msg.next_attempt_at >= before + dt.timedelta(seconds=500)
 
 
 def test_no_fallback_when_the_api_refuses_the_recipients(

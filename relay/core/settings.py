@@ -100,6 +100,17 @@ class ServerSettings:
     processes: int = _doc("Processes sharing the listeners (SO_REUSEPORT).", 1)
     log_format: str = _doc("text or json", "text")
     log_level: str = _doc("DEBUG, INFO, WARNING or ERROR", "INFO")
+    node_id: str = _doc(
+        "This node's name in queue claims, stable across restarts so a restarted node "
+        "takes back its own claims at once; unique per running node. Empty: the host "
+        "name and a digest of var_dir's absolute path. At most 64 characters.",
+        "",
+    )
+    shutdown_grace: float = _doc(
+        "Seconds SIGTERM waits for open SMTP transactions and deliveries in flight; "
+        "then they are cut off and their messages retried later.",
+        30.0,
+    )
 
 
 @dataclass(frozen=True)

@@ -95,9 +95,16 @@ class ProviderPool:
         return provider
 
     async def send(
-        self, provider: ProviderChain, message: OutboundMessage, attempts: list[AttemptRecord]
+        self,
+        provider: ProviderChain,
+        message: OutboundMessage,
+        attempts: list[AttemptRecord],
+        only: str | None = None,
     ) -> Receipt:
-        """Send through the chain, turning each of its attempts into an attempt row."""
+        """Send through the chain, turning each of its attempts into an attempt row.
+
+        ``only``: the one leg this pass may use (see ``ProviderChain.send``).
+        """
 
         def record(a: Attempt) -> None:
             attempts.append(
@@ -112,7 +119,7 @@ class ProviderPool:
                 )
             )
 
-        return await provider.send(message, on_attempt=record)
+        return await provider.send(message, on_attempt=record, only=only)
 
     async def aclose(self) -> None:
         for _, _, provider in self._live.values():

@@ -5,6 +5,12 @@ check the lifetime, find the route, send, then turn the provider's answer
 into an outcome: delivered, deferred with backoff and jitter, failed, or
 paused. Recipients already delivered are never sent again: each pass sends
 only the recipients still pending.
+
+A worker claims no more than it can start now (free slots, in total and per
+provider), so a SIGKILL strands only the deliveries in flight; a worker of the
+same identity takes those back when it starts again. On shutdown the
+deliveries in flight get what is left of the grace; then they are cancelled,
+recorded as ``unknown`` and deferred (their provider may have them).
 """
 
 from __future__ import annotations
@@ -12,19 +18,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import hashlib
 import logging
 import os
 import random
 import socket
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 
 from sqlalchemy import Engine
 
 from relay.core.errors import ConfigError, PermanentError, ProviderError, TransientError
 from relay.core.message import OutboundMessage
-from relay.core.settings import QueueSettings
+from relay.core.settings import QueueSettings, ServerSettings
 from relay.delivery.pool import ProviderPool
 from relay.providers.base import Receipt
 from relay.providers.chain import UNNAMED_RECIPIENTS, ProviderChain, result_of
@@ -33,6 +42,25 @@ from relay.queue.batch import GroupCommit
 from relay.queue.store import AttemptRecord, Claimed, Outcome, Recorded
 
 log = logging.getLogger("relay.delivery")
+
+
+NODE_ID_MAX = 64
+
+
+def node_identity(server: ServerSettings, var_path: Path, index: int = 0) -> str:
+    """The claim identity of process ``index`` of this node, the same after a restart.
+
+    ``[server] node_id``, or the host name and a digest of the var directory's
+    absolute path: stable on one host, different for two relays with their
+    own var directories. ``locked_by`` holds it plus ``#`` and a run id.
+    """
+    node = server.node_id
+    if len(node) > NODE_ID_MAX or "#" in node:
+        raise ConfigError(f"[server] node_id: at most {NODE_ID_MAX} characters, no '#'")
+    if not node:
+        digest = hashlib.sha256(str(var_path.resolve()).encode()).hexdigest()[:8]
+        node = f"{socket.gethostname()[:40]}-{digest}"
+    return f"{node}/{index}"
 
 
 def backoff(
@@ -81,7 +109,16 @@ class Deliverer:
         )
         started = time.perf_counter()
         try:
-            receipt = await self._pool.send(provider, outbound, attempts)
+            receipt = await self._pool.send(provider, outbound, attempts, only=msg.pinned)
+        except asyncio.CancelledError:
+            if not attempts or attempts[-1].result != "unknown":
+                raise  # nothing was sent: the claim is simply given back
+            # Cancelled mid-send (shutdown past the grace): record it and retry
+            # later by the same leg, like any outcome we do not know.
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            outcome = self._defer(msg, attempts, "interrupted by shutdown while sending", None)
         except ProviderError as exc:
             if not attempts:  # the chain records its legs; this is for anything else
                 attempts.append(
@@ -191,20 +228,25 @@ class Worker:
         settings: QueueSettings,
         deliverer: Deliverer,
         on_outcome: Callable[[Claimed, Outcome, Recorded], None] | None = None,
+        identity: str | None = None,
     ) -> None:
         self._engine = engine
         self._settings = settings
         self._deliverer = deliverer
         self._on_outcome = on_outcome
-        self.token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        # Stable across restarts (node id and process index): a restarted
+        # worker takes back what its killed predecessor held. The run part
+        # keeps two runs apart should an old one still be finishing.
+        self.identity = identity or f"{socket.gethostname()}:{os.getpid()}"
+        self.token = f"{self.identity}#{uuid.uuid4().hex[:8]}"
         self._wake = asyncio.Event()
-        self._slots = asyncio.Semaphore(settings.concurrency)
         # Outcomes share transactions too: one fsync per batch, not per message.
         self._outcomes: GroupCommit[tuple[Claimed, Outcome], Recorded | None] = GroupCommit(
             lambda items: store.record_many(engine, items), "outcomes"
         )
-        # A provider's own limit, so one slow provider cannot take every slot.
-        self._per_provider: dict[int | None, asyncio.Semaphore] = {}
+        # Deliveries in flight per provider: its own limit, so one slow
+        # provider cannot take every slot.
+        self._busy: Counter[int | None] = Counter()
         self._inflight: set[asyncio.Task[None]] = set()
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
@@ -216,27 +258,59 @@ class Worker:
         self._task = asyncio.create_task(self._loop(), name="delivery-worker")
 
     async def _loop(self) -> None:
+        await self._take_back()
+        limit = self._settings.provider_concurrency
         while not self._stopping:
-            free = self._settings.concurrency - len(self._inflight)
+            want = min(self._settings.concurrency - len(self._inflight), self._settings.batch_size)
+            # Only what can start now is claimed: a claim waiting for a slot
+            # would be stranded for the whole lease if this process were killed.
+            room = {p: limit - n for p, n in self._busy.items() if p is not None}
             batch: list[Claimed] = []
-            if free > 0:
+            if want > 0:
                 try:
                     batch = await asyncio.to_thread(
                         store.claim,
                         self._engine,
                         self.token,
-                        min(free, self._settings.batch_size),
+                        want,
                         self._settings.lease,
+                        room=room,
+                        per_provider=limit,
                     )
                 except Exception as exc:  # database down: keep trying, say so
                     log.error("claim failed: %s", exc)
-            for msg in batch:
-                await self._slots.acquire()
-                task = asyncio.create_task(self._deliver(msg))
-                self._inflight.add(task)
-                task.add_done_callback(self._inflight.discard)
-            if len(batch) < min(free, self._settings.batch_size) or free <= 0:
+            excess = [m.id for m in batch if self._stopping or not self._start(m, limit)]
+            if excess:
+                await self._give_back(excess)
+            # Fewer than asked may mean a provider filled up while others'
+            # mail waits: look once more; an empty claim means nothing is due.
+            if not batch or excess:
                 await self._idle()
+
+    def _start(self, msg: Claimed, limit: int) -> bool:
+        if msg.provider_id is not None and self._busy[msg.provider_id] >= limit:
+            return False
+        self._busy[msg.provider_id] += 1
+        task = asyncio.create_task(self._deliver(msg))
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)
+        return True
+
+    async def _give_back(self, ids: list[str]) -> None:
+        try:
+            await asyncio.to_thread(store.release_lease, self._engine, self.token, ids)
+        except Exception as exc:  # the lease will expire instead
+            log.error("giving back %d claim(s) failed: %s", len(ids), exc)
+
+    async def _take_back(self) -> None:
+        """Claims left by an earlier run of this identity (a kill) are due again now."""
+        try:
+            n = await asyncio.to_thread(store.take_back, self._engine, self.identity, self.token)
+        except Exception as exc:  # they wait for their lease instead
+            log.error("taking back earlier claims failed: %s", exc)
+            return
+        if n:
+            log.warning("took back %d message(s) claimed by an earlier run of %s", n, self.identity)
 
     async def _idle(self) -> None:
         self._wake.clear()
@@ -244,12 +318,8 @@ class Worker:
             await asyncio.wait_for(self._wake.wait(), self._settings.poll_interval)
 
     async def _deliver(self, msg: Claimed) -> None:
-        limit = self._per_provider.setdefault(
-            msg.provider_id, asyncio.Semaphore(self._settings.provider_concurrency)
-        )
         try:
-            async with limit:
-                outcome = await self._deliverer.run(msg)
+            outcome = await self._deliverer.run(msg)
             recorded = await self._outcomes.submit((msg, outcome))
             if recorded is not None:
                 log.info(
@@ -265,17 +335,24 @@ class Worker:
         except Exception:
             log.exception("%s: delivery pass crashed; the lease will expire", msg.id)
         finally:
-            self._slots.release()
-            if self._inflight:
-                self._wake.set()
+            self._busy[msg.provider_id] -= 1
+            if self._busy[msg.provider_id] <= 0:
+                del self._busy[msg.provider_id]
+            self._wake.set()
 
-    async def stop(self) -> None:
-        """Finish the attempts in flight, then give back every lease still held."""
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop claiming; let the deliveries in flight finish within ``grace`` seconds,
+        cancel the rest (recorded, deferred); give back every lease still held."""
         self._stopping = True
         self._wake.set()
         if self._task is not None:
             await self._task
         if self._inflight:
-            await asyncio.gather(*self._inflight, return_exceptions=True)
+            _, late = await asyncio.wait(set(self._inflight), timeout=grace)
+            if late:
+                log.warning("cancelling %d delivery(ies) still in flight at the grace", len(late))
+                for task in late:
+                    task.cancel()
+                await asyncio.gather(*late, return_exceptions=True)
         await self._outcomes.aclose()
         await asyncio.to_thread(store.release_lease, self._engine, self.token)

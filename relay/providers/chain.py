@@ -13,17 +13,24 @@ The API's failure must not be the message's fault, so only these go on to the
 fallback leg::
 
     ProviderError
-    ├── TransientError      timeout, connection error, 5xx, 429  -> fallback
+    ├── TransientError      connect/TLS failure, 5xx, 429         -> fallback
+    │   └── OutcomeUnknown  no answer once the request was sent   -> raised, no fallback
     ├── CredentialsError    key refused (401/403)                 -> fallback
     └── PermanentError      sender or recipient refused           -> raised, no fallback
         └── PayloadRejected the API cannot take this *form*       -> fallback
                             (400/415/422 about our JSON, or a message
                             SendGrid's JSON cannot carry faithfully)
 
-A recipient or sender rejected by the API would be rejected by the relay too,
-and sending it again would only risk a duplicate. When both legs fail, the
-fallback's error is raised (it is the last word about the message), chained
-to the API's.
+The rule is: fall back only when the provider provably did not take the
+message. A recipient or sender rejected by the API would be rejected by the
+relay too, and sending it again would only risk a duplicate. After a read
+timeout or a reset once the request was written (``OutcomeUnknown``, attempt
+result ``unknown``) the API may have the message: it is deferred, and its next
+pass goes by the same leg only (``send(..., only="api")``), never at once by
+SMTP. A leg cancelled mid-send (shutdown) is ``unknown`` too. When both legs
+fail, the fallback's error is raised (it is the last word about the
+message), chained to the API's, keeping the longer of their ``retry_after``
+(a 429's Retry-After holds even when SMTP failed too).
 
 Recording attempts
 ------------------
@@ -55,6 +62,7 @@ classic pattern (Nygard, *Release It!*, "Circuit Breaker").
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -70,6 +78,15 @@ log = logging.getLogger(__name__)
 # Receipt.rejected key for recipients the provider refused without naming them
 # (SparkPost counts rejections but does not say which); the value says how many.
 UNNAMED_RECIPIENTS = "*"
+
+
+class OutcomeUnknown(TransientError):
+    """The request was sent and no answer came: the provider may have the message.
+
+    Retried later, by the same leg; never handed to another transport at once,
+    which could deliver it twice (a read timeout at 30 s, the API accepting at
+    35 s, SMTP delivering as well).
+    """
 
 
 class PayloadRejected(PermanentError):
@@ -88,7 +105,8 @@ class Attempt:
     queue_id: str
     provider: str
     transport: str  # api | smtp | file
-    result: str  # delivered | partial | transient | permanent | payload | credentials
+    # delivered | partial | transient | permanent | payload | credentials | unknown
+    result: str
     code: str | None
     text: str
     duration: float  # seconds, monotonic clock
@@ -110,13 +128,18 @@ def result_of(exc: ProviderError) -> str:
         return "payload"
     if isinstance(exc, CredentialsError):
         return "credentials"
+    if isinstance(exc, OutcomeUnknown):
+        return "unknown"
     if isinstance(exc, TransientError):
         return "transient"
     return "permanent"
 
 
 def falls_back(exc: ProviderError) -> bool:
-    """Whether the message may go on to the SMTP leg after the API said ``exc``."""
+    """Whether the message may go on to the SMTP leg after the API said ``exc``:
+    only when the API provably did not take it."""
+    if isinstance(exc, OutcomeUnknown):
+        return False
     return isinstance(exc, TransientError | CredentialsError | PayloadRejected)
 
 
@@ -202,30 +225,50 @@ class ProviderChain:
         return f"ProviderChain({self.name!r}, legs={legs}, breaker={self.breaker.state!r})"
 
     async def send(
-        self, message: OutboundMessage, *, on_attempt: AttemptHook | None = None
+        self,
+        message: OutboundMessage,
+        *,
+        on_attempt: AttemptHook | None = None,
+        only: str | None = None,
     ) -> Receipt:
+        """Send by the primary leg, then the fallback when that is allowed.
+
+        ``only`` names the one leg (transport) this pass may use: the leg whose
+        last attempt had an unknown outcome. No fallback then, and the breaker
+        does not send it elsewhere.
+        """
         hooks = [h for h in (self._on_attempt, on_attempt) if h is not None]
+        if only is not None and self.fallback is not None and only == self.fallback.transport:
+            return await self._try(self.fallback, message, hooks)
         if self.fallback is None:
             return await self._try(self.primary, message, hooks)
-        first = await self._try_api(message, hooks)
+        first = await self._try_api(message, hooks, pinned=only == self.primary.transport)
         if isinstance(first, Receipt):
             return first
         try:
             return await self._try(self.fallback, message, hooks)
         except ProviderError as exc:
             if first is not None:
+                if isinstance(exc, TransientError) and first.retry_after:
+                    exc.retry_after = max(exc.retry_after or 0.0, first.retry_after)
                 raise exc from first
             raise
 
-    async def send_recorded(self, message: OutboundMessage, on_attempt: AttemptHook) -> Receipt:
+    async def send_recorded(
+        self, message: OutboundMessage, on_attempt: AttemptHook, only: str | None = None
+    ) -> Receipt:
         """``send`` with a per-message attempt callback (the delivery pool's entry point)."""
-        return await self.send(message, on_attempt=on_attempt)
+        return await self.send(message, on_attempt=on_attempt, only=only)
 
     async def _try_api(
-        self, message: OutboundMessage, hooks: Sequence[AttemptHook]
+        self, message: OutboundMessage, hooks: Sequence[AttemptHook], *, pinned: bool = False
     ) -> Receipt | ProviderError | None:
-        """The API leg's receipt, or the error that lets the fallback go (None: skipped)."""
-        if not self.breaker.allow():
+        """The API leg's receipt, or the error that lets the fallback go (None: skipped).
+
+        ``pinned``: this message must try the API whatever the breaker says, and
+        any error is raised (no fallback this pass).
+        """
+        if not pinned and not self.breaker.allow():
             return None
         try:
             receipt = await self._try(self.primary, message, hooks)
@@ -234,11 +277,12 @@ class ProviderChain:
                 self.breaker.failure()
             else:
                 self.breaker.success()  # the API answered: it is up
-            if not falls_back(exc):
+            if pinned or not falls_back(exc):
                 raise
             return exc
         except BaseException:
-            self.breaker.release()
+            if not pinned:  # a pinned message took no probe
+                self.breaker.release()
             raise
         self.breaker.success()
         return receipt
@@ -252,6 +296,12 @@ class ProviderChain:
         except ProviderError as exc:
             elapsed = time.monotonic() - started
             self._report(hooks, self._failed(leg, message, exc, elapsed))
+            raise
+        except asyncio.CancelledError:
+            # Stopped mid-send (shutdown): whether the provider took it is unknown.
+            elapsed = time.monotonic() - started
+            cut = OutcomeUnknown("cancelled while sending (shutdown)", transport=leg.transport)
+            self._report(hooks, self._failed(leg, message, cut, elapsed))
             raise
         elapsed = time.monotonic() - started
         self._report(hooks, self._succeeded(leg, message, receipt, elapsed))

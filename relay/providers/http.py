@@ -1,6 +1,15 @@
 """What SendGrid's and SparkPost's API legs share: the pooled client, the key,
 and the translation of httpx's exceptions at our boundary (httpx's own
-``map_httpcore_exceptions`` habit, one level up)."""
+``map_httpcore_exceptions`` habit, one level up).
+
+The translation keeps apart what the provider provably did not get from what
+it may have got. A failure to connect, a TLS handshake refused, a pool or
+write timeout: the request never reached the provider whole, so another
+transport may carry the message now (``TransientError``). A read timeout, a
+connection reset or a broken response once the request was written: the
+provider may have taken the message and only its answer was lost
+(``OutcomeUnknown``); sending it by SMTP now could deliver it twice.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +17,7 @@ import httpx
 
 from relay.core.errors import TransientError
 from relay.core.settings import Secret
+from relay.providers.chain import OutcomeUnknown
 
 
 class HttpApi:
@@ -40,7 +50,11 @@ class HttpApi:
         raise NotImplementedError
 
     async def _request(self, method: str, path: str, body: bytes | None = None) -> httpx.Response:
-        """One request; a timeout or a connection failure is transient, in our words."""
+        """One request; a timeout or a connection failure is transient, in our words.
+
+        Once the request is written, no answer is ``OutcomeUnknown``, not a
+        refusal: the provider may have the message.
+        """
         try:
             return await self._http.request(
                 method,
@@ -49,7 +63,16 @@ class HttpApi:
                 headers=self._headers(),
                 timeout=self.timeout,
             )
-        except httpx.TimeoutException as exc:
+        except httpx.ReadTimeout as exc:
+            raise OutcomeUnknown(
+                f"{self.label} sent no answer within {self.timeout:g} s", transport="api"
+            ) from exc
+        except (httpx.ReadError, httpx.RemoteProtocolError) as exc:
+            raise OutcomeUnknown(
+                f"{self.label} connection lost awaiting the answer: {type(exc).__name__}",
+                transport="api",
+            ) from exc
+        except httpx.TimeoutException as exc:  # connect, write or pool: never sent whole
             raise TransientError(
                 f"{self.label} timed out after {self.timeout:g} s", transport="api"
             ) from exc

@@ -1,20 +1,25 @@
 """The queue table as workers see it: claim due messages, record what happened.
 
 Claims work across processes and nodes. A claim sets ``locked_by`` (a token
-unique to this claim) and ``locked_until`` (the lease) on a bounded batch of
-due messages; on PostgreSQL the candidate rows are picked with ``FOR UPDATE
-SKIP LOCKED`` so concurrent claimers never wait on each other or take the
-same row; SQLite has a single writer, so the UPDATE itself is the lock. A
-worker that dies keeps its rows only until the lease runs out; then any
-worker's next claim takes them again. Results are written only while the
-claim is still ours (``locked_by`` matches), in one transaction with the
-attempt rows and, when the message is finished, its usage outcome rows.
+unique to this run of a worker) and ``locked_until`` (the lease) on a bounded
+batch of due messages; on PostgreSQL the candidate rows are picked with ``FOR
+UPDATE SKIP LOCKED`` so concurrent claimers never wait on each other or take
+the same row; SQLite has a single writer, so the UPDATE itself is the lock.
+
+A token is ``<identity>#<run>``: the identity (node id and process index) is
+stable across restarts, the run part is new each start. A worker that dies
+keeps its rows until the lease runs out, or until a worker of the same
+identity starts again and takes them back at once (``take_back``). Results are
+written only while the claim is still ours (``locked_by`` matches), in one
+transaction with the attempt rows and, when the message is finished, its
+usage outcome rows.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 from collections import Counter
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
 from sqlalchemy import Connection, Engine, and_, bindparam, func, insert, or_, select, text, update
@@ -59,13 +64,16 @@ class Claimed:
     data: bytes = b""
     # (recipient row id, address, kind) of recipients not yet delivered
     recipients: list[tuple[int, str, str]] = field(default_factory=list)
+    # The transport whose last attempt had an unknown outcome: this pass may
+    # use that leg only (the provider may have the message already).
+    pinned: str | None = None
 
 
 @dataclass
 class AttemptRecord:
     provider: str
     transport: str
-    result: str  # delivered | partial | transient | permanent | credentials
+    result: str  # delivered | partial | transient | permanent | credentials | unknown
     duration: float
     code: str | None = None
     text: str | None = None
@@ -86,23 +94,48 @@ class Outcome:
 
 
 def claim(
-    engine: Engine, token: str, limit: int, lease: float, now: dt.datetime | None = None
+    engine: Engine,
+    token: str,
+    limit: int,
+    lease: float,
+    now: dt.datetime | None = None,
+    *,
+    room: Mapping[int, int] | None = None,
+    per_provider: int | None = None,
 ) -> list[Claimed]:
-    """Take up to ``limit`` due messages for ``lease`` seconds."""
+    """Take up to ``limit`` due messages for ``lease`` seconds.
+
+    ``room``: free delivery slots of the providers busy here; ``per_provider``:
+    those of any other provider. Only messages that fit are claimed (a claim
+    that waits for a slot is stranded for the whole lease if the process
+    dies); the others are left for another worker, or for later.
+    """
     now = now or now_utc()
+    room = dict(room or {})
+    full = [p for p, n in room.items() if n <= 0]
+    conditions = [
+        Message.state.in_(DUE_STATES),
+        Message.next_attempt_at <= now,
+        or_(Message.locked_until.is_(None), Message.locked_until < now),
+    ]
+    if full:
+        conditions.append(or_(Message.provider_id.is_(None), Message.provider_id.not_in(full)))
     due = (
-        select(Message.id)
-        .where(
-            Message.state.in_(DUE_STATES),
-            Message.next_attempt_at <= now,
-            or_(Message.locked_until.is_(None), Message.locked_until < now),
-        )
+        select(Message.id, Message.provider_id)
+        .where(*conditions)
         .order_by(Message.next_attempt_at)
         .limit(limit)
         .with_for_update(skip_locked=True)
     )
     with engine.begin() as conn:
-        ids = list(conn.execute(due).scalars())
+        ids = []
+        for mid, provider_id in conn.execute(due).all():
+            if provider_id is not None and per_provider is not None:
+                free = room.get(provider_id, per_provider)
+                if free <= 0:
+                    continue
+                room[provider_id] = free - 1
+            ids.append(mid)
         if not ids:
             return []
         conn.execute(
@@ -138,8 +171,20 @@ def load_claimed(engine: Engine, token: str, ids: list[str]) -> list[Claimed]:
             .where(Recipient.message_id.in_(list(out)), Recipient.state == "pending")
             .order_by(Recipient.id)
         ).all()
+        last = (
+            select(func.max(Attempt.id))
+            .where(Attempt.message_id.in_(list(out)))
+            .group_by(Attempt.message_id)
+        )
+        unknown = conn.execute(
+            select(Attempt.message_id, Attempt.transport).where(
+                Attempt.id.in_(last), Attempt.result == "unknown"
+            )
+        ).all()
     for mid, rid, address, kind in rcpts:
         out[mid].recipients.append((rid, address, kind))
+    for mid, transport in unknown:
+        out[mid].pinned = transport
     return [out[i] for i in ids if i in out]
 
 
@@ -262,13 +307,35 @@ def write_usage_outcome(
     return written
 
 
-def release_lease(engine: Engine, token: str) -> int:
-    """Give back every message a claim still holds (graceful shutdown)."""
+def release_lease(engine: Engine, token: str, ids: Collection[str] | None = None) -> int:
+    """Give back every message a claim still holds (graceful shutdown), or only ``ids``."""
+    where = [Message.locked_by == token]
+    if ids is not None:
+        if not ids:
+            return 0
+        where.append(Message.id.in_(list(ids)))
+    with engine.begin() as conn:
+        return int(
+            conn.execute(
+                update(Message).where(*where).values(locked_by=None, locked_until=None)
+            ).rowcount
+        )
+
+
+def take_back(engine: Engine, identity: str, token: str) -> int:
+    """Free the claims an earlier run of this identity left (killed, so never released).
+
+    Only this node's own identity: nobody else can be delivering them, so they
+    are due again at once instead of after the lease.
+    """
     with engine.begin() as conn:
         return int(
             conn.execute(
                 update(Message)
-                .where(Message.locked_by == token)
+                .where(
+                    Message.locked_by.startswith(identity + "#", autoescape=True),
+                    Message.locked_by != token,
+                )
                 .values(locked_by=None, locked_until=None)
             ).rowcount
         )

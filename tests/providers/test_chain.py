@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 
 from relay.core.errors import CredentialsError, PermanentError, TransientError
 from relay.emulator import Emulator
-from relay.providers.chain import Attempt, CircuitBreaker
+from relay.providers.chain import Attempt, CircuitBreaker, OutcomeUnknown
 
 from . import corpus
 from .conftest import FakeClock, MakeProvider
@@ -55,14 +57,60 @@ async def test_falls_back_to_smtp(
     assert sent.rcpt_tos == ["a@example.org", "b@example.org"]
 
 
-async def test_falls_back_on_timeout(emulator: Emulator, make_provider: MakeProvider):
-    emulator.sendgrid.stall(30)
+@pytest.mark.parametrize("kind", ["sendgrid", "sparkpost"])
+async def test_no_fallback_when_the_api_may_have_the_message(
+    kind: str, emulator: Emulator, make_provider: MakeProvider
+):
+    # The request is sent, the answer does not come within the read timeout:
+    # the API may accept it later, so SMTP must not carry it too (two copies).
+    getattr(emulator, kind).stall(30)
     attempts: list[Attempt] = []
-    chain = make_provider("sendgrid", timeout=0.3)
+    chain = make_provider(kind, timeout=0.3)
+    with pytest.raises(OutcomeUnknown) as info:
+        await chain.send(outbound(corpus.plain()), on_attempt=attempts.append)
+    assert info.value.transport == "api" and "no answer" in info.value.text
+    assert summary(attempts) == [("api", "unknown", None)]
+    assert emulator.smtp.messages == []
+
+
+async def test_the_pinned_leg_is_the_only_leg(emulator: Emulator, make_provider: MakeProvider):
+    # The next pass of a message whose API outcome was unknown: the API only,
+    # even when it now fails in a way that would otherwise fall back.
+    emulator.sendgrid.fail(503)
+    attempts: list[Attempt] = []
+    with pytest.raises(TransientError):
+        await make_provider("sendgrid").send(
+            outbound(corpus.plain()), on_attempt=attempts.append, only="api"
+        )
+    assert summary(attempts) == [("api", "transient", "503")]
+    assert emulator.smtp.messages == []
+
+
+async def test_falls_back_when_the_api_is_unreachable(
+    emulator: Emulator, make_provider: MakeProvider
+):
+    with socket.socket() as closed:  # a port nobody listens on: connect refused
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    attempts: list[Attempt] = []
+    chain = make_provider("sendgrid", api_url=f"http://127.0.0.1:{port}")
     receipt = await chain.send(outbound(corpus.plain()), on_attempt=attempts.append)
     assert receipt.transport == "smtp"
     assert summary(attempts) == [("api", "transient", None), ("smtp", "delivered", None)]
-    assert "timed out" in attempts[0].text
+    assert "unreachable" in attempts[0].text
+
+
+async def test_retry_after_holds_when_the_fallback_fails_too(
+    emulator: Emulator, make_provider: MakeProvider
+):
+    emulator.sendgrid.rate_limit(reset_in=120)
+    emulator.smtp.fail("mail", "451 4.3.0 try later")
+    attempts: list[Attempt] = []
+    with pytest.raises(TransientError) as info:
+        await make_provider("sendgrid").send(outbound(corpus.plain()), on_attempt=attempts.append)
+    assert summary(attempts) == [("api", "transient", "429"), ("smtp", "transient", "451")]
+    assert info.value.transport == "smtp"
+    assert info.value.retry_after is not None and info.value.retry_after >= 100
 
 
 async def test_falls_back_when_json_cannot_carry_the_message(
