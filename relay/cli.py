@@ -191,16 +191,70 @@ def cmd_sender_verify_dns(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_sender_list(args: argparse.Namespace, settings: Settings) -> int:
     from relay.service.accounts import list_senders
+    from relay.service.scope import account_name
 
+    engine = _engine(settings)
     rows = [
-        (
+        sender_row(
             s.pattern,
-            "address" if "@" in s.pattern else "domain",
-            "verified" if s.verified else "pending",
+            s.verified,
+            s.method,
+            s.verified_at,
+            account_name(engine, s.proof_account_id) if s.proof_account_id else None,
         )
-        for s in list_senders(_engine(settings), args.account)
+        for s in list_senders(engine, args.account, review=args.review)
     ]
-    _print_rows(rows, ("SENDER", "KIND", "STATE"))
+    _print_rows(rows, SENDER_COLUMNS)
+    return 0
+
+
+SENDER_COLUMNS = ("SENDER", "KIND", "STATE", "METHOD", "VERIFIED-AT", "PROVED-BY")
+
+
+def sender_row(
+    pattern: str, verified: bool, method: str | None, at: Any, proved_by: str | None
+) -> tuple[str, ...]:
+    """One line of ``relay sender list`` (relay.remote prints the same)."""
+    return (
+        pattern,
+        "address" if "@" in pattern else "domain",
+        "verified" if verified else "pending",
+        method or "-",
+        at.strftime("%Y-%m-%d %H:%M") if at else "-",
+        proved_by or "-",
+    )
+
+
+def cmd_sender_send_code(args: argparse.Namespace, settings: Settings) -> int:
+    from relay.app import secret_box
+    from relay.service.confirmations import send_code
+
+    sent = send_code(
+        _engine(settings),
+        secret_box(settings),
+        settings.policy,
+        settings.server.hostname,
+        args.sender,
+        args.account,
+    )
+    print(code_sent(sent.address, sent.sent_from, sent.expires_at, args.account))
+    return 0
+
+
+def code_sent(address: str, sent_from: str, expires: Any, account: str) -> str:
+    return (
+        f"mailed a confirmation code to {address} from {sent_from}; it works once, until "
+        f"{expires:%Y-%m-%d %H:%M} UTC:\n  relay sender confirm {address} --account {account} "
+        "--code CODE"
+    )
+
+
+def cmd_sender_confirm(args: argparse.Namespace, settings: Settings) -> int:
+    from relay.app import secret_box
+    from relay.service.confirmations import confirm
+
+    row = confirm(_engine(settings), secret_box(settings), args.sender, args.account, args.code)
+    print(f"verified {row.pattern} for account {args.account} by confirmation")
     return 0
 
 
@@ -401,7 +455,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("domain")
 
     snd = _group(sub, "sender", "verified senders")
-    s = _sub(snd, "verify", cmd_sender_verify, "verify an address or a whole domain")
+    s = _sub(
+        snd,
+        "verify",
+        cmd_sender_verify,
+        "verify an address or a whole domain by say-so (operator; an agency with its own proof)",
+    )
     s.add_argument("sender", metavar="ADDRESS_OR_DOMAIN")
     s.add_argument("--account", required=True)
     s = _sub(
@@ -412,8 +471,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("domain")
     s.add_argument("--account", required=True)
-    s = _sub(snd, "list", cmd_sender_list, "list an account's senders")
+    s = _sub(
+        snd,
+        "send-code",
+        cmd_sender_send_code,
+        "mail a confirmation code to an address (through the account's route)",
+    )
+    s.add_argument("sender", metavar="ADDRESS")
     s.add_argument("--account", required=True)
+    s = _sub(snd, "confirm", cmd_sender_confirm, "verify an address with the code mailed to it")
+    s.add_argument("sender", metavar="ADDRESS")
+    s.add_argument("--account", required=True)
+    s.add_argument("--code", required=True)
+    s = _sub(snd, "list", cmd_sender_list, "list an account's senders: how and when verified")
+    s.add_argument("--account", required=True)
+    s.add_argument(
+        "--review",
+        action="store_true",
+        help="only senders verified without proof before it was required (tenant, unreviewed)",
+    )
     s = _sub(snd, "remove", cmd_sender_remove, "remove a verified sender")
     s.add_argument("sender", metavar="ADDRESS_OR_DOMAIN")
     s.add_argument("--account", required=True)
