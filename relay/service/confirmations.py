@@ -247,11 +247,15 @@ def confirm(engine: Engine, box: SecretBox, address: str, account: str, code: st
             raise dead
         raise Invalid(f"wrong code; {left} {'try' if left == 1 else 'tries'} left", "code")
     with Session(engine, expire_on_commit=False) as session, session.begin():
-        used = session.connection().execute(
-            update(SenderConfirmation)
-            .where(SenderConfirmation.id == pending_id, SenderConfirmation.used_at.is_(None))
-            .values(used_at=now)
-        ).rowcount
+        used = (
+            session.connection()
+            .execute(
+                update(SenderConfirmation)
+                .where(SenderConfirmation.id == pending_id, SenderConfirmation.used_at.is_(None))
+                .values(used_at=now)
+            )
+            .rowcount
+        )
         if not used:  # the same code, answered twice at once: it works once
             raise NotFound(missing)
         sender = session.scalar(
