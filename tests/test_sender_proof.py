@@ -10,6 +10,7 @@ over the real admin API and real SMTP.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import re
 import smtplib
@@ -216,6 +217,7 @@ def test_an_address_is_verified_by_the_code_mailed_to_it(
         audit = conn.execute(select(AuditEntry)).all()
     assert len(rows) == 1 and code not in str(rows) + str(audit)
     assert re.fullmatch(r"[0-9a-f]{64}", rows[0].code_hash)
+    assert rows[0].code_hash != hashlib.sha256(code.encode()).hexdigest()  # keyed, not bare
 
     wrong = "0" * 8 if code != "0" * 8 else "1" * 8
     miss = api.post("/accounts/a-one/senders/boss@example.org/confirm", {"code": wrong})

@@ -164,14 +164,14 @@ def delete_credential(username: Username, caller: Authenticated) -> s.Deleted:
 
 def _sender(caller: Caller, row: Sender) -> s.SenderOut:
     kind = "address" if "@" in row.pattern else "domain"
-    proved_by = scope.account_name(caller.engine, row.proof_account_id)
+    proof = row.proof_account_id
     return s.SenderOut(
         sender=row.pattern,
         kind=kind,
         verified=row.verified,
         method=row.method,
         verified_at=row.verified_at,
-        proved_by=proved_by if row.proof_account_id else None,
+        proved_by=scope.account_name(caller.engine, proof) if proof is not None else None,
     )
 
 
