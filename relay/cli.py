@@ -21,7 +21,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from relay.core.errors import RelayError
+from relay.core.errors import Invalid, RelayError
 from relay.core.settings import Settings, load_settings
 from relay.store.engine import make_engine, migrate
 
@@ -194,18 +194,33 @@ def cmd_sender_list(args: argparse.Namespace, settings: Settings) -> int:
     from relay.service.scope import account_name
 
     engine = _engine(settings)
-    rows = [
-        sender_row(
-            s.pattern,
-            s.verified,
-            s.method,
-            s.verified_at,
-            account_name(engine, s.proof_account_id) if s.proof_account_id else None,
-        )
-        for s in list_senders(engine, args.account, review=args.review)
-    ]
-    _print_rows(rows, SENDER_COLUMNS)
+
+    def row(s: Any) -> tuple[str, ...]:
+        proof = account_name(engine, s.proof_account_id) if s.proof_account_id else None
+        return sender_row(s.pattern, s.verified, s.method, s.verified_at, proof)
+
+    if args.account is None:
+        from relay.service.accounts import senders_to_review
+        from relay.service.scope import EVERYTHING
+
+        check_review(args)
+        rows = [(name, *row(s)) for s, name in senders_to_review(engine, EVERYTHING)]
+        _print_rows(rows, ("ACCOUNT", *SENDER_COLUMNS))
+        return 0
+    _print_rows(
+        [row(s) for s in list_senders(engine, args.account, review=args.review)], SENDER_COLUMNS
+    )
     return 0
+
+
+def check_review(args: argparse.Namespace) -> None:
+    """Without --account, ``sender list`` lists every account's senders to review."""
+    if not args.review:
+        raise Invalid(
+            "name an account (--account NAME), or list every account's senders "
+            "to review (--review)",
+            "account",
+        )
 
 
 SENDER_COLUMNS = ("SENDER", "KIND", "STATE", "METHOD", "VERIFIED-AT", "PROVED-BY")
@@ -484,7 +499,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--account", required=True)
     s.add_argument("--code", required=True)
     s = _sub(snd, "list", cmd_sender_list, "list an account's senders: how and when verified")
-    s.add_argument("--account", required=True)
+    s.add_argument("--account", help="the account; without it, --review lists every account's")
     s.add_argument(
         "--review",
         action="store_true",

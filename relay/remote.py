@@ -167,20 +167,20 @@ def sender_verify_dns(r: Remote, args: argparse.Namespace) -> int:
 
 
 def sender_list(r: Remote, args: argparse.Namespace) -> None:
-    from relay.cli import SENDER_COLUMNS, sender_row
+    from relay.cli import SENDER_COLUMNS, check_review, sender_row
 
+    def row(s: dict[str, Any]) -> tuple[str, ...]:
+        at = dt.datetime.fromisoformat(s["verified_at"]) if s["verified_at"] else None
+        return sender_row(s["sender"], s["verified"], s["method"], at, s["proved_by"])
+
+    if args.account is None:
+        check_review(args)
+        rows = [(s["account"], *row(s)) for s in r.json("GET", "/senders/review")]
+        print_rows(rows, ("ACCOUNT", *SENDER_COLUMNS))
+        return
     params = {"review": "true"} if args.review else {}
-    rows = [
-        sender_row(
-            s["sender"],
-            s["verified"],
-            s["method"],
-            dt.datetime.fromisoformat(s["verified_at"]) if s["verified_at"] else None,
-            s["proved_by"],
-        )
-        for s in r.json("GET", f"/accounts/{part(args.account)}/senders", params=params)
-    ]
-    print_rows(rows, SENDER_COLUMNS)
+    path = f"/accounts/{part(args.account)}/senders"
+    print_rows([row(s) for s in r.json("GET", path, params=params)], SENDER_COLUMNS)
 
 
 def sender_send_code(r: Remote, args: argparse.Namespace) -> None:

@@ -433,6 +433,45 @@ def test_command_line_sends_confirms_and_lists(
     )
 
 
+def test_senders_to_review_across_accounts(
+    served: RelayThread,
+    world: World,
+    engine: Engine,
+    apis: dict[str, Api],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``relay sender list --review`` without an account: every account's rows that
+    were verified without proof; a tenant's token sees only its own."""
+    with engine.begin() as conn:
+        for pattern, method in (("a-one.test", "tenant"), ("b-one.test", "unreviewed")):
+            conn.execute(update(Sender).where(Sender.pattern == pattern).values(method=method))
+    listed = apis["operator"].get("/senders/review").json()
+    assert [(s["account"], s["sender"], s["method"]) for s in listed] == [
+        ("a-one", "a-one.test", "tenant"),
+        ("b-one", "b-one.test", "unreviewed"),
+    ]
+    assert [s["account"] for s in apis["agency-a"].get("/senders/review").json()] == ["a-one"]
+    assert apis["a-two"].get("/senders/review").json() == []
+    url = f"http://127.0.0.1:{served.relay.admin_port}"  # type: ignore[union-attr]
+
+    def run(*argv: str) -> tuple[int, str, str]:
+        code = main(list(argv))
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    local = run("sender", "list", "--review")
+    assert local[0] == 0 and local[1].splitlines()[0].split()[:2] == ["ACCOUNT", "SENDER"]
+    assert [line.split()[:5] for line in local[1].splitlines()[1:]] == [
+        ["a-one", "a-one.test", "domain", "verified", "tenant"],
+        ["b-one", "b-one.test", "domain", "verified", "unreviewed"],
+    ]
+    assert run("--url", url, "--token", world.operator, "sender", "list", "--review") == local
+    assert run("sender", "list")[0] == 1  # an account, or --review
+    # The operator reviews a row by verifying it again: it leaves the list.
+    assert run("sender", "verify", "a-one.test", "--account", "a-one")[0] == 0
+    assert [s["sender"] for s in apis["operator"].get("/senders/review").json()] == ["b-one.test"]
+
+
 # -- the migration ---------------------------------------------------------------------
 
 

@@ -353,6 +353,21 @@ def list_senders(engine: Engine, account: str, review: bool = False) -> list[Sen
         return list(session.scalars(query.order_by(Sender.pattern)))
 
 
+def senders_to_review(engine: Engine, seen_by: scope.Scope) -> list[tuple[Sender, str]]:
+    """Every sender (of the accounts ``seen_by`` sees) verified before proof was
+    required and not verified again since, with its account's name."""
+    query = (
+        select(Sender, Account.name)
+        .join(Account, Account.id == Sender.account_id)
+        .where(Sender.verified.is_(True), Sender.method.in_(REVIEW))
+        .order_by(Account.name, Sender.pattern)
+    )
+    if seen_by.accounts is not None:
+        query = query.where(Sender.account_id.in_(seen_by.accounts))
+    with Session(engine) as session:
+        return [(row, name) for row, name in session.execute(query).all()]
+
+
 @audited("sender.remove", arg("pattern"), scope.of_account("account"))
 def remove_sender(engine: Engine, pattern: str, account: str) -> None:
     pattern = check_sender(pattern)

@@ -189,6 +189,19 @@ def list_senders(
     return [_sender(caller, row) for row in rows]
 
 
+@router.get(
+    "/senders/review",
+    tags=["senders"],
+    summary="Senders of every account this token sees that were verified without proof "
+    "before proof was required (methods tenant and unreviewed)",
+)
+def senders_to_review(caller: Authenticated) -> list[s.ReviewedSenderOut]:
+    rows = accounts.senders_to_review(caller.engine, caller.scope)
+    return [
+        s.ReviewedSenderOut(account=name, **_sender(caller, row).model_dump()) for row, name in rows
+    ]
+
+
 @router.post(
     "/accounts/{name}/senders",
     tags=["senders"],

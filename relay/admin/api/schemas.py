@@ -134,6 +134,10 @@ class SenderOut(BaseModel):
     )
 
 
+class ReviewedSenderOut(SenderOut):
+    account: str
+
+
 class SenderQuery(Request):
     review: bool = Field(False, description="Only senders verified without proof (to review)")
 
