@@ -167,11 +167,35 @@ def sender_verify_dns(r: Remote, args: argparse.Namespace) -> int:
 
 
 def sender_list(r: Remote, args: argparse.Namespace) -> None:
-    rows = [
-        (s["sender"], s["kind"], "verified" if s["verified"] else "pending")
-        for s in r.json("GET", f"/accounts/{part(args.account)}/senders")
-    ]
-    print_rows(rows, ("SENDER", "KIND", "STATE"))
+    from relay.cli import SENDER_COLUMNS, check_review, sender_row
+
+    def row(s: dict[str, Any]) -> tuple[str, ...]:
+        at = dt.datetime.fromisoformat(s["verified_at"]) if s["verified_at"] else None
+        return sender_row(s["sender"], s["verified"], s["method"], at, s["proved_by"])
+
+    if args.account is None:
+        check_review(args)
+        rows = [(s["account"], *row(s)) for s in r.json("GET", "/senders/review")]
+        print_rows(rows, ("ACCOUNT", *SENDER_COLUMNS))
+        return
+    params = {"review": "true"} if args.review else {}
+    path = f"/accounts/{part(args.account)}/senders"
+    print_rows([row(s) for s in r.json("GET", path, params=params)], SENDER_COLUMNS)
+
+
+def sender_send_code(r: Remote, args: argparse.Namespace) -> None:
+    from relay.cli import code_sent
+
+    path = f"/accounts/{part(args.account)}/senders/{part(args.sender)}/confirmation"
+    sent = r.json("POST", path)
+    expires = dt.datetime.fromisoformat(sent["expires_at"])
+    print(code_sent(sent["sender"], sent["sent_from"], expires, args.account))
+
+
+def sender_confirm(r: Remote, args: argparse.Namespace) -> None:
+    path = f"/accounts/{part(args.account)}/senders/{part(args.sender)}/confirm"
+    row = r.json("POST", path, json={"code": args.code})
+    print(f"verified {row['sender']} for account {args.account} by confirmation")
 
 
 def sender_remove(r: Remote, args: argparse.Namespace) -> None:
@@ -342,6 +366,8 @@ VERBS: dict[tuple[str, str | None], Verb] = {
     ("sender", "verify"): sender_verify,
     ("sender", "verify-dns"): sender_verify_dns,
     ("sender", "list"): sender_list,
+    ("sender", "send-code"): sender_send_code,
+    ("sender", "confirm"): sender_confirm,
     ("sender", "remove"): sender_remove,
     ("queue", "list"): queue_list,
     ("queue", "show"): queue_show,

@@ -174,16 +174,24 @@ def test_credential_rules(op: Api) -> None:
 
 
 def test_senders(op: Api) -> None:
-    verified = op.post("/accounts/a-one/senders", {"sender": "Boss@Example.org"})
-    assert verified.json() == {"sender": "boss@example.org", "kind": "address", "verified": True}
+    verified = op.post("/accounts/a-one/senders", {"sender": "Boss@Example.org"}).json()
+    assert verified.pop("verified_at")
+    assert verified == {
+        "sender": "boss@example.org",
+        "kind": "address",
+        "verified": True,
+        "method": "operator",
+        "proved_by": None,
+    }
     dns = op.post("/accounts/a-one/senders/dns", {"domain": "brand.test"})
     assert dns.status_code == 422 and error(dns)["field"] == "domain"  # no DNS answers here
     listed = op.get("/accounts/a-one/senders").json()
-    assert [(s["sender"], s["verified"]) for s in listed] == [
-        ("a-one.test", True),
-        ("boss@example.org", True),
-        ("brand.test", False),
+    assert [(s["sender"], s["verified"], s["method"]) for s in listed] == [
+        ("a-one.test", True, "operator"),
+        ("boss@example.org", True, "operator"),
+        ("brand.test", False, None),
     ]
+    assert listed[2]["verified_at"] is None
     assert op.delete("/accounts/a-one/senders/boss@example.org").status_code == 204
     gone = op.delete("/accounts/a-one/senders/boss@example.org")
     assert gone.status_code == 404

@@ -251,7 +251,7 @@ def test_audit_trail_of_a_provisioning_session(
         (token_id, "api", "domain.add", "shop.test", "ok"),
         (token_id, "api", "credential.create", "web@shop.test", "ok"),
         (token_id, "api", "credential.create", "api@shop.test", "ok"),
-        (token_id, "api", "sender.verify", "shop.test", "ok"),
+        (token_id, "api", "sender.verify", "shop.test", "forbidden"),
         (token_id, "api", "credential.delete", "web@shop.test", "ok"),
         (token_id, "api", "domain.add", "b-one.test", "conflict"),
         ("operator", "cli", "credential.reset", "api@shop.test", "ok"),
@@ -264,9 +264,9 @@ def test_audit_trail_of_a_provisioning_session(
     assert world["agency-a"].token not in dump and world.operator not in dump
     code, out, _ = agency.remote("audit", "--account", "shop")
     results = [line.split()[7] for line in out.splitlines()[1:]]
-    assert code == 0 and results == ["ok", "conflict", "ok", "ok", "ok", "ok", "ok"]
+    assert code == 0 and results == ["ok", "conflict", "ok", "forbidden", "ok", "ok", "ok"]
     assert agency.local("audit", "--account", "shop") == (code, out, "")
-    assert accounts.list_senders(engine, "shop")[0].pattern == "shop.test"
+    assert accounts.list_senders(engine, "shop") == []  # a tenant's say-so is refused
 
 
 def _entries(engine: Engine) -> list[AuditEntry]:

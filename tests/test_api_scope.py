@@ -27,6 +27,7 @@ from relay.store.models import (
     Message,
     Provider,
     Sender,
+    SenderConfirmation,
 )
 from tests.api_support import Api, Tenant, World, api_settings, build_world, error
 from tests.support import RelayThread
@@ -73,6 +74,14 @@ def _ops() -> list[Op]:
         ),
         op("dns challenge")(
             lambda a, t: a.post(f"/accounts/{t.account}/senders/dns", {"domain": "x.test"})
+        ),
+        op("mail a code")(
+            lambda a, t: a.post(f"/accounts/{t.account}/senders/x@example.org/confirmation")
+        ),
+        op("confirm a code")(
+            lambda a, t: a.post(
+                f"/accounts/{t.account}/senders/x@example.org/confirm", {"code": "12345678"}
+            )
         ),
         op("remove sender", True)(
             lambda a, t: a.delete(f"/accounts/{t.account}/senders/{t.domain}")
@@ -163,6 +172,7 @@ def snapshot(engine: Engine) -> dict[str, Any]:
             ).all(),
             "domains": conn.execute(select(Domain.name).order_by(Domain.id)).all(),
             "senders": conn.execute(select(Sender.pattern, Sender.verified)).all(),
+            "confirmations": conn.execute(select(SenderConfirmation.id)).all(),
             "messages": conn.execute(
                 select(Message.id, Message.state, Message.next_attempt_at).order_by(Message.id)
             ).all(),

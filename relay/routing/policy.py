@@ -145,3 +145,12 @@ class Policy:
             text = f"Sender {bad[0]} is not verified for this account (policy: reject)"
             return Decision("rejected", reason, reply=SENDER_NOT_VERIFIED.with_text(text))
         return Decision("dropped" if action == "drop" else "paused", reason, ctx.route)
+
+
+def route_of(engine: Engine, settings: PolicySettings, account_id: int, sender: str) -> int | None:
+    """The provider that mail of ``account_id`` from ``sender`` would take (None:
+    no route), by the very rule messages follow; a sender's confirmation code
+    is mailed through it (``relay.service.confirmations``)."""
+    sub = Submission(account_id, None, False, (sender,))
+    with engine.connect() as conn:
+        return Policy(engine, settings)._context(conn, sub).route

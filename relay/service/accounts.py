@@ -222,21 +222,69 @@ def check_sender(pattern: str) -> str:
     return check_domain(pattern)
 
 
+# How a verified sender was proved; the last two mark rows verified before proof
+# was required (migration 0003), for the operator to review.
+METHODS = ("operator", "dns", "confirmation")
+REVIEW = ("tenant", "unreviewed")
+# What an agency may extend to its sub-accounts: a proof of its own.
+PROOFS = ("dns", "confirmation")
+
+SAY_SO_REFUSED = (
+    "only the operator verifies a sender by say-so; prove it instead: a domain by "
+    "a DNS TXT record (relay sender verify-dns), an address by a code mailed to it "
+    "(relay sender send-code, then relay sender confirm)"
+)
+
+
 @audited("sender.verify", arg("pattern"), scope.of_account("account"))
 def verify_sender(engine: Engine, pattern: str, account: str) -> Sender:
+    """Verify a sender by say-so: the operator's word (the command line on the
+    host, an operator token), or an agency's for its sub-account of a sender
+    the agency has proved on its own account (by DNS or a mailed code; the
+    row records that proof). A tenant's own word is refused (``OperatorOnly``,
+    403): it proves a domain by DNS and an address by a mailed code, as
+    SendGrid's Sender Authentication and Single Sender Verification do.
+    """
     pattern = check_sender(pattern)
+    actor = scope.current()
     with Session(engine, expire_on_commit=False) as session, session.begin():
         owner = get_account(session, account)
         row = session.scalar(
             select(Sender).where(Sender.account_id == owner.id, Sender.pattern == pattern)
         )
+        if actor.scope.everything:
+            method, proof = "operator", None
+        elif row is not None and row.verified:
+            return row  # verified already: nothing to prove again
+        else:
+            method, proof = _agency_proof(session, actor.account_id, owner, pattern)
         if row is None:
-            row = Sender(account_id=owner.id, pattern=pattern, verified=True)
+            row = Sender(account_id=owner.id, pattern=pattern)
             session.add(row)
-        row.verified = True
+        row.verified, row.method, row.verified_at = True, method, utcnow()
+        row.proof_account_id = proof
         account_id = owner.id
     _resume_paused(engine, account_id)
     return row
+
+
+def _agency_proof(
+    session: Session, agency_id: int | None, owner: Account, pattern: str
+) -> tuple[str, int]:
+    """The method of the proof the acting agency holds for ``pattern`` (its own
+    domain proof covers the domain's addresses), for one of its sub-accounts."""
+    if agency_id is not None and owner.parent_id == agency_id:
+        proved = session.execute(
+            select(Sender.pattern, Sender.method).where(
+                Sender.account_id == agency_id,
+                Sender.verified.is_(True),
+                Sender.method.in_(PROOFS),
+            )
+        )
+        for proved_pattern, method in proved:
+            if method is not None and sender_matches(pattern, [proved_pattern]):
+                return method, agency_id
+    raise scope.OperatorOnly(SAY_SO_REFUSED)
 
 
 @dataclass(frozen=True)
@@ -273,7 +321,7 @@ def verify_sender_dns(
             session.execute(
                 update(Sender)
                 .where(Sender.account_id == account_id, Sender.pattern == domain)
-                .values(verified=True)
+                .values(verified=True, method="dns", verified_at=utcnow(), proof_account_id=None)
             )
         _resume_paused(engine, account_id)
     return DNSChallenge(domain, dnsverify.record_name(domain), dnsverify.record_value(token), found)
@@ -294,14 +342,30 @@ def _resume_paused(engine: Engine, account_id: int) -> list[str]:
     )
 
 
-def list_senders(engine: Engine, account: str) -> list[Sender]:
+def list_senders(engine: Engine, account: str, review: bool = False) -> list[Sender]:
+    """An account's senders; ``review``: only those verified before proof was
+    required and not confirmed since (methods ``tenant`` and ``unreviewed``)."""
     with Session(engine) as session:
         owner = get_account(session, account)
-        return list(
-            session.scalars(
-                select(Sender).where(Sender.account_id == owner.id).order_by(Sender.pattern)
-            )
-        )
+        query = select(Sender).where(Sender.account_id == owner.id)
+        if review:
+            query = query.where(Sender.verified.is_(True), Sender.method.in_(REVIEW))
+        return list(session.scalars(query.order_by(Sender.pattern)))
+
+
+def senders_to_review(engine: Engine, seen_by: scope.Scope) -> list[tuple[Sender, str]]:
+    """Every sender (of the accounts ``seen_by`` sees) verified before proof was
+    required and not verified again since, with its account's name."""
+    query = (
+        select(Sender, Account.name)
+        .join(Account, Account.id == Sender.account_id)
+        .where(Sender.verified.is_(True), Sender.method.in_(REVIEW))
+        .order_by(Account.name, Sender.pattern)
+    )
+    if seen_by.accounts is not None:
+        query = query.where(Sender.account_id.in_(seen_by.accounts))
+    with Session(engine) as session:
+        return [(row, name) for row, name in session.execute(query).all()]
 
 
 @audited("sender.remove", arg("pattern"), scope.of_account("account"))

@@ -18,8 +18,10 @@ import httpx
 from sqlalchemy import Engine
 
 from relay.core.crypto import SecretBox
-from relay.core.errors import Invalid, ProviderError
+from relay.core.errors import Invalid, PermanentError, ProviderError
+from relay.core.message import OutboundMessage
 from relay.providers import sendgrid, sparkpost
+from relay.providers.base import Receipt
 from relay.providers.chain import ProviderChain
 from relay.providers.registry import build_provider, make_test_message
 from relay.service import providers
@@ -157,6 +159,24 @@ async def test_send(
     finally:
         await chain.aclose()
     return CheckResult(all(leg.ok for leg in legs), legs)
+
+
+async def send_message(
+    config: ProviderConfig,
+    message: OutboundMessage,
+    hostname: str,
+    tls_context: ssl.SSLContext | None = None,
+) -> Receipt:
+    """One message through the provider as delivery sends it (API leg, then SMTP);
+    a recipient the provider refuses raises ``PermanentError`` with its words."""
+    chain = _build(config, hostname, tls_context)
+    try:
+        receipt = await chain.send(message)
+    finally:
+        await chain.aclose()
+    if receipt.rejected:
+        raise PermanentError("; ".join(f"{k}: {v}" for k, v in receipt.rejected.items()))
+    return receipt
 
 
 def egress_addresses(config: ProviderConfig) -> list[tuple[str, str]]:

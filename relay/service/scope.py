@@ -12,7 +12,8 @@ Hiding, not refusing: a target outside the actor's scope gets the very
 ``NotFound`` the service gives for a target that does not exist, word for
 word, so a token cannot tell the two apart. Only actions that touch no
 tenant's data, such as making a new agency, are refused with ``OperatorOnly``
-(403), which says nothing about what exists.
+(403), which says nothing about what exists; so is a tenant's say-so about a
+sender of an account it does see (``verify_sender``), after this guard.
 
 Ownership never changes once a row exists (a domain, credential, message,
 provider or sub-account never moves to another account), so the owner

@@ -124,6 +124,36 @@ class Sender(Base):
     verified: Mapped[bool] = mapped_column(Boolean, default=True)
     dns_token: Mapped[str | None] = mapped_column(String(100))
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # How it was verified (NULL while not verified): ``operator`` (say-so),
+    # ``dns`` (TXT record), ``confirmation`` (a code mailed to the address).
+    # Rows verified before migration 0003 are ``tenant`` (the audit log shows a
+    # tenant token's say-so) or ``unreviewed``: ``relay sender list --review``.
+    method: Mapped[str | None] = mapped_column(String(20))
+    verified_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    # An agency's own proof, extended to its sub-account: the agency's id.
+    proof_account_id: Mapped[int | None] = mapped_column(Integer)
+
+
+class SenderConfirmation(Base):
+    """A code mailed to an address to prove the account may send as it.
+
+    Only an HMAC of the code is stored. One row per (account, address): a new
+    code replaces the old. ``tries`` counts answers; ``used_at`` ends it.
+    ``sends`` counts codes mailed since ``window_start`` (a day's cap).
+    """
+
+    __tablename__ = "sender_confirmations"
+    __table_args__ = (UniqueConstraint("account_id", "address"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
+    address: Mapped[str] = mapped_column(String(320))
+    code_hash: Mapped[str] = mapped_column(String(64))
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    tries: Mapped[int] = mapped_column(Integer, default=0)
+    used_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    sends: Mapped[int] = mapped_column(Integer, default=1)
+    window_start: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class Provider(Base):

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Response
+from fastapi import APIRouter, Path, Query, Response
 
 from relay.admin.api import schemas as s
-from relay.admin.api.auth import Authenticated
+from relay.admin.api.auth import Authenticated, Caller
 from relay.admin.api.errors import responses
-from relay.service import accounts, scope
+from relay.service import accounts, confirmations, scope
 from relay.store.models import Account, Credential, Sender
 
 router = APIRouter(responses=responses(401, 429))
@@ -162,30 +162,92 @@ def delete_credential(username: Username, caller: Authenticated) -> s.Deleted:
 # -- senders ----------------------------------------------------------------------
 
 
-def _sender(row: Sender) -> s.SenderOut:
+def _sender(caller: Caller, row: Sender) -> s.SenderOut:
     kind = "address" if "@" in row.pattern else "domain"
-    return s.SenderOut(sender=row.pattern, kind=kind, verified=row.verified)
+    proof = row.proof_account_id
+    return s.SenderOut(
+        sender=row.pattern,
+        kind=kind,
+        verified=row.verified,
+        method=row.method,
+        verified_at=row.verified_at,
+        proved_by=scope.account_name(caller.engine, proof) if proof is not None else None,
+    )
 
 
 @router.get(
     "/accounts/{name}/senders",
     tags=["senders"],
-    summary="The account's senders, verified or waiting for DNS",
+    summary="The account's senders: verified (how and when) or waiting for their proof",
     responses=responses(404, 422),
 )
-def list_senders(name: AccountName, caller: Authenticated) -> list[s.SenderOut]:
+def list_senders(
+    name: AccountName, caller: Authenticated, query: Annotated[s.SenderQuery, Query()]
+) -> list[s.SenderOut]:
     caller.run(scope.require, caller.engine, scope.of_account(), account=name)
-    return [_sender(row) for row in accounts.list_senders(caller.engine, name)]
+    rows = accounts.list_senders(caller.engine, name, review=query.review)
+    return [_sender(caller, row) for row in rows]
+
+
+@router.get(
+    "/senders/review",
+    tags=["senders"],
+    summary="Senders of every account this token sees that were verified without proof "
+    "before proof was required (methods tenant and unreviewed)",
+)
+def senders_to_review(caller: Authenticated) -> list[s.ReviewedSenderOut]:
+    rows = accounts.senders_to_review(caller.engine, caller.scope)
+    return [
+        s.ReviewedSenderOut(account=name, **_sender(caller, row).model_dump()) for row, name in rows
+    ]
 
 
 @router.post(
     "/accounts/{name}/senders",
     tags=["senders"],
-    summary="Verify an address or a whole domain for the account",
-    responses=responses(404, 422),
+    summary="Verify an address or a whole domain by say-so: the operator, or an agency "
+    "for its sub-account with a proof of its own (a tenant proves by DNS or a mailed code)",
+    responses=responses(403, 404, 422),
 )
 def verify_sender(name: AccountName, body: s.SenderIn, caller: Authenticated) -> s.SenderOut:
-    return _sender(caller.run(accounts.verify_sender, caller.engine, body.sender, name))
+    return _sender(caller, caller.run(accounts.verify_sender, caller.engine, body.sender, name))
+
+
+@router.post(
+    "/accounts/{name}/senders/{sender}/confirmation",
+    status_code=202,
+    tags=["senders"],
+    summary="Mail a confirmation code to the address (through the account's route); "
+    "a new code replaces the last",
+    responses=responses(404, 409, 422),
+)
+def send_code(name: AccountName, sender: SenderPattern, caller: Authenticated) -> s.CodeSent:
+    settings = caller.ctx.settings
+    sent = caller.run(
+        confirmations.send_code,
+        caller.engine,
+        caller.ctx.box,
+        settings.policy,
+        settings.server.hostname,
+        sender,
+        name,
+    )
+    return s.CodeSent(
+        sender=sent.address, state="pending", sent_from=sent.sent_from, expires_at=sent.expires_at
+    )
+
+
+@router.post(
+    "/accounts/{name}/senders/{sender}/confirm",
+    tags=["senders"],
+    summary="Verify the address with the code mailed to it (once; 24 hours; 5 tries)",
+    responses=responses(404, 422),
+)
+def confirm_sender(
+    name: AccountName, sender: SenderPattern, body: s.CodeIn, caller: Authenticated
+) -> s.SenderOut:
+    row = caller.run(confirmations.confirm, caller.engine, caller.ctx.box, sender, name, body.code)
+    return _sender(caller, row)
 
 
 @router.post(

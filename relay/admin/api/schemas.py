@@ -19,7 +19,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from relay.billing.report import FORMATS
-from relay.service.accounts import POLICIES, PURPOSES
+from relay.service.accounts import METHODS, POLICIES, PURPOSES, REVIEW
 from relay.service.pages import MAX_LIMIT
 from relay.service.queue import STATES
 
@@ -123,6 +123,34 @@ class SenderOut(BaseModel):
     sender: str
     kind: str = Field(json_schema_extra={"enum": ["address", "domain"]})
     verified: bool
+    method: str | None = Field(
+        json_schema_extra={"enum": [*METHODS, *REVIEW]},
+        description="How it was verified; null while not verified. `tenant` and "
+        "`unreviewed`: verified before proof was required, for the operator to review",
+    )
+    verified_at: dt.datetime | None
+    proved_by: str | None = Field(
+        description="The agency whose own proof verified it for this sub-account; null: its own"
+    )
+
+
+class ReviewedSenderOut(SenderOut):
+    account: str
+
+
+class SenderQuery(Request):
+    review: bool = Field(False, description="Only senders verified without proof (to review)")
+
+
+class CodeSent(BaseModel):
+    sender: str
+    state: str = Field(json_schema_extra={"enum": ["pending"]})
+    sent_from: str = Field(description="The code comes from this address")
+    expires_at: dt.datetime
+
+
+class CodeIn(Request):
+    code: Annotated[str, text(40)] = Field(description="The code mailed to the address")
 
 
 class DnsIn(Request):
