@@ -99,6 +99,7 @@ class Relay:
             s.limits.max_recipients,
             observers=[self._observe],
             on_auth_failure=[self._count_auth_failure],
+            on_lockout=[self._count_lockout],
         )
         handler = SessionHandler(
             config,
@@ -191,6 +192,9 @@ class Relay:
 
     def _count_auth_failure(self, listener: str) -> None:
         self.metrics.auth_failures.labels(listener).inc()
+
+    def _count_lockout(self, listener: str, scope: str) -> None:
+        self.metrics.auth_lockouts.labels(listener, scope).inc()
 
     async def _gauges(self) -> None:
         """Queue gauges every few seconds; paused mail past its lifetime fails."""

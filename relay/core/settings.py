@@ -121,9 +121,18 @@ class LimitSettings:
 @dataclass(frozen=True)
 class AuthSettings:
     max_failures_per_ip: int = _doc("Failed logins from one address before lock-out.", 10)
-    max_failures_per_user: int = _doc("Failed logins for one username before lock-out.", 5)
+    max_failures_per_user: int = _doc(
+        "Failed logins for one username from one address before that pair is locked out; "
+        "from many addresses together, before every login for it is slowed.",
+        5,
+    )
     failure_window: float = _doc("Seconds over which failures are counted.", 300.0)
-    lockout: float = _doc("Seconds a locked address or username is refused.", 300.0)
+    lockout: float = _doc("Seconds a locked address or (username, address) is refused.", 300.0)
+    max_login_delay: float = _doc(
+        "Longest delay, seconds, before answering a login for a username failing from many "
+        "addresses (it doubles per failure from 0.5 s); 0 turns the slow-down off.",
+        15.0,
+    )
     argon2_time_cost: int = _doc("argon2id iterations for new hashes.", 3)
     argon2_memory_kib: int = _doc("argon2id memory for new hashes, KiB.", 65536)
     max_credentials_per_domain: int = _doc("SMTP users a sending domain may have.", 5)
