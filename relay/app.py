@@ -24,6 +24,7 @@ from relay.admin.http import AdminServer, make_app
 from relay.auth.authenticator import Authenticator
 from relay.auth.passwords import Hasher
 from relay.core.crypto import SecretBox, load_or_create_key
+from relay.core.files import secure_var
 from relay.core.metrics import Metrics, scrape_registry
 from relay.core.settings import ListenerSettings, Settings, parse_hostport
 from relay.delivery.pool import ProviderPool
@@ -32,6 +33,7 @@ from relay.queue import held, store
 from relay.queue.spool import Acceptance, Spool
 from relay.queue.store import Claimed, Outcome, Recorded
 from relay.routing.policy import Policy
+from relay.service.providers import check_references
 from relay.smtp import listeners as smtp_listeners
 from relay.smtp.handler import Accepted, HandlerConfig, SessionHandler
 from relay.smtp.listeners import Listener, bind_socket
@@ -83,7 +85,9 @@ class Relay:
     async def start(self) -> None:
         s = self.settings
         quiet_aiosmtpd()
+        await asyncio.to_thread(secure_var, s.var_path)
         await asyncio.to_thread(migrate, self.engine)
+        await asyncio.to_thread(check_references, self.engine, s.policy)
         tls = server_context(s)
         box = secret_box(s)
         self.spool = Spool(self.engine, s.queue.lifetime)

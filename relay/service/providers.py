@@ -18,7 +18,8 @@ from sqlalchemy import Engine, or_, select, update
 from sqlalchemy.orm import Session
 
 from relay.core.crypto import SecretBox, mask
-from relay.core.errors import Conflict, Invalid, NotFound
+from relay.core.errors import ConfigError, Conflict, Invalid, NotFound
+from relay.core.settings import PolicySettings
 from relay.providers.registry import KINDS, SECRETS, validate_options
 from relay.service import scope
 from relay.service.accounts import check_domain, get_account
@@ -61,6 +62,21 @@ def get_provider(session: Session, name: str) -> ProviderRow:
     if row is None:
         raise NotFound(f"provider {name!r} does not exist")
     return row
+
+
+def check_references(engine: Engine, policy: PolicySettings) -> None:
+    """Providers the configuration names exist (``relay serve``, ``relay config check``).
+
+    A ``system_provider`` that names nothing would leave every account without
+    a route to fail its mail at delivery; refuse to start instead.
+    """
+    if not policy.system_provider:
+        return
+    with Session(engine) as session:
+        try:
+            get_provider(session, policy.system_provider)
+        except (NotFound, Invalid) as exc:
+            raise ConfigError(f"[policy] system_provider: {exc}") from exc
 
 
 def _of_config(session: Session, args: Mapping[str, Any]) -> scope.Owner:
