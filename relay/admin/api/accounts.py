@@ -175,7 +175,7 @@ def _sender(row: Sender) -> s.SenderOut:
 )
 def list_senders(name: AccountName, caller: Authenticated) -> list[s.SenderOut]:
     caller.run(scope.require, caller.engine, scope.of_account(), account=name)
-    return [_sender(row) for row in accounts.list_senders(caller.engine, name)]
+    return [_sender(row) for row in caller.run(accounts.list_senders, caller.engine, name)]
 
 
 @router.post(
