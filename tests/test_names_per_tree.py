@@ -6,6 +6,7 @@ name as AGENCY:NAME. On SQLite and PostgreSQL, over the real admin API and CLI.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,10 +17,12 @@ from alembic.config import Config
 from sqlalchemy import Engine, insert, select, text
 from sqlalchemy.exc import IntegrityError
 
+from relay.app import secret_box
 from relay.cli import main
-from relay.core.errors import Invalid
-from relay.core.settings import Settings
-from relay.service import accounts
+from relay.core.errors import ConfigError, Invalid
+from relay.core.settings import PolicySettings, Settings
+from relay.routing.policy import Policy, Submission
+from relay.service import accounts, providers
 from relay.store.engine import MIGRATIONS, make_engine, migrate
 from relay.store.models import Account, utcnow
 from tests.api_support import Api, World, api_settings, build_world, error
@@ -214,3 +217,27 @@ def test_migration_keeps_existing_names(db_url: str) -> None:
         accounts.create_account(engine, "shop", agency="other")
     finally:
         engine.dispose()
+
+
+def test_system_provider_by_qualified_name(
+    settings: Settings, engine: Engine, world: World
+) -> None:
+    box = secret_box(settings)
+    smtp = {"smtp_host": "127.0.0.1", "smtp_port": 2}
+    ids = {}
+    for agency in ("agency-a", "agency-b"):
+        row = providers.add_provider(
+            engine, box, agency, providers.ProviderConfig("house", "smtp", smtp, {})
+        )
+        ids[agency] = row.id
+    accounts.create_account(engine, "agency-c")  # no provider anywhere in its tree
+    lonely = accounts.create_account(engine, "lonely", agency="agency-c")
+    accounts.verify_sender(engine, "lonely.test", "agency-c:lonely")
+    sub = Submission(lonely.id, None, False, ("app@lonely.test",))
+
+    with pytest.raises(ConfigError, match=r"ambiguous.*agency-a:house, agency-b:house"):
+        providers.check_references(engine, PolicySettings(system_provider="house"))
+    chosen = PolicySettings(system_provider="agency-b:house")
+    providers.check_references(engine, chosen)
+    decision = asyncio.run(Policy(engine, chosen).decide(sub))
+    assert decision.state == "queued" and decision.provider_id == ids["agency-b"]
