@@ -31,6 +31,7 @@ from tests.support import make_settings
         ("server", {"hostname": ""}, "[server] hostname", "must not be empty"),
         ("limits", {"max_recipients": 0}, "[limits] max_recipients", "at least 1"),
         ("limits", {"idle_timeout": 0}, "[limits] idle_timeout", "more than 0"),
+        ("limits", {"idle_timeout": "nan"}, "[limits] idle_timeout", "not a finite number"),
         ("queue", {"retry_schedule": [60, -1]}, "[queue] retry_schedule", "-1.0 in"),
         ("queue", {"retry_schedule": []}, "[queue] retry_schedule", "must not be empty"),
         ("queue", {"concurrency": -5}, "[queue] concurrency", "at least 1"),

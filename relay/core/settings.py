@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import math
 import os
 import tomllib
 from collections.abc import Callable, Mapping
@@ -101,6 +102,8 @@ def _validate(key: str, value: Any, rules: Mapping[str, Any]) -> None:
         if not isinstance(n, int | float) or isinstance(n, bool):
             continue
         shown = f"{value!r}" if n == value else f"{n!r} in {value!r}"
+        if not math.isfinite(n):  # nan passes every comparison
+            raise ConfigError(f"{key}: {n!r} is not a finite number")
         if rules.get("ge") is not None and n < rules["ge"]:
             raise ConfigError(f"{key}: {shown} must be at least {rules['ge']:g}")
         if rules.get("gt") is not None and n <= rules["gt"]:
