@@ -26,6 +26,7 @@ from relay.admin.http import AdminServer, make_app
 from relay.auth.authenticator import Authenticator
 from relay.auth.passwords import Hasher
 from relay.core.crypto import SecretBox, load_or_create_key
+from relay.core.files import secure_var
 from relay.core.metrics import Metrics, scrape_registry
 from relay.core.settings import ListenerSettings, Settings, parse_hostport
 from relay.delivery.pool import ProviderPool
@@ -34,6 +35,7 @@ from relay.queue import held, store
 from relay.queue.spool import Acceptance, Spool
 from relay.queue.store import Claimed, Outcome, Recorded
 from relay.routing.policy import Policy
+from relay.service.providers import check_references
 from relay.smtp import listeners as smtp_listeners
 from relay.smtp.handler import Accepted, HandlerConfig, SessionHandler
 from relay.smtp.listeners import Listener, bind_socket
@@ -89,7 +91,9 @@ class Relay:
     async def start(self) -> None:
         s = self.settings
         quiet_aiosmtpd()
+        await asyncio.to_thread(secure_var, s.var_path)
         await asyncio.to_thread(migrate, self.engine)
+        await asyncio.to_thread(check_references, self.engine, s.policy)
         tls = server_context(s)
         box = secret_box(s)
         self.spool = Spool(self.engine, s.queue.lifetime)
@@ -109,6 +113,7 @@ class Relay:
             s.limits.max_recipients,
             observers=[self._observe],
             on_auth_failure=[self._count_auth_failure],
+            on_lockout=[self._count_lockout],
         )
         handler = SessionHandler(
             config,
@@ -201,6 +206,9 @@ class Relay:
 
     def _count_auth_failure(self, listener: str) -> None:
         self.metrics.auth_failures.labels(listener).inc()
+
+    def _count_lockout(self, listener: str, scope: str) -> None:
+        self.metrics.auth_lockouts.labels(listener, scope).inc()
 
     async def _gauges(self) -> None:
         """Queue gauges every few seconds; paused mail past its lifetime fails."""

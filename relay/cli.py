@@ -67,6 +67,15 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     return serve(settings, processes=1)
 
 
+def cmd_config_check(args: argparse.Namespace, settings: Settings) -> int:
+    """Every key's value was checked by load_settings; here the names it refers to."""
+    from relay.service.providers import check_references
+
+    check_references(_engine(settings), settings.policy)
+    print(f"configuration is valid ({settings.source or 'defaults and environment'})")
+    return 0
+
+
 def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
     _engine(settings).dispose()
     print("database is at the newest schema")
@@ -434,6 +443,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _sub(sub, "demo", cmd_demo, "seed a demo tenant and serve on unprivileged loopback ports")
     _sub(sub, "migrate", cmd_migrate, "bring the database schema up to date")
+    cfg = _group(sub, "config", "the configuration file and environment")
+    _sub(cfg, "check", cmd_config_check, "check every key and the names it refers to")
 
     acc = _group(sub, "account", "agencies and sub-accounts")
     s = _sub(acc, "create", cmd_account_create, "create an agency, or a sub-account")

@@ -76,7 +76,7 @@ def _shared_metrics_dir(settings: Settings) -> None:
     """
     path = settings.var_path.resolve() / "metrics"
     shutil.rmtree(path, ignore_errors=True)
-    path.mkdir(parents=True)
+    path.mkdir(parents=True, mode=0o700)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)
 
 

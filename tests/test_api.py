@@ -340,9 +340,22 @@ def test_tokens_are_checked_and_failures_limited(
     assert client(revoked.token).get("/accounts").status_code == 401
     assert client("rly_guess").get("/accounts").status_code == 401
     assert client(world.operator + "x").get("/accounts").status_code == 401
-    locked = client(world.operator).get("/accounts")  # the right token, but too late
+    locked = client("rly_another-guess").get("/accounts")  # the address is locked now
     assert locked.status_code == 429 and locked.headers["retry-after"] == "60"
     assert error(locked)["code"] == "rate_limited"
+
+
+def test_a_valid_token_is_never_refused_for_other_tokens_failures(
+    client: Callable[[str | None], Api], world: World
+) -> None:
+    """Finding 6: bad tokens from one address must not lock the operator out."""
+    guesser = client("rly_guess")
+    answers = [guesser.get("/accounts").status_code for _ in range(10)]
+    assert answers == [401] * 3 + [429] * 7
+    for _ in range(3):  # the operator's token, from the same (locked) address
+        assert client(world.operator).get("/accounts").status_code == 200
+    assert client(world["a-one"].token).get("/accounts").status_code == 200
+    assert guesser.get("/accounts").status_code == 429  # still locked for unknown tokens
 
 
 def test_malformed_requests_get_422(op: Api) -> None:

@@ -3,6 +3,8 @@ the five-credential limit, and reset and delete taking effect on a live server."
 
 from __future__ import annotations
 
+import smtplib
+import time
 from dataclasses import replace
 
 import pytest
@@ -15,7 +17,8 @@ from relay.core.errors import Conflict, Invalid, NotFound
 from relay.core.settings import Settings
 from relay.service import accounts
 from relay.store.models import Credential
-from tests.support import RelayThread, Tenant, auth_plain, connect, message
+from tests.support import RelayThread, Tenant, auth_plain, client_context, connect, message
+from tests.test_metrics import scrape
 
 
 def login_reply(relay: RelayThread, user: str, password: str) -> tuple[int, bytes]:
@@ -39,15 +42,54 @@ def test_auth_login_mechanism_and_domain_case(relay: RelayThread, tenant: Tenant
         assert code == 235
 
 
-def test_lockout_per_username(settings: Settings, engine: Engine, tenant: Tenant) -> None:
+def login_from(relay: RelayThread, source: str, user: str, password: str) -> tuple[int, bytes]:
+    """One AUTH PLAIN from another loopback address (127.0.0.2 is another client)."""
+    client = smtplib.SMTP(
+        "127.0.0.1", relay.port("submission"), timeout=30, source_address=(source, 0)
+    )
+    try:
+        client.ehlo("client.test")
+        client.starttls(context=client_context())
+        client.ehlo("client.test")
+        return client.docmd("AUTH", "PLAIN " + auth_plain(user, password))
+    finally:
+        client.close()
+
+
+def lockouts(relay: RelayThread, scope: str) -> float:
+    key = ("relay_auth_lockouts_total", (("listener", "submission"), ("scope", scope)))
+    return scrape(relay).get(key, 0.0)
+
+
+def test_lockout_per_username_and_address(
+    settings: Settings, engine: Engine, tenant: Tenant
+) -> None:
     settings = replace(settings, auth=replace(settings.auth, max_failures_per_user=3))
     thread = RelayThread(settings, engine).start()
     try:
         for _ in range(3):
             assert login_reply(thread, tenant.username, "bad-password-xx")[0] == 535
-        # Locked: even the right password is refused for a while.
+        # Locked from this address: even the right password is refused for a while.
         code, text = login_reply(thread, tenant.username, tenant.password)
         assert (code, text[:5]) == (454, b"4.7.0")
+        assert lockouts(thread, "user_ip") == 1
+    finally:
+        thread.stop()
+
+
+def test_failures_from_one_address_do_not_lock_the_user_out_elsewhere(
+    settings: Settings, engine: Engine, tenant: Tenant
+) -> None:
+    """Finding 6: five wrong passwords from one address used to lock the user for everyone."""
+    thread = RelayThread(settings, engine).start()  # the defaults: 5 a user, 10 an address
+    try:
+        for _ in range(5):
+            assert login_from(thread, "127.0.0.2", tenant.username, "wrong-password-x")[0] == 535
+        # The attacker's address is locked for this user, right password or not ...
+        assert login_from(thread, "127.0.0.2", tenant.username, tenant.password)[0] == 454
+        # ... but the user, from their own address, logs in.
+        assert login_from(thread, "127.0.0.1", tenant.username, tenant.password)[0] == 235
+        assert lockouts(thread, "user_ip") == 1
     finally:
         thread.stop()
 
@@ -57,8 +99,34 @@ def test_lockout_per_address(settings: Settings, engine: Engine, tenant: Tenant)
     thread = RelayThread(settings, engine).start()
     try:
         for i in range(4):
-            assert login_reply(thread, f"user{i}@acme.test", "bad-password-xx")[0] == 535
-        assert login_reply(thread, tenant.username, tenant.password)[0] == 454
+            assert (
+                login_from(thread, "127.0.0.2", f"user{i}@acme.test", "bad-password-xx")[0] == 535
+            )
+        assert login_from(thread, "127.0.0.2", tenant.username, tenant.password)[0] == 454
+        assert login_from(thread, "127.0.0.1", tenant.username, tenant.password)[0] == 235
+        assert lockouts(thread, "ip") == 1
+    finally:
+        thread.stop()
+
+
+def test_a_username_tried_from_many_addresses_is_slowed_never_locked(
+    settings: Settings, engine: Engine, tenant: Tenant
+) -> None:
+    auth = replace(settings.auth, max_failures_per_user=2, max_login_delay=2.0)
+    thread = RelayThread(replace(settings, auth=auth)).start()
+    try:
+        took = []
+        for i in range(2, 8):  # one failure from each of six addresses
+            started = time.monotonic()
+            code, _ = login_from(thread, f"127.0.0.{i}", tenant.username, "wrong-password-x")
+            took.append(time.monotonic() - started)
+            assert code == 535  # never 454: the username is not locked
+        # After two failures each answer waits 0.5 s, doubling, capped at 2 s.
+        assert took[2] >= 0.5 and took[3] >= 1.0 and took[4] >= 2.0 and took[5] >= 2.0
+        assert lockouts(thread, "user") == 1 and lockouts(thread, "user_ip") == 0
+
+        # The owner still gets in, slowly.
+        assert login_from(thread, "127.0.0.9", tenant.username, tenant.password)[0] == 235
     finally:
         thread.stop()
 

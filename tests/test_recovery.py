@@ -154,7 +154,7 @@ def test_node_identity_is_stable_and_per_process(tmp_path: Path) -> None:
     from dataclasses import replace
 
     from relay.core.errors import ConfigError
-    from relay.core.settings import ServerSettings
+    from relay.core.settings import ServerSettings, load_settings
     from relay.delivery.worker import node_identity
 
     server = ServerSettings()
@@ -163,5 +163,6 @@ def test_node_identity_is_stable_and_per_process(tmp_path: Path) -> None:
     assert node_identity(server, one, 0) != node_identity(server, one, 1)  # --processes
     assert node_identity(server, one, 0) != node_identity(server, other, 0)
     assert node_identity(replace(server, node_id="mx1"), one, 2) == "mx1/2"
-    with pytest.raises(ConfigError, match="node_id"):
-        node_identity(replace(server, node_id="x" * 65), one, 0)
+    for bad in ("x" * 65, "mx#1"):
+        with pytest.raises(ConfigError, match=r"\[server\] node_id"):
+            load_settings(env={}, overrides={"server": {"node_id": bad}})

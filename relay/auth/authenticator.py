@@ -1,6 +1,9 @@
 """SMTP login: look the user up, verify the password, count failures.
 
-Database reads and argon2 run on worker threads; the event loop only waits.
+Database reads and argon2 run on worker threads; the event loop only waits
+(a slowed username waits with ``asyncio.sleep``, never blocking the loop).
+Failures lock the client address and the (username, address) pair; across
+addresses a username is only slowed (see ``relay.auth.limiter``).
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import Engine, text
 
-from relay.auth.limiter import FailureLimiter
+from relay.auth.limiter import FailureLimiter, SlowDown
 from relay.auth.passwords import Hasher, LoginCache
 from relay.core.replies import AUTH_INVALID, AUTH_LOCKED, AUTH_OK, AUTH_TEMPFAIL, Reply
 from relay.core.settings import AuthSettings
@@ -46,6 +49,8 @@ class Identity:
 class LoginResult:
     reply: Reply
     identity: Identity | None = None
+    # Lock-outs this attempt engaged: "ip", "user_ip", or "user" (slowed).
+    lockouts: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -67,8 +72,11 @@ class Authenticator:
         self._by_ip = FailureLimiter(
             settings.max_failures_per_ip, settings.failure_window, settings.lockout
         )
-        self._by_user = FailureLimiter(
+        self._by_user_ip = FailureLimiter(
             settings.max_failures_per_user, settings.failure_window, settings.lockout
+        )
+        self._slow = SlowDown(
+            settings.max_failures_per_user, settings.failure_window, settings.max_login_delay
         )
         self.failures = 0
 
@@ -82,9 +90,13 @@ class Authenticator:
 
     async def login(self, username: str, password: str, peer_ip: str) -> LoginResult:
         username = normalise_username(username)
-        if self._by_ip.locked(peer_ip) or self._by_user.locked(username):
+        pair = f"{username}\0{peer_ip}"
+        if self._by_ip.locked(peer_ip) or self._by_user_ip.locked(pair):
             self.failures += 1
             return LoginResult(AUTH_LOCKED)
+        delay = self._slow.delay(username)
+        if delay:
+            await asyncio.sleep(delay)
         try:
             row = await asyncio.to_thread(self._lookup, username)
         except Exception:
@@ -96,13 +108,16 @@ class Authenticator:
         stored = row.password_hash if row else None
         if await asyncio.to_thread(self._hasher.verify, stored, password) and row:
             return self._success(row, password, peer_ip, username)
-        self._by_ip.fail(peer_ip)
-        self._by_user.fail(username)
+        engaged = (
+            ("ip",) * self._by_ip.fail(peer_ip)
+            + ("user_ip",) * self._by_user_ip.fail(pair)
+            + ("user",) * self._slow.fail(username)
+        )
         self.failures += 1
-        return LoginResult(AUTH_INVALID)
+        return LoginResult(AUTH_INVALID, lockouts=engaged)
 
     def _success(self, row: _Row, password: str, peer_ip: str, username: str) -> LoginResult:
         self._cache.remember(row.identity.credential_id, row.password_hash, password)
         self._by_ip.succeed(peer_ip)
-        self._by_user.succeed(username)
+        self._by_user_ip.succeed(f"{username}\0{peer_ip}")
         return LoginResult(AUTH_OK, row.identity)

@@ -17,6 +17,7 @@ from pathlib import Path
 from cryptography.fernet import Fernet, InvalidToken
 
 from relay.core.errors import ConfigError
+from relay.core.files import private_dir, write_private
 
 
 def _fernet(key: str) -> Fernet:
@@ -69,8 +70,7 @@ def load_or_create_key(configured: str, var_dir: Path) -> str:
     path = var_dir / "secret.key"
     if path.exists():
         return path.read_text().strip()
-    var_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(var_dir)
     key = secrets.token_urlsafe(32)
-    path.write_text(key + "\n")
-    path.chmod(0o600)
+    write_private(path, (key + "\n").encode())
     return key

@@ -43,6 +43,14 @@ class Metrics:
         self.auth_failures = Counter(
             "relay_auth_failures", "Failed SMTP logins", ["listener"], registry=r
         )
+        # scope: ip (an address locked), user_ip (a username locked from one
+        # address), user (a username slowed: failing from many addresses).
+        self.auth_lockouts = Counter(
+            "relay_auth_lockouts",
+            "SMTP login lock-outs (and slow-downs) engaged",
+            ["listener", "scope"],
+            registry=r,
+        )
         self.delivery_attempts = Counter(
             "relay_delivery_attempts",
             "Delivery attempts",

@@ -10,9 +10,11 @@ with the key's name, never with a traceback from deep inside.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
+import math
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,10 +50,95 @@ class Secret:
         return hash(self._value)
 
 
-def _doc(description: str, default: Any = dataclasses.MISSING, **kw: Any) -> Any:
+def _doc(
+    description: str,
+    default: Any = dataclasses.MISSING,
+    *,
+    choices: tuple[str, ...] = (),
+    any_case: bool = False,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    nonempty: bool = False,
+    check: Callable[[Any], None] | None = None,
+    **kw: Any,
+) -> Any:
+    """A key: its description and default, and what values it allows.
+
+    ``choices`` are the only strings allowed (``any_case``: in any case);
+    ``ge``/``gt``/``le`` bound a number, or every number of a tuple;
+    ``nonempty`` refuses an empty string or tuple; ``check`` raises
+    ValueError with a reason for anything else. ``load_settings`` checks every
+    key this way, so a typo fails at start with the key named. A new key gets
+    its checks by saying them here, nothing more.
+    """
+    rules = {
+        "choices": choices,
+        "any_case": any_case,
+        "ge": ge,
+        "gt": gt,
+        "le": le,
+        "nonempty": nonempty,
+        "check": check,
+    }
+    metadata = {"doc": description, "rules": rules}
     if default is dataclasses.MISSING:
-        return field(metadata={"doc": description}, **kw)
-    return field(default=default, metadata={"doc": description}, **kw)
+        return field(metadata=metadata, **kw)
+    return field(default=default, metadata=metadata, **kw)
+
+
+def _validate(key: str, value: Any, rules: Mapping[str, Any]) -> None:
+    """Raise ConfigError naming ``key`` if ``value`` breaks one of its rules."""
+    choices: tuple[str, ...] = rules.get("choices", ())
+    if choices:
+        found = str(value).upper() if rules.get("any_case") else value
+        allowed = [c.upper() for c in choices] if rules.get("any_case") else list(choices)
+        if found not in allowed:
+            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(choices)}")
+    if rules.get("nonempty") and (value == "" or value == ()):
+        raise ConfigError(f"{key}: must not be empty")
+    numbers = value if isinstance(value, tuple) else (value,)
+    for n in numbers:
+        if not isinstance(n, int | float) or isinstance(n, bool):
+            continue
+        shown = f"{value!r}" if n == value else f"{n!r} in {value!r}"
+        if not math.isfinite(n):  # nan passes every comparison
+            raise ConfigError(f"{key}: {n!r} is not a finite number")
+        if rules.get("ge") is not None and n < rules["ge"]:
+            raise ConfigError(f"{key}: {shown} must be at least {rules['ge']:g}")
+        if rules.get("gt") is not None and n <= rules["gt"]:
+            raise ConfigError(f"{key}: {shown} must be more than {rules['gt']:g}")
+        if rules.get("le") is not None and n > rules["le"]:
+            raise ConfigError(f"{key}: {shown} must be at most {rules['le']:g}")
+    check = rules.get("check")
+    if check is not None:
+        try:
+            check(value)
+        except ValueError as exc:
+            raise ConfigError(f"{key}: {value!r} {exc}") from exc
+
+
+def _host_port_or_empty(value: str) -> None:
+    if value:
+        _, sep, port = value.rpartition(":")
+        if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError("is not host:port")
+
+
+NODE_ID_MAX = 64  # locked_by is 100 characters: the id, "/", the process index, "#", a run id
+
+
+def _node_id(value: str) -> None:
+    if len(value) > NODE_ID_MAX or "#" in value:
+        raise ValueError(f"must be at most {NODE_ID_MAX} characters, with no '#'")
+
+
+def _ip_addresses(value: tuple[str, ...]) -> None:
+    for item in value:
+        try:
+            ipaddress.ip_address(item)
+        except ValueError:
+            raise ValueError(f"has {item!r}, which is not an IP address") from None
 
 
 @dataclass(frozen=True)
@@ -59,8 +146,9 @@ class DatabaseSettings:
     url: str = _doc(
         "SQLAlchemy URL: sqlite:///var/relay.db or postgresql+psycopg://...",
         "sqlite:///var/relay.db",
+        nonempty=True,
     )
-    pool_size: int = _doc("Connections kept per process (PostgreSQL).", 10)
+    pool_size: int = _doc("Connections kept per process (PostgreSQL).", 10, ge=1)
 
 
 @dataclass(frozen=True)
@@ -87,29 +175,42 @@ class TLSSettings:
 @dataclass(frozen=True)
 class AdminSettings:
     listen: str = _doc(
-        "host:port of /metrics and the admin API; empty turns it off.", "127.0.0.1:8025"
+        "host:port of /metrics and the admin API; empty turns it off.",
+        "127.0.0.1:8025",
+        check=_host_port_or_empty,
     )
 
 
 @dataclass(frozen=True)
 class ServerSettings:
     hostname: str = _doc(
-        "Name in the greeting, EHLO and Received (never looked up).", "relay.localhost"
+        "Name in the greeting, EHLO and Received (never looked up).",
+        "relay.localhost",
+        nonempty=True,
     )
-    var_dir: str = _doc("Where the self-signed certificate and outbox live.", "var")
-    processes: int = _doc("Processes sharing the listeners (SO_REUSEPORT).", 1)
-    log_format: str = _doc("text or json", "text")
-    log_level: str = _doc("DEBUG, INFO, WARNING or ERROR", "INFO")
+    var_dir: str = _doc(
+        "Where the self-signed certificate and outbox live (kept 0700).", "var", nonempty=True
+    )
+    processes: int = _doc("Processes sharing the listeners (SO_REUSEPORT).", 1, ge=1)
+    log_format: str = _doc("text or json", "text", choices=("text", "json"))
+    log_level: str = _doc(
+        "DEBUG, INFO, WARNING or ERROR",
+        "INFO",
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+        any_case=True,
+    )
     node_id: str = _doc(
         "This node's name in queue claims, stable across restarts so a restarted node "
         "takes back its own claims at once; unique per running node. Empty: the host "
         "name and a digest of var_dir's absolute path. At most 64 characters.",
         "",
+        check=_node_id,
     )
     shutdown_grace: float = _doc(
         "Seconds SIGTERM waits for open SMTP transactions and deliveries in flight; "
         "then they are cut off and their messages retried later.",
         30.0,
+        ge=0,
     )
 
 
@@ -117,43 +218,62 @@ class ServerSettings:
 class LimitSettings:
     # RFC 5321 4.5.3.1.10 asks for at least 100 recipients; we allow ten times that.
     max_message_size: int = _doc(
-        "Largest message in bytes (SIZE; 552 5.3.4 past it).", 25 * 1024 * 1024
+        "Largest message in bytes (SIZE; 552 5.3.4 past it).", 25 * 1024 * 1024, ge=1
     )
-    max_recipients: int = _doc("Recipients per message (452 4.5.3 past it).", 1000)
-    max_connections_per_ip: int = _doc("Concurrent sessions per client address.", 100)
-    max_connections: int = _doc("Concurrent sessions per process.", 20000)
+    max_recipients: int = _doc("Recipients per message (452 4.5.3 past it).", 1000, ge=1)
+    max_connections_per_ip: int = _doc("Concurrent sessions per client address.", 100, ge=1)
+    max_connections: int = _doc("Concurrent sessions per process.", 20000, ge=1)
     idle_timeout: float = _doc(
         "Seconds a client may stay silent between commands "
         "(RFC 5321 4.5.3.2.7 suggests 5 minutes).",
         300.0,
+        gt=0,
     )
 
 
 @dataclass(frozen=True)
 class AuthSettings:
-    max_failures_per_ip: int = _doc("Failed logins from one address before lock-out.", 10)
-    max_failures_per_user: int = _doc("Failed logins for one username before lock-out.", 5)
-    failure_window: float = _doc("Seconds over which failures are counted.", 300.0)
-    lockout: float = _doc("Seconds a locked address or username is refused.", 300.0)
-    argon2_time_cost: int = _doc("argon2id iterations for new hashes.", 3)
-    argon2_memory_kib: int = _doc("argon2id memory for new hashes, KiB.", 65536)
-    max_credentials_per_domain: int = _doc("SMTP users a sending domain may have.", 5)
-    cache_size: int = _doc("Verified logins kept in memory.", 10000)
+    max_failures_per_ip: int = _doc("Failed logins from one address before lock-out.", 10, ge=1)
+    max_failures_per_user: int = _doc(
+        "Failed logins for one username from one address before that pair is locked out; "
+        "from many addresses together, before every login for it is slowed.",
+        5,
+        ge=1,
+    )
+    failure_window: float = _doc("Seconds over which failures are counted.", 300.0, gt=0)
+    lockout: float = _doc(
+        "Seconds a locked address or (username, address) is refused.", 300.0, ge=0
+    )
+    max_login_delay: float = _doc(
+        "Longest delay, seconds, before answering a login for a username failing from many "
+        "addresses (it doubles per failure from 0.5 s); 0 turns the slow-down off.",
+        15.0,
+        ge=0,
+    )
+    argon2_time_cost: int = _doc("argon2id iterations for new hashes.", 3, ge=1)
+    # argon2 needs at least 8 KiB per lane (RFC 9106 3.1); we hash with one lane.
+    argon2_memory_kib: int = _doc("argon2id memory for new hashes, KiB.", 65536, ge=8)
+    max_credentials_per_domain: int = _doc("SMTP users a sending domain may have.", 5, ge=1)
+    cache_size: int = _doc("Verified logins kept in memory.", 10000, ge=0)
 
 
 @dataclass(frozen=True)
 class QueueSettings:
-    lifetime: float = _doc("Seconds before an undelivered message fails (5 days).", 5 * 86400.0)
+    lifetime: float = _doc(
+        "Seconds before an undelivered message fails (5 days).", 5 * 86400.0, gt=0
+    )
     retry_schedule: tuple[float, ...] = _doc(
         "Seconds between attempts; the last repeats until the lifetime ends.",
         (60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0),
+        gt=0,
+        nonempty=True,
     )
-    batch_size: int = _doc("Messages one worker claims at a time.", 100)
-    lease: float = _doc("Seconds a claim is held before another node may take it.", 300.0)
-    poll_interval: float = _doc("Seconds between looks at the queue when idle.", 1.0)
+    batch_size: int = _doc("Messages one worker claims at a time.", 100, ge=1)
+    lease: float = _doc("Seconds a claim is held before another node may take it.", 300.0, gt=0)
+    poll_interval: float = _doc("Seconds between looks at the queue when idle.", 1.0, gt=0)
     workers: bool = _doc("Run delivery workers in this process.", True)
-    concurrency: int = _doc("Deliveries in flight per process.", 50)
-    provider_concurrency: int = _doc("Deliveries in flight per provider, per process.", 20)
+    concurrency: int = _doc("Deliveries in flight per process.", 50, ge=1)
+    provider_concurrency: int = _doc("Deliveries in flight per provider, per process.", 20, ge=1)
 
 
 @dataclass(frozen=True)
@@ -162,22 +282,29 @@ class PolicySettings:
         "What to do with an unverified sender when neither credential nor account says: "
         "'auto' (pause campaign mail, drop the rest), reject, drop or pause.",
         "auto",
+        choices=("auto", "reject", "drop", "pause"),
     )
-    system_provider: str = _doc("Provider used when an account has no route; empty: none.", "")
+    system_provider: str = _doc(
+        "Provider used when an account has no route; empty: none. It must exist "
+        "(checked by `relay serve` and `relay config check`).",
+        "",
+    )
 
 
 @dataclass(frozen=True)
 class DNSSettings:
     nameservers: tuple[str, ...] = _doc(
-        "Resolvers for domain verification; empty: the system's.", ()
+        "Resolvers for domain verification (IP addresses); empty: the system's.",
+        (),
+        check=_ip_addresses,
     )
-    port: int = _doc("Port of those resolvers.", 53)
-    timeout: float = _doc("Seconds a verification look-up may take.", 5.0)
+    port: int = _doc("Port of those resolvers.", 53, ge=1, le=65535)
+    timeout: float = _doc("Seconds a verification look-up may take.", 5.0, gt=0)
 
 
 @dataclass(frozen=True)
 class BillingSettings:
-    price_per_1000: float = _doc("Price per thousand recipients on invoices.", 0.675)
+    price_per_1000: float = _doc("Price per thousand recipients on invoices.", 0.675, ge=0)
 
 
 @dataclass(frozen=True)
@@ -265,10 +392,13 @@ def _section(name: str, cls: type[Any], table: Mapping[str, Any], env: Mapping[s
         env_key = f"RELAY_{name}_{fname}".upper()
         if name == "secrets":
             env_key = f"RELAY_{fname}".upper()
+        key = f"[{name}] {fname}"
         if env_key in env:
-            values[fname] = _coerce(f"{env_key}", env[env_key], default, str(f.type))
+            key = env_key
+            values[fname] = _coerce(key, env[env_key], default, str(f.type))
         elif fname in table:
-            values[fname] = _coerce(f"[{name}] {fname}", table[fname], default, str(f.type))
+            values[fname] = _coerce(key, table[fname], default, str(f.type))
+        _validate(key, values.get(fname, default), f.metadata.get("rules", {}))
     return cls(**values)
 
 
@@ -327,6 +457,8 @@ def load_settings(
         name: _section(name, cls, data.get(name, {}), env) for name, cls in _SECTIONS.items()
     }
     listeners = _listeners(data.get("listeners", {}), env)
+    if bool(sections["tls"].cert) != bool(sections["tls"].key):
+        raise ConfigError("[tls] cert and key go together: set both, or neither")
     return Settings(listeners=listeners, source=str(path or ""), **sections)
 
 

@@ -44,9 +44,6 @@ from relay.queue.store import AttemptRecord, Claimed, Outcome, Recorded
 log = logging.getLogger("relay.delivery")
 
 
-NODE_ID_MAX = 64
-
-
 def node_identity(server: ServerSettings, var_path: Path, index: int = 0) -> str:
     """The claim identity of process ``index`` of this node, the same after a restart.
 
@@ -54,9 +51,7 @@ def node_identity(server: ServerSettings, var_path: Path, index: int = 0) -> str
     absolute path: stable on one host, different for two relays with their
     own var directories. ``locked_by`` holds it plus ``#`` and a run id.
     """
-    node = server.node_id
-    if len(node) > NODE_ID_MAX or "#" in node:
-        raise ConfigError(f"[server] node_id: at most {NODE_ID_MAX} characters, no '#'")
+    node = server.node_id  # checked at load: at most 64 characters, no "#"
     if not node:
         digest = hashlib.sha256(str(var_path.resolve()).encode()).hexdigest()[:8]
         node = f"{socket.gethostname()[:40]}-{digest}"

@@ -21,7 +21,7 @@ class OutboxProvider:
         self.directory = Path(directory)
 
     def _write(self, message: OutboundMessage) -> Path:
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)  # mail is private
         final = self.directory / f"{message.queue_id}.eml"
         tmp = final.with_suffix(".tmp")
         envelope = f"X-Relay-Envelope-From: <{message.mail_from}>\r\n" + "".join(

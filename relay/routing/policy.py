@@ -88,7 +88,14 @@ FROM accounts a LEFT OUTER JOIN accounts p ON p.id = a.parent_id
 WHERE a.id = :account_id
 """)
 _PATTERNS = text("SELECT pattern FROM senders WHERE account_id = :account_id AND verified")
-_BY_NAME = text("SELECT id FROM providers WHERE name = :name")
+# The system provider by its name, or AGENCY:NAME (names are unique per agency
+# tree). A plain name that a later provider in another tree repeats still means
+# the first one, which `relay serve` checked at start.
+_BY_NAME = text("""
+SELECT p.id FROM providers p LEFT OUTER JOIN accounts t ON t.id = p.tree_id
+WHERE p.name = :name OR (p.name = :short AND t.name = :agency AND t.parent_id IS NULL)
+ORDER BY p.name = :name DESC, p.id LIMIT 1
+""")
 _OPTIONS = select(Provider.options).where(Provider.id == bindparam("provider_id"))
 
 
@@ -108,7 +115,11 @@ class Policy:
         # own default, the agency's default for sub-accounts.
         route = next((int(c) for c in candidates if c is not None), None)
         if route is None and self._settings.system_provider:
-            route = conn.execute(_BY_NAME, {"name": self._settings.system_provider}).scalar()
+            name = self._settings.system_provider
+            agency, _, short = name.partition(":")
+            route = conn.execute(
+                _BY_NAME, {"name": name, "agency": agency, "short": short}
+            ).scalar()
         patterns = list(conn.execute(_PATTERNS, params).scalars())
         return _Context(name, policy, route, patterns)
 

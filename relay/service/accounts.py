@@ -58,31 +58,52 @@ def split_username(username: str) -> tuple[str, str]:
 
 
 def get_account(session: Session, name: str) -> Account:
-    account = session.scalar(select(Account).where(Account.name == name))
+    """The account ``name`` (or ``AGENCY:NAME``) as the current actor sees it."""
+    found = scope.find_account(session, name)
+    account = session.get(Account, found) if found is not None else None
     if account is None:
         raise NotFound(f"account {name!r} does not exist")
     return account
+
+
+def check_name(name: str, what: str) -> str:
+    """A new account or provider name: 1 to 200 characters, no ``:`` (it qualifies names)."""
+    name = name.strip()
+    if not name or len(name) > 200:
+        raise Invalid(f"{what} name must be 1 to 200 characters", "name")
+    if scope.QUALIFIER in name:
+        raise Invalid(f"{what} name may not contain {scope.QUALIFIER!r}", "name")
+    return name
 
 
 @audited("account.create", arg("name"), scope.of_new_account("agency"))
 def create_account(
     engine: Engine, name: str, agency: str | None = None, policy: str | None = None
 ) -> Account:
-    name = name.strip()
-    if not name or len(name) > 200:
-        raise Invalid("account name must be 1 to 200 characters", "name")
+    name = check_name(name, "account")
     if policy is not None and policy not in POLICIES:
         raise Invalid(f"policy must be one of {', '.join(POLICIES)}", "policy")
     with Session(engine, expire_on_commit=False) as session, session.begin():
         parent = get_account(session, agency) if agency else None
         if parent is not None and parent.parent_id is not None:
             raise Invalid(f"{agency!r} is a sub-account; an agency has no parent", "agency")
-        if session.scalar(select(Account.id).where(Account.name == name)) is not None:
+        # Unique within the tree (a new agency's tree is its own, so among agencies).
+        same = select(Account.id).where(Account.name == name)
+        same = same.where(
+            Account.tree_id == parent.tree_id if parent else Account.parent_id.is_(None)
+        )
+        if session.scalar(same) is not None:
             raise Conflict(f"account {name!r} already exists")
         account = Account(
-            name=name, parent_id=parent.id if parent else None, unverified_policy=policy
+            name=name,
+            parent_id=parent.id if parent else None,
+            tree_id=parent.tree_id if parent else None,
+            unverified_policy=policy,
         )
         session.add(account)
+        if parent is None:
+            session.flush()  # an agency is the root of its own tree
+            account.tree_id = account.id
     return account
 
 

@@ -18,10 +18,11 @@ from sqlalchemy import Engine, or_, select, update
 from sqlalchemy.orm import Session
 
 from relay.core.crypto import SecretBox, mask
-from relay.core.errors import Conflict, Invalid, NotFound
+from relay.core.errors import ConfigError, Conflict, Invalid, NotFound
+from relay.core.settings import PolicySettings
 from relay.providers.registry import KINDS, SECRETS, validate_options
 from relay.service import scope
-from relay.service.accounts import check_domain, get_account
+from relay.service.accounts import check_domain, check_name, get_account
 from relay.service.audit import arg, audited
 from relay.store.models import Account, Message
 from relay.store.models import Provider as ProviderRow
@@ -57,10 +58,27 @@ def clean(config: ProviderConfig) -> ProviderConfig:
 
 
 def get_provider(session: Session, name: str) -> ProviderRow:
-    row = session.scalar(select(ProviderRow).where(ProviderRow.name == name))
+    """The provider ``name`` (or ``AGENCY:NAME``) as the current actor sees it."""
+    found = scope.find_provider(session, name)
+    row = session.get(ProviderRow, found) if found is not None else None
     if row is None:
         raise NotFound(f"provider {name!r} does not exist")
     return row
+
+
+def check_references(engine: Engine, policy: PolicySettings) -> None:
+    """Providers the configuration names exist (``relay serve``, ``relay config check``).
+
+    A ``system_provider`` that names nothing would leave every account without
+    a route to fail its mail at delivery; refuse to start instead.
+    """
+    if not policy.system_provider:
+        return
+    with Session(engine) as session:
+        try:
+            get_provider(session, policy.system_provider)
+        except (NotFound, Invalid) as exc:
+            raise ConfigError(f"[policy] system_provider: {exc}") from exc
 
 
 def _of_config(session: Session, args: Mapping[str, Any]) -> scope.Owner:
@@ -73,13 +91,18 @@ def add_provider(
     engine: Engine, box: SecretBox, account: str, config: ProviderConfig
 ) -> ProviderRow:
     config = clean(config)
+    check_name(config.name, "provider")
     with Session(engine, expire_on_commit=False) as session, session.begin():
         owner = get_account(session, account)
-        if session.scalar(select(ProviderRow.id).where(ProviderRow.name == config.name)):
+        same = select(ProviderRow.id).where(
+            ProviderRow.name == config.name, ProviderRow.tree_id == owner.tree_id
+        )
+        if session.scalar(same):  # unique within the owner's tree only
             raise Conflict(f"provider {config.name!r} already exists")
         row = ProviderRow(
             name=config.name,
             account_id=owner.id,
+            tree_id=owner.tree_id,
             kind=config.kind,
             options=config.options,
             secrets=box.seal(config.secrets),
@@ -90,10 +113,12 @@ def add_provider(
 
 
 def load_config(engine: Engine, box: SecretBox, name: str) -> ProviderConfig:
+    """The stored configuration; its name is ``name`` as given (``AGENCY:NAME`` stays
+    qualified, so an edit saved under it finds the same provider)."""
     with Session(engine) as session:
         row = get_provider(session, name)
         return ProviderConfig(
-            row.name, row.kind, dict(row.options or {}), box.open(row.secrets), row.domain
+            name, row.kind, dict(row.options or {}), box.open(row.secrets), row.domain
         )
 
 
@@ -132,7 +157,7 @@ def show_provider(engine: Engine, box: SecretBox, name: str) -> dict[str, Any]:
         owner = session.get_one(Account, row.account_id) if row.account_id else None
         users = _routed_accounts(session, row.id)
     return {
-        "name": config.name,
+        "name": row.name,
         "kind": config.kind,
         "account": owner.name if owner else None,
         "domain": config.domain,

@@ -32,7 +32,7 @@ from typing import Any
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from relay.core.errors import NotFound, RelayError
+from relay.core.errors import Invalid, NotFound, RelayError
 from relay.store.models import Account, Credential, Domain, Message
 from relay.store.models import Provider as ProviderRow
 
@@ -136,7 +136,11 @@ def guard(session: Session, seen_by: Scope, resolve: Resolver, args: Mapping[str
     service's own words: the service is then never called with a name that
     another tenant could create in between.
     """
-    owner = resolve(session, args)
+    token = _resolving.set(seen_by)  # names resolve within the scope guarded
+    try:
+        owner = resolve(session, args)
+    finally:
+        _resolving.reset(token)
     if not seen_by.everything:
         for target in (owner, *owner.also):
             _check(seen_by, target)
@@ -169,8 +173,76 @@ def visible_account(session: Session, seen_by: Scope, name: str) -> int:
     return owner.account_id
 
 
+# -- names: unique per agency tree ---------------------------------------------------
+#
+# Account and provider names are unique within an agency's tree (the agency and
+# its sub-accounts) and an agency's name among agencies, so two trees may both
+# have a "shop". Inside a tenant's scope a name is never ambiguous: only what
+# the actor sees is considered, so names in other trees are neither found nor
+# hinted at. The operator sees every tree: a name held in several is refused
+# with the choices, each written ``AGENCY:NAME``, which names exactly one.
+
+QUALIFIER = ":"
+# The scope names resolve in: the one ``guard`` checks, else the current actor's.
+_resolving: ContextVar[Scope | None] = ContextVar("relay_resolving", default=None)
+
+
+def _scope(seen_by: Scope | None) -> Scope:
+    return seen_by or _resolving.get() or current().scope
+
+
+def _qualified(session: Session, query: Any, model: Any, name: str) -> Any:
+    """``query`` narrowed to ``name``, or to NAME in AGENCY's tree for ``AGENCY:NAME``."""
+    agency, sep, short = name.partition(QUALIFIER)
+    if sep and agency and short:
+        tree = session.scalar(
+            select(Account.id).where(Account.name == agency, Account.parent_id.is_(None))
+        )
+        if tree is not None:
+            return query.where(model.tree_id == tree, model.name == short)
+    return query.where(model.name == name)
+
+
+def _one(session: Session, rows: list[Any], what: str, name: str, seen_by: Scope) -> Any:
+    """The one row the actor sees, None, or Invalid listing the qualified choices."""
+    seen = [r for r in rows if seen_by.sees(r.owner)]
+    if len(seen) <= 1:
+        return seen[0].id if seen else None
+    trees = {r.tree for r in seen}
+    agencies = dict(
+        session.execute(select(Account.id, Account.name).where(Account.id.in_(trees))).all()
+    )
+    choices = sorted(f"{agencies.get(r.tree, '?')}{QUALIFIER}{r.name}" for r in seen)
+    raise Invalid(f"{what} {name!r} is ambiguous: say which, one of {', '.join(choices)}", what)
+
+
+def find_account(session: Session, name: str, seen_by: Scope | None = None) -> int | None:
+    """The id of the account ``name`` (or ``AGENCY:NAME``) that the actor sees, or None."""
+    seen_by = _scope(seen_by)
+    query = select(
+        Account.id, Account.id.label("owner"), Account.tree_id.label("tree"), Account.name
+    )
+    rows = list(session.execute(_qualified(session, query, Account, name)).all())
+    found: int | None = _one(session, rows, "account", name, seen_by)
+    return found
+
+
+def find_provider(session: Session, name: str, seen_by: Scope | None = None) -> int | None:
+    """The id of the provider ``name`` (or ``AGENCY:NAME``) that the actor sees, or None."""
+    seen_by = _scope(seen_by)
+    query = select(
+        ProviderRow.id,
+        ProviderRow.account_id.label("owner"),
+        ProviderRow.tree_id.label("tree"),
+        ProviderRow.name,
+    )
+    rows = list(session.execute(_qualified(session, query, ProviderRow, name)).all())
+    found: int | None = _one(session, rows, "provider", name, seen_by)
+    return found
+
+
 def _account_id(session: Session, name: str) -> int | None:
-    return session.scalar(select(Account.id).where(Account.name == name))
+    return find_account(session, name)
 
 
 def of_account(arg: str = "account") -> Resolver:
@@ -274,7 +346,8 @@ def of_provider(arg: str = "name", optional: bool = False) -> Resolver:
         name = args[arg]
         if name is None and optional:
             return Owner(None, unnamed=True)
-        owner = session.scalar(select(ProviderRow.account_id).where(ProviderRow.name == name))
+        found = find_provider(session, name)
+        owner = session.scalar(select(ProviderRow.account_id).where(ProviderRow.id == found))
         return Owner(owner, f"provider {name!r} does not exist")
 
     return resolve

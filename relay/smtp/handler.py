@@ -66,6 +66,8 @@ class HandlerConfig:
     max_recipients: int
     observers: list[Callable[[Accepted], None]] = field(default_factory=list)
     on_auth_failure: list[Callable[[str], None]] = field(default_factory=list)
+    # (listener, scope) when a failed login engages a lock-out or slow-down.
+    on_lockout: list[Callable[[str, str], None]] = field(default_factory=list)
 
 
 def _decode(blob: bytes) -> str:
@@ -90,6 +92,9 @@ class SessionHandler:
         if result.identity is None:
             for callback in self._config.on_auth_failure:
                 callback(server.listener)
+            for scope in result.lockouts:
+                for counted in self._config.on_lockout:
+                    counted(server.listener, scope)
             return AuthResult(success=False, handled=False, message=str(result.reply))
         return AuthResult(success=True, auth_data=result.identity, message=str(result.reply))
 

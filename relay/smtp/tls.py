@@ -8,6 +8,7 @@ import ssl
 from pathlib import Path
 
 from relay.core.errors import ConfigError
+from relay.core.files import private_dir, write_private
 from relay.core.settings import Settings
 
 
@@ -38,15 +39,15 @@ def make_self_signed(cert_path: Path, key_path: Path, hostname: str) -> None:
         .add_extension(san, critical=False)
         .sign(key, hashes.SHA256())
     )
-    cert_path.parent.mkdir(parents=True, exist_ok=True)
-    key_path.write_bytes(
+    private_dir(cert_path.parent)
+    write_private(
+        key_path,
         key.private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
-        )
+        ),
     )
-    key_path.chmod(0o600)
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
 
 

@@ -9,6 +9,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
 from relay.core.errors import ConfigError
+from relay.core.files import create_sqlite_file
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -40,7 +41,7 @@ def make_engine(url: str, pool_size: int = 10) -> Engine:
         raise ConfigError(f"[database] url: {url!r} is not a database URL") from exc
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            create_sqlite_file(parsed.database)  # 0600 before SQLite opens it
         # A pool of connections: opening one (and its PRAGMAs) per query cost
         # a fifth of the ingest throughput. Processes are spawned, never
         # forked, so no handle is shared between them.
@@ -70,6 +71,22 @@ def migrate(engine: Engine) -> None:
 
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
-    with engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "head")
+    sqlite = engine.dialect.name == "sqlite"
+    with engine.connect() as conn:
+        if sqlite:
+            # A batch migration rebuilds a table that others reference (SQLite
+            # cannot drop a constraint in place); with foreign keys enforced the
+            # rebuild's DROP TABLE fails. SQLite ignores this PRAGMA inside a
+            # transaction, so it is set before one begins, and checked after.
+            conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
+            conn.commit()
+        try:
+            with conn.begin():
+                cfg.attributes["connection"] = conn
+                command.upgrade(cfg, "head")
+                if sqlite and conn.exec_driver_sql("PRAGMA foreign_key_check").first():
+                    raise RuntimeError("migration left rows pointing at nothing")
+        finally:
+            if sqlite:
+                conn.exec_driver_sql("PRAGMA foreign_keys=ON")
+                conn.commit()

@@ -26,6 +26,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
@@ -70,12 +71,30 @@ class Base(DeclarativeBase):
 
 
 class Account(Base):
-    """An agency (parent_id is NULL) or one of its sub-accounts."""
+    """An agency (parent_id is NULL) or one of its sub-accounts.
+
+    Names are unique within an agency's tree (the agency and its
+    sub-accounts), and an agency's name among agencies, so that creating a
+    name tells a tenant nothing about other trees (``relay.service.scope``
+    resolves names, and ``AGENCY:NAME`` where one is ambiguous).
+    """
 
     __tablename__ = "accounts"
+    __table_args__ = (
+        UniqueConstraint("tree_id", "name"),
+        Index(
+            "uq_accounts_agency_name",
+            "name",
+            unique=True,
+            sqlite_where=text("parent_id IS NULL"),
+            postgresql_where=text("parent_id IS NULL"),
+        ),
+    )
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    name: Mapped[str] = mapped_column(String(200), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
     parent_id: Mapped[int | None] = mapped_column(ForeignKey("accounts.id"), index=True)
+    # The agency at the root of this account's tree: itself for an agency.
+    tree_id: Mapped[int | None] = mapped_column(Integer, index=True)
     # reject | drop | pause, or NULL for the default by credential purpose.
     unverified_policy: Mapped[str | None] = mapped_column(String(10))
     default_provider_id: Mapped[int | None] = mapped_column(Integer)
@@ -160,9 +179,12 @@ class Provider(Base):
     """An outbound service an account sends through."""
 
     __tablename__ = "providers"
+    # Names unique within the owner's agency tree, as accounts' are.
+    __table_args__ = (UniqueConstraint("tree_id", "name"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    name: Mapped[str] = mapped_column(String(200), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
     account_id: Mapped[int | None] = mapped_column(ForeignKey("accounts.id"), index=True)
+    tree_id: Mapped[int | None] = mapped_column(Integer, index=True)  # the owner's tree
     kind: Mapped[str] = mapped_column(String(20))
     # Non-secret options (hosts, ports, TLS mode, ip pool, test address, domain).
     options: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)

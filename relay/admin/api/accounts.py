@@ -185,7 +185,7 @@ def list_senders(
     name: AccountName, caller: Authenticated, query: Annotated[s.SenderQuery, Query()]
 ) -> list[s.SenderOut]:
     caller.run(scope.require, caller.engine, scope.of_account(), account=name)
-    rows = accounts.list_senders(caller.engine, name, review=query.review)
+    rows = caller.run(accounts.list_senders, caller.engine, name, review=query.review)
     return [_sender(caller, row) for row in rows]
 
 

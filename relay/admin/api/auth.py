@@ -1,10 +1,14 @@
 """Who is calling: the bearer token, checked, turned into an actor with a scope.
 
 Failed token checks are counted per client address (``FailureLimiter``, the
-SMTP lock-out's thresholds); a locked address gets 429 with Retry-After, even
-with a good token, until the lock-out ends, so guessing costs time. A missing
-header is not a guess and is not counted. The limiter is touched only on the
-event loop (this dependency is async), never from the thread pool.
+SMTP lock-out's thresholds); from a locked address an unknown token gets 429
+with Retry-After until the lock-out ends. A valid token is always accepted,
+whatever other tokens did from the same address: the check is one digest and
+one indexed read, so it runs first, and a lock-out refuses only what fails it
+(tokens carry 256 random bits, so the lock-out sheds noise; it never stands
+between a guesser and a token it could not find anyway). A missing header is
+not a guess and is not counted. The limiter is touched only on the event loop
+(this dependency is async), never from the thread pool.
 """
 
 from __future__ import annotations
@@ -65,21 +69,30 @@ async def authenticate(
 ) -> Caller:
     ctx = context(request)
     address = request.client.host if request.client else "unknown"
-    if ctx.limiter.locked(address):
-        retry = str(math.ceil(ctx.settings.auth.lockout))
-        raise ApiError(
-            429, "rate_limited", "too many failed token checks; try later", {"Retry-After": retry}
-        )
     if credentials is None:
         if request.headers.get("authorization"):
-            ctx.limiter.fail(address)  # a malformed header is a failed check
+            _failed(ctx, address)  # a malformed header is a failed check
         raise ApiError(401, "unauthorized", "a bearer token is required", _CHALLENGE)
     actor = await anyio.to_thread.run_sync(tokens.authenticate, ctx.engine, credentials.credentials)
     if actor is None:
-        ctx.limiter.fail(address)
+        _failed(ctx, address)
         raise ApiError(401, "unauthorized", "the token is not valid", _CHALLENGE)
-    ctx.limiter.succeed(address)
     return Caller(ctx, actor)
+
+
+def _failed(ctx: ApiContext, address: str) -> None:
+    """Count a failed check; 429 while the address is locked (a valid token still passes).
+
+    A valid token does not reset the count: a guesser holding a token of its
+    own would otherwise reset it between guesses.
+    """
+    if not ctx.limiter.locked(address):
+        ctx.limiter.fail(address)
+        return
+    retry = str(math.ceil(ctx.settings.auth.lockout))
+    raise ApiError(
+        429, "rate_limited", "too many failed token checks; try later", {"Retry-After": retry}
+    )
 
 
 _CHALLENGE = {"WWW-Authenticate": "Bearer"}

@@ -206,7 +206,7 @@ def list_providers(caller: Authenticated) -> list[ProviderOut]:
 )
 def show_provider(name: ProviderName, caller: Authenticated) -> ProviderDetail:
     caller.run(scope.require, caller.engine, scope.of_provider(), name=name)
-    shown = providers.show_provider(caller.engine, caller.ctx.box, name)
+    shown = caller.run(providers.show_provider, caller.engine, caller.ctx.box, name)
     if not caller.scope.everything:
         visible = {a.name for a, _ in list_accounts(caller.engine) if caller.scope.sees(a.id)}
         shown["used_by"] = [n for n in shown["used_by"] if n in visible]
@@ -223,7 +223,7 @@ async def test_provider(name: ProviderName, body: TestIn, caller: Authenticated)
         lambda: caller.run(scope.require, caller.engine, scope.of_provider(), name=name)
     )
     config = await anyio.to_thread.run_sync(
-        providers.load_config, caller.engine, caller.ctx.box, name
+        lambda: caller.run(providers.load_config, caller.engine, caller.ctx.box, name)
     )
     hostname = caller.ctx.settings.server.hostname
     result = await provider_checks.test_send(config, body.to, hostname)
@@ -238,7 +238,7 @@ async def test_provider(name: ProviderName, body: TestIn, caller: Authenticated)
 )
 def egress(name: ProviderName, caller: Authenticated) -> list[Egress]:
     caller.run(scope.require, caller.engine, scope.of_provider(), name=name)
-    config = providers.load_config(caller.engine, caller.ctx.box, name)
+    config = caller.run(providers.load_config, caller.engine, caller.ctx.box, name)
     return [Egress(transport=t, address=a) for t, a in provider_checks.egress_addresses(config)]
 
 

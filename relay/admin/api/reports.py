@@ -38,7 +38,9 @@ def usage_report(caller: Authenticated, q: Annotated[s.UsageQuery, Query()]) -> 
     reports its own account (an agency's with its sub-accounts), an operator's
     every account."""
     account = _usage_account(caller, q.account)
-    report = usage.usage_report(caller.engine, caller.ctx.price_per_1000, account, q.first, q.last)
+    report = caller.run(
+        usage.usage_report, caller.engine, caller.ctx.price_per_1000, account, q.first, q.last
+    )
     if q.format == "json":
         return JSONResponse(as_dict(report))
     text = render(report, q.format)
