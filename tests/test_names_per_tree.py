@@ -12,8 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import Engine, insert, select, text
 from sqlalchemy.exc import IntegrityError
 
@@ -23,7 +21,7 @@ from relay.core.errors import ConfigError, Invalid
 from relay.core.settings import PolicySettings, Settings
 from relay.routing.policy import Policy, Submission
 from relay.service import accounts, providers
-from relay.store.engine import MIGRATIONS, make_engine, migrate
+from relay.store.engine import make_engine, migrate
 from relay.store.models import Account, utcnow
 from tests.api_support import Api, World, api_settings, build_world, error
 from tests.support import RelayThread
@@ -186,11 +184,8 @@ def _id(engine: Engine, name: str) -> int:
 
 def test_migration_keeps_existing_names(db_url: str) -> None:
     engine = make_engine(db_url)
-    cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS))
+    migrate(engine, "0002")
     with engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "0002")
         now = {"t": utcnow()}
         add = text("INSERT INTO accounts (name, parent_id, created_at) VALUES (:n, :p, :t)")
         conn.execute(add, {"n": "ag", "p": None, **now})

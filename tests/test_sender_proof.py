@@ -24,7 +24,7 @@ from relay.cli import main
 from relay.core.settings import Settings
 from relay.emulator import Emulator
 from relay.service import accounts, providers
-from relay.store.engine import MIGRATIONS, make_engine, migrate
+from relay.store.engine import make_engine, migrate
 from relay.store.models import Account, ApiToken, AuditEntry, Sender, SenderConfirmation
 from tests.api_support import Api, World, api_settings, build_world, error
 from tests.emulated import EmulatorThread, add_emulated_provider
@@ -475,26 +475,12 @@ def test_senders_to_review_across_accounts(
 # -- the migration ---------------------------------------------------------------------
 
 
-def _upgrade(engine: Engine, revision: str) -> None:
-    from alembic import command
-    from alembic.config import Config
-
-    cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS))
-    with engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        if revision.startswith("-"):
-            command.downgrade(cfg, revision[1:])
-        else:
-            command.upgrade(cfg, revision)
-
-
 def test_the_migration_marks_senders_verified_before_proof(db_url: str) -> None:
     """Rows verified by say-so before 0003: the audit log tells the operator's from a
     tenant token's; a DNS token tells a DNS proof; anything else is to review."""
     engine = make_engine(db_url)
     try:
-        _upgrade(engine, "0002")
+        migrate(engine, "0002")
         said = dt.datetime(2026, 11, 30, 12, 0, tzinfo=dt.UTC)
         made = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
         with engine.begin() as conn:
@@ -591,7 +577,7 @@ def test_the_migration_marks_senders_verified_before_proof(db_url: str) -> None:
             "old.test",
             "refused.test",
         ]
-        _upgrade(engine, "-0002")  # and back, and forth again
+        migrate(engine, "-0002")  # and back, and forth again
         migrate(engine)
     finally:
         engine.dispose()

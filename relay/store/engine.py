@@ -64,8 +64,9 @@ def is_postgres(engine: Engine) -> bool:
     return engine.dialect.name == "postgresql"
 
 
-def migrate(engine: Engine) -> None:
-    """Bring the schema to the newest revision (idempotent)."""
+def migrate(engine: Engine, revision: str = "head") -> None:
+    """Bring the schema to the newest revision (idempotent), or to ``revision``:
+    an upgrade, or with a leading ``-`` a downgrade (``-0002``), for tests and repairs."""
     from alembic import command
     from alembic.config import Config
 
@@ -83,7 +84,10 @@ def migrate(engine: Engine) -> None:
         try:
             with conn.begin():
                 cfg.attributes["connection"] = conn
-                command.upgrade(cfg, "head")
+                if revision.startswith("-"):
+                    command.downgrade(cfg, revision[1:])
+                else:
+                    command.upgrade(cfg, revision)
                 if sqlite and conn.exec_driver_sql("PRAGMA foreign_key_check").first():
                     raise RuntimeError("migration left rows pointing at nothing")
         finally:
