@@ -116,6 +116,11 @@ class LimitSettings:
         "(RFC 5321 4.5.3.2.7 suggests 5 minutes).",
         300.0,
     )
+    max_header_bytes: int = _doc(
+        "Largest header section in bytes (552 5.3.4 past it, before it is parsed).",
+        1024 * 1024,
+    )
+    max_headers: int = _doc("Header fields per message (552 5.3.4 past it).", 1000)
 
 
 @dataclass(frozen=True)
