@@ -46,6 +46,7 @@ _SIMPLE_ORIGINATOR = re.compile(
     r"|[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+)[ \t]*"
 )
 ORIGINATOR_FIELDS = ("from", "sender")
+_LINE_BREAKS = re.compile(r"[\r\n]")
 # RFC 5321 4.1.2 Domain, and 4.1.3 address literals.
 _DOMAIN = re.compile(
     r"(?=.{1,255}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
@@ -203,7 +204,8 @@ def originator_addresses(values: Sequence[str]) -> list[str]:
     so the sender check covers what a reader displays.
     """
     found: list[str] = []
-    for value in values:
+    for folded in values:
+        value = _LINE_BREAKS.sub("", folded)  # unfolded as the registry's readers do
         found += [a for _, a in email.utils.getaddresses([value]) if "@" in a]
         if _SIMPLE_ORIGINATOR.fullmatch(value):
             continue

@@ -35,6 +35,7 @@ from relay.core.message import (
 from relay.core.replies import (
     BAD_COMMAND_BYTES,
     BAD_RECIPIENT_ADDRESS,
+    BAD_SENDER_ADDRESS,
     DUPLICATE_ORIGINATOR,
     INTERNAL_ERROR,
     MALFORMED_MESSAGE,
@@ -80,6 +81,11 @@ class HandlerConfig:
 
 def _decode(blob: bytes) -> str:
     return blob.decode("utf-8", "surrogateescape")
+
+
+def _undecodable(address: str) -> bool:
+    """Bytes that are not UTF-8 (RFC 6531 allows UTF-8 only): kept as surrogates."""
+    return any("\udc80" <= c <= "\udcff" for c in address)
 
 
 @dataclass
@@ -205,6 +211,8 @@ class SessionHandler:
         mail_options: list[str],
     ) -> str:
         server.smuggling = False
+        if _undecodable(address):
+            return str(BAD_SENDER_ADDRESS)
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         return str(SENDER_OK)
@@ -218,7 +226,7 @@ class SessionHandler:
         rcpt_options: list[str],
     ) -> str:
         local, at, domain = address.rpartition("@")
-        if not (local and at and domain):
+        if not (local and at and domain) or _undecodable(address):
             return str(BAD_RECIPIENT_ADDRESS)
         if len(envelope.rcpt_tos) >= self._config.max_recipients:
             return str(TOO_MANY_RECIPIENTS)
