@@ -211,7 +211,8 @@ def originator_addresses(values: Sequence[str]) -> list[str]:
             continue
         try:
             header = email_policy.default.header_factory("from", value)
-            found += [a.addr_spec for a in header.addresses if "@" in a.addr_spec]
+            # Every address the reader shows, even one without a domain.
+            found += [a.addr_spec for a in header.addresses if a.addr_spec not in ("", "<>")]
         except Exception as exc:  # the stdlib parser raises odd types on odd input
             raise MalformedMessage("From or Sender field cannot be read") from exc
     return list(dict.fromkeys(found))
