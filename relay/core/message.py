@@ -36,7 +36,6 @@ _HEADER_END = re.compile(rb"\r\n\r\n|\n\n")
 # Every pairing of line endings around a lone dot except CRLF.CRLF, written
 # out so that one C-level search finds the first (linear in the size).
 _BAD_DOT_LINE = re.compile(rb"\r\.[\r\n]|\n\.\r(?!\n)|\n\.\n|(?<!\r)\n\.\r\n")
-_BARE = re.compile(rb"\r(?!\n)|(?<!\r)\n")
 # RFC 5322 3.6.8 field-name, then the obsolete WSP before the colon (4.5).
 _FIELD = re.compile(r"([\x21-\x39\x3b-\x7e]+)[ \t]*:")
 # A From or Sender value that every parser reads the same way: an address
@@ -116,10 +115,16 @@ def has_smuggling(data: bytes) -> bool:
 
 
 def normalise_line_endings(data: bytes) -> bytes:
-    """Turn bare CR and bare LF into CRLF, as Postfix does in its normal mode."""
-    if b"\r" not in data.replace(b"\r\n", b"") and b"\n" not in data.replace(b"\r\n", b""):
+    """Turn bare CR and bare LF into CRLF, as Postfix does in its normal mode.
+
+    Three ``bytes.replace`` passes, not a regex substitution: linear at C
+    speed whatever the count (a 20 MB body of bare CRs took 11 s the other
+    way, holding the GIL, and so the event loop, all along).
+    """
+    bare = data.replace(b"\r\n", b"")
+    if b"\r" not in bare and b"\n" not in bare:
         return data
-    return _BARE.sub(b"\r\n", data)
+    return data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
 
 
 def split_header(data: bytes) -> tuple[bytes, bytes]:
@@ -276,8 +281,13 @@ def _drop_headers(head: bytes, names: set[bytes]) -> bytes:
 def rewrite_headers(
     parsed: ParsedMessage, *, received: str, hostname: str, remove: Sequence[str] = ("bcc",)
 ) -> bytes:
-    """The message as it is queued: Received on top, Bcc gone, Message-ID and Date present."""
-    head, body = split_header(parsed.data)
+    """The message as it is queued: Received on top, Bcc gone, Message-ID and Date present.
+
+    The body is copied once, by the final join (a 20 MB message was copied
+    three times, holding the GIL each time).
+    """
+    head = parsed.data[: parsed.header_end]
+    body = memoryview(parsed.data)[parsed.header_end :]
     names = {n.lower().encode() for n in remove}
     present = {k.lower() for k in parsed.headers}
     if names & {n.encode() for n in present}:
@@ -288,7 +298,7 @@ def rewrite_headers(
     if "date" not in present:
         extra += f"Date: {email.utils.formatdate(localtime=False)}\r\n".encode()
     head = head.rstrip(b"\r\n") + b"\r\n" + extra
-    return received.encode("utf-8") + head + body
+    return b"".join((received.encode("utf-8"), head, body))
 
 
 def is_helo_name(name: str) -> bool:

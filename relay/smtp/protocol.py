@@ -121,11 +121,13 @@ class DataScan:
     refusal: Reply | None = None  # a header limit passed
 
     def line(self, line: bytes) -> bytes:
-        """Account for one line as read (ending in LF); return it ending in CRLF.
+        """Account for one line as read (ending in LF); return it with CRLF endings only.
 
         A dot line is smuggling if a bare CR or LF is next to its dot, before
         or after; such a line is handed on with a second dot so that it can
-        never end the data (the message is refused anyway).
+        never end the data (the message is refused anyway). Bare CR and bare
+        LF become CRLF here, a line at a time, as Postfix does; a message
+        that arrives through this reader needs no other normalisation.
         """
         bare = line[-1:] == b"\n" and line[-2:-1] != b"\r"
         after = line[1:2]
@@ -138,9 +140,15 @@ class DataScan:
             self.smuggling = True
         if bare:
             line = line[:-1] + b"\r\n"
-        self.previous_bare = bare
-        if self.in_header:
+        if b"\r" in line[:-2]:  # bare CRs inside (the line has no other LF)
+            line = line[:-2].replace(b"\r", b"\r\n") + b"\r\n"
+            if self.in_header:
+                for part in line[:-2].split(b"\r\n"):
+                    if self.in_header:
+                        self._header_line(part + b"\r\n")
+        elif self.in_header:
             self._header_line(line)
+        self.previous_bare = bare
         return line
 
     @staticmethod
@@ -300,14 +308,16 @@ class RelaySMTP(SMTP):
             if tail:
                 tail = False
                 continue
+            # The length as the line would be with CRLF (RFC 5321 4.5.3.1.6).
+            length = len(line) + (line[-2:-1] != b"\r")
             line = scan.line(line)
             if line == b".\r\n":
                 ended = True
                 break
-            size += len(line)
+            size += length
             if limit and size > limit:
                 failure = failure or "552 Error: Too much mail data"
-            elif len(line) > self.line_length_limit:
+            elif length > self.line_length_limit:
                 failure = failure or "500 Line too long (see RFC5321 4.5.3.1.6)"
             if failure is not None or scan.refusal is not None:
                 content.clear()  # keep reading to the end, keep nothing
