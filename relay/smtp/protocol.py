@@ -129,6 +129,13 @@ class DataScan:
         LF become CRLF here, a line at a time, as Postfix does; a message
         that arrives through this reader needs no other normalisation.
         """
+        if (
+            line.find(b"\r") == len(line) - 2  # CRLF and no other CR (lines end in LF)
+            and line[:1] != b"."
+            and not self.previous_bare
+            and not self.in_header
+        ):
+            return line  # the common case: nothing to do
         bare = line[-1:] == b"\n" and line[-2:-1] != b"\r"
         after = line[1:2]
         if line[:1] == b"." and (
@@ -322,7 +329,10 @@ class RelaySMTP(SMTP):
             if failure is not None or scan.refusal is not None:
                 content.clear()  # keep reading to the end, keep nothing
                 continue
-            content += memoryview(line)[1:] if line[:1] == b"." else line
+            if line[:1] == b".":
+                content += memoryview(line)[1:]
+            else:
+                content += line
         if not ended:  # the connection went away: nothing was accepted
             raise ConnectionResetError("connection lost during DATA")
         data = bytes(content)
