@@ -332,6 +332,24 @@ def test_a_line_that_is_not_a_field_ends_the_header_for_every_reader(
 # -- finding 8: NUL bytes, bare LF -------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    "sequence", [b"\r\n\n.\r\n", b"\r\n\n.\n", b"\r\n\r.\r\n", b"\n\n.\r\n"], ids=repr
+)
+def test_smuggling_after_an_empty_line_never_ends_data(
+    relay: RelayThread, tenant: Tenant, sequence: bytes
+) -> None:
+    head = message(tenant.username, body="first part").rstrip(b"\r\n")
+    smuggled = (
+        head + sequence + b"MAIL FROM:<ceo@acme.test>\r\nRCPT TO:<x@example.org>\r\n"
+        b"DATA\r\nSubject: smuggled\r\n\r\nsecond\r\n.\r\n"
+    )
+    with connect(relay, "submission", login=(tenant.username, tenant.password)) as client:
+        code, text = send_data(client, tenant.username, ["bob@example.org"], smuggled)
+        assert (code, text[:5]) == (550, b"5.5.2"), text
+        assert client.noop()[0] == 250
+    assert count(relay.engine) == 0
+
+
 @pytest.mark.parametrize("where", ["header", "body"])
 def test_nul_bytes_are_refused_by_name(relay: RelayThread, tenant: Tenant, where: str) -> None:
     if where == "header":

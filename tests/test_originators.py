@@ -18,9 +18,10 @@ from email import policy
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from relay.core.message import received_header, rewrite_headers
+from relay.core.message import has_smuggling, received_header, rewrite_headers
 from relay.routing.policy import sender_matches
 from relay.smtp.handler import CAMPAIGN_HEADER, read_message
+from relay.smtp.protocol import DataScan
 
 PATTERNS = ["acme.test", "ok@partner.test"]
 MAIL_FROM = "app@acme.test"
@@ -128,3 +129,20 @@ def test_the_generator_reaches_delivery() -> None:
     assert deliverable(b"From: ceo@other.test\r\n\r\nbody\r\n") is None
     assert deliverable(b"From: (app@acme.test) ceo@other.test\r\n\r\nbody\r\n") is None
     assert deliverable(b"From: =?utf-8?q?ceo=40other.test?=\r\n\r\nbody\r\n") is None
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.sampled_from([b"a", b".", b"\r", b"\n", b"\r\n", b".."]), max_size=12))
+def test_the_line_reader_finds_smuggling_as_the_whole_message_search_does(
+    pieces: list[bytes],
+) -> None:
+    """DATA's line reader (``DataScan``) replaced a search over the whole message
+    (``has_smuggling``) on the hot path: both must find the same sequences."""
+    stream = b"".join(pieces) + b"\r\n.\r\n"
+    if (b"\r\n" + stream).find(b"\r\n.\r\n") != len(stream) - 3:
+        return  # an undotted end of data inside: the client's own message ends there
+    scan = DataScan(1 << 20, 1000)
+    lines = [line + b"\n" for line in stream.split(b"\n")[:-1]]
+    ended_at = next((i for i, line in enumerate(lines) if scan.line(line) == b".\r\n"), None)
+    assert ended_at == len(lines) - 1  # only the real CRLF.CRLF ends the data
+    assert scan.smuggling == has_smuggling(b"\r\n" + stream), stream

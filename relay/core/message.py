@@ -57,6 +57,10 @@ class MalformedMessage(ValueError):
     pass
 
 
+class UnreadableOriginator(MalformedMessage):
+    """A From or Sender value the mail readers' own parser fails on."""
+
+
 class DuplicateOriginator(MalformedMessage):
     """More than one From or Sender field (RFC 5322 3.6 allows one of each)."""
 
@@ -219,7 +223,7 @@ def originator_addresses(values: Sequence[str]) -> list[str]:
             # Every address the reader shows, even one without a domain.
             found += [a.addr_spec for a in header.addresses if a.addr_spec not in ("", "<>")]
         except Exception as exc:  # the stdlib parser raises odd types on odd input
-            raise MalformedMessage("From or Sender field cannot be read") from exc
+            raise UnreadableOriginator("From or Sender field cannot be read") from exc
     return list(dict.fromkeys(found))
 
 

@@ -25,6 +25,7 @@ from relay.core.message import (
     DuplicateOriginator,
     MalformedMessage,
     ParsedMessage,
+    UnreadableOriginator,
     classify,
     has_smuggling,
     normalise_line_endings,
@@ -125,10 +126,10 @@ def read_message(
         originators = parsed.originators()
     except DuplicateOriginator as exc:
         return Reading(DUPLICATE_ORIGINATOR.with_text(DUPLICATE_ORIGINATOR.text.format(exc.name)))
-    except MalformedMessage as exc:
-        if str(exc) == "no header section":
-            return Reading(MALFORMED_MESSAGE)
+    except UnreadableOriginator as exc:
         return Reading(MALFORMED_MESSAGE.with_text(f"Message header malformed: {exc}"))
+    except MalformedMessage:
+        return Reading(MALFORMED_MESSAGE)
     recipients = classify(rcpt_tos, parsed.addresses("To"), parsed.addresses("Cc"))
     return Reading(None, parsed, originators, parsed.addresses("From"), recipients)
 

@@ -130,7 +130,7 @@ class DataScan:
         that arrives through this reader needs no other normalisation.
         """
         if (
-            line.find(b"\r") == len(line) - 2  # CRLF and no other CR (lines end in LF)
+            line.find(b"\r") == len(line) - 2 >= 0  # CRLF and no other CR (lines end in LF)
             and line[:1] != b"."
             and not self.previous_bare
             and not self.in_header
