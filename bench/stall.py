@@ -13,6 +13,7 @@ Cases:
   at-limit   the most that is accepted and parsed: just under max_headers
              fields, just under max_header_bytes, folded, one To field
              with ten thousand addresses
+  small      a 240 KB message that is all header: a To field of 11,000 addresses
   body       a 20 MB body of two-byte lines, dot-stuffed (".." lines)
   bare-cr    a 20 MB body of bare CRs, 400 to a line (each becomes a line end)
 
@@ -50,6 +51,9 @@ def worst_case(case: str, sender: str) -> bytes:
         many = b"To: " + b",\r\n ".join(b"r%05d@example.org" % i for i in range(10000)) + b"\r\n"
         fields = folded * ((MIB - len(many) - 4096) // len(folded))
         return head.replace(b"To: rcpt@example.org\r\n", many) + fields + b"\r\nbody\r\n"
+    if case == "small":  # under the size that sends a message to a thread by size alone
+        many = b"To: " + b",\r\n ".join(b"r%05d@example.org" % i for i in range(11000)) + b"\r\n"
+        return head.replace(b"To: rcpt@example.org\r\n", many) + b"\r\nbody\r\n"
     if case == "body":
         return head + b"\r\n" + b"..\r\n" * (20 * MIB // 4)
     if case == "bare-cr":
@@ -141,7 +145,7 @@ def run_case(server: RelayServer, tenant: Tenant, case: str) -> Result:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    cases = ["header", "at-limit", "body", "bare-cr"]
+    cases = ["header", "at-limit", "small", "body", "bare-cr"]
     p.add_argument("--case", choices=cases, action="append", help="one case (repeatable); all")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = p.parse_args(argv)
