@@ -42,10 +42,10 @@ from bench.common import LOOPBACK, RelayOptions, RelayServer, Summary, Tenant, s
 MIB = 1024 * 1024
 
 
-def worst_case(case: str, sender: str) -> bytes:
+def worst_case(case: str, sender: str, scale: float = 1.0) -> bytes:
     head = f"From: <{sender}>\r\nTo: rcpt@example.org\r\nSubject: stall\r\n".encode()
     if case == "header":
-        return head + b"A: b\r\n" * (int(12.5 * 1000 * 1000) // 6) + b"\r\nbody\r\n"
+        return head + b"A: b\r\n" * int(12.5 * 1000 * 1000 * scale / 6) + b"\r\nbody\r\n"
     if case == "at-limit":
         folded = b"X-Fold: " + b"\r\n ".join([b"v" * 70] * 12) + b"\r\n"  # ~870 bytes
         many = b"To: " + b",\r\n ".join(b"r%05d@example.org" % i for i in range(10000)) + b"\r\n"
@@ -55,9 +55,9 @@ def worst_case(case: str, sender: str) -> bytes:
         many = b"To: " + b",\r\n ".join(b"r%05d@example.org" % i for i in range(11000)) + b"\r\n"
         return head.replace(b"To: rcpt@example.org\r\n", many) + b"\r\nbody\r\n"
     if case == "body":
-        return head + b"\r\n" + b"..\r\n" * (20 * MIB // 4)
+        return head + b"\r\n" + b"..\r\n" * int(20 * MIB * scale / 4)
     if case == "bare-cr":
-        return head + b"\r\n" + (b"x\r" * 400 + b"\r\n") * (20 * MIB // 802)
+        return head + b"\r\n" + (b"x\r" * 400 + b"\r\n") * int(20 * MIB * scale / 802)
     raise ValueError(case)
 
 
@@ -118,9 +118,9 @@ async def probe(port: int, tenant: Tenant, done: threading.Event, quiet: float) 
     return rtts
 
 
-def run_case(server: RelayServer, tenant: Tenant, case: str) -> Result:
+def run_case(server: RelayServer, tenant: Tenant, case: str, scale: float) -> Result:
     port = server.ports["alt"]
-    data = worst_case(case, tenant.sender)
+    data = worst_case(case, tenant.sender, scale)
     out: dict[str, object] = {}
     done = threading.Event()
 
@@ -148,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     cases = ["header", "at-limit", "small", "body", "bare-cr"]
     p.add_argument("--case", choices=cases, action="append", help="one case (repeatable); all")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--scale", type=float, default=1.0, help="header, body, bare-cr sizes x (1)")
+    p.add_argument("--quiet-seconds", type=float, default=2.0, help="baseline probe time (2)")
     args = p.parse_args(argv)
     options = RelayOptions(
         argon2_time_cost=1,
@@ -160,11 +162,13 @@ def main(argv: list[str] | None = None) -> int:
             tenant = seed_tenant(server.config_path)
         with stage("starting relay serve"):
             server.start()
-        quiet = asyncio.run(probe(server.ports["alt"], tenant, threading.Event(), 2.0))
+        quiet = asyncio.run(
+            probe(server.ports["alt"], tenant, threading.Event(), args.quiet_seconds)
+        )
         results.append(Result("(quiet)", "-", 0.0, Summary.of(quiet), len(quiet)))
         for case in args.case or cases:
             with stage(f"case {case}"):
-                results.append(run_case(server, tenant, case))
+                results.append(run_case(server, tenant, case, args.scale))
     if args.json:
         print(json.dumps([asdict(r) for r in results], indent=2))
         return 0

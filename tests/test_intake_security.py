@@ -450,3 +450,32 @@ def test_the_worst_case_header_section_is_refused_before_parsing(
         code, text = send_data(client, tenant.username, ["bob@example.org"], data)
         assert (code, text[:5]) == (552, b"5.3.4"), text
         assert client.sendmail(tenant.username, ["bob@example.org"], message(tenant.username)) == {}
+
+
+def test_stall_bench_smoke() -> None:
+    """bench/stall.py at a hundredth of its sizes: it runs, and each case gets its reply."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
+    proc = subprocess.run(
+        [sys.executable, "bench/stall.py", "--json", "--scale", "0.01", "--quiet-seconds", "0.2"],
+        capture_output=True,
+        text=True,
+        timeout=110,
+        env=env,
+        cwd=root,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    replies = {r["case"]: r["attacker_reply"][:9] for r in json.loads(proc.stdout)}
+    assert replies == {
+        "(quiet)": "-",
+        "header": "552 5.3.4",
+        "at-limit": "250 2.0.0",
+        "small": "250 2.0.0",
+        "body": "250 2.0.0",
+        "bare-cr": "250 2.0.0",
+    }
