@@ -54,6 +54,17 @@ SMUGGLING = Reply(
     550, "5.5.2", "Bare <CR> or <LF> before '.' in message data (SMTP smuggling); message refused"
 )
 MALFORMED_MESSAGE = Reply(550, "5.6.0", "Message has no valid header section")
+# RFC 5321 4.1.1 / 2.3.8: CR and LF only as the line ending, NUL never; a bare
+# CR in an argument would end a header line wherever the argument is copied.
+BAD_COMMAND_BYTES = Reply(501, "5.5.2", "Syntax error: CR, LF or NUL in command argument")
+# RFC 5322 3.6: at most one From and one Sender. {} is the field's name.
+DUPLICATE_ORIGINATOR = Reply(550, "5.6.0", "Message has more than one {} header field")
+# RFC 5322 2.3 and RFC 5321 2.3.8 do not allow NUL in a message.
+NUL_BYTES = Reply(550, "5.6.0", "Message contains NUL bytes (not allowed in mail); refused")
+# The header section is read whole before anything is decided: 552 with 5.3.4
+# "message too big for system", as for SIZE, and the text names the limit.
+HEADER_SECTION_TOO_BIG = Reply(552, "5.3.4", "Message header section too big")
+TOO_MANY_HEADERS = Reply(552, "5.3.4", "Message has too many header fields")
 SPOOL_UNAVAILABLE = Reply(451, "4.3.0", "Queue unavailable, message not accepted; try again later")
 INTERNAL_ERROR = Reply(451, "4.3.0", "Temporary server error; try again later")
 SENDER_NOT_VERIFIED = Reply(550, "5.7.1", "Sender not verified for this account")

@@ -229,6 +229,12 @@ class LimitSettings:
         300.0,
         gt=0,
     )
+    max_header_bytes: int = _doc(
+        "Largest header section in bytes (552 5.3.4 past it, before it is parsed).",
+        1024 * 1024,
+        ge=1000,  # RFC 5322 2.1.1: a field line alone may be 998 octets and CRLF
+    )
+    max_headers: int = _doc("Header fields per message (552 5.3.4 past it).", 1000, ge=1)
 
 
 @dataclass(frozen=True)

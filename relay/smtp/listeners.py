@@ -89,6 +89,9 @@ def protocol_kwargs(
         "decode_data": False,
         "timeout": limits.idle_timeout,
         "auth_required": True,
+        # RelaySMTP's own: the header section is measured while DATA is read.
+        "max_header_bytes": limits.max_header_bytes,
+        "max_headers": limits.max_headers,
     }
     if listener.mode == "implicit":
         # No STARTTLS to offer: the whole connection is TLS (see RelaySMTP).

@@ -6,21 +6,47 @@
   before the greeting (RFC 5321 3.1 lets a server refuse that way).
 * A Session whose ``login_data`` is a plain attribute: aiosmtpd 1.4 warns on
   every successful AUTH through the deprecated property otherwise.
+* A command argument holding CR or NUL is refused (501 5.5.2) before any
+  command runs: aiosmtpd ends lines at LF only, so a bare CR would reach the
+  handler and, copied into a header, end the line there downstream.
+* DATA is read line by line as Postfix does with ``smtpd_forbid_bare_newline
+  = normalize``: a line may end in bare LF (it becomes CRLF, whatever the
+  size of the message), only CRLF.CRLF ends the data, and a dot line next to
+  a bare line ending is smuggling. The header section is measured as it
+  arrives, so an oversized one is refused without ever being parsed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import ssl
 import warnings
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, AnyStr, cast
 
-from aiosmtpd.smtp import SMTP, Session, TLSSetupException
+from aiosmtpd.smtp import MISSING, SMTP, Session, TLSSetupException, syntax
 
-from relay.core.replies import SERVER_BUSY, TOO_MANY_CONNECTIONS, with_enhanced_code
+from relay.core.replies import (
+    BAD_COMMAND_BYTES,
+    HEADER_SECTION_TOO_BIG,
+    SERVER_BUSY,
+    TOO_MANY_CONNECTIONS,
+    TOO_MANY_HEADERS,
+    Reply,
+    with_enhanced_code,
+)
+
+log = logging.getLogger("relay.smtp")
+
+DEFAULT_MAX_HEADER_BYTES = 1024 * 1024
+DEFAULT_MAX_HEADERS = 1000
+# DATA lines read between two yields to the loop: a client's buffered 256 KiB
+# of short lines would otherwise be consumed in one go.
+YIELD_EVERY = 256
 
 
 class _QuietAiosmtpd(logging.Filter):
@@ -81,9 +107,106 @@ class ConnectionTracker:
             self._on_change(listener, -1)
 
 
+@dataclass
+class DataScan:
+    """What the line reader learned about one DATA transfer as it arrived."""
+
+    max_header_bytes: int
+    max_headers: int
+    in_header: bool = True
+    header_bytes: int = 0
+    headers: int = 0
+    previous_bare: bool = False  # the last line ended in a bare LF
+    smuggling: bool = False
+    refusal: Reply | None = None  # a header limit passed
+
+    def line(self, line: bytes) -> bytes:
+        """Account for one line as read (ending in LF); return it with CRLF endings only.
+
+        A dot line is smuggling if a bare CR or LF is next to its dot, before
+        or after; such a line is handed on with a second dot so that it can
+        never end the data (the message is refused anyway). Bare CR and bare
+        LF become CRLF here, a line at a time, as Postfix does; a message
+        that arrives through this reader needs no other normalisation.
+        """
+        if (
+            line.find(b"\r") == len(line) - 2 >= 0  # CRLF and no other CR (lines end in LF)
+            and line[:1] != b"."
+            and not self.previous_bare
+            and not self.in_header
+        ):
+            return line  # the common case: nothing to do
+        bare = line[-1:] == b"\n" and line[-2:-1] != b"\r"
+        after = line[1:2]
+        if line[:1] == b"." and (
+            after == b"\n" or (after == b"\r" and (line != b".\r\n" or self.previous_bare))
+        ):
+            self.smuggling = True
+            line = b"." + line
+        elif b"\r." in line and self._bare_cr_dot(line):
+            self.smuggling = True
+        if bare:
+            line = line[:-1] + b"\r\n"
+        if b"\r" in line[:-2]:  # bare CRs inside (the line has no other LF)
+            line = line[:-2].replace(b"\r", b"\r\n") + b"\r\n"
+            if self.in_header:
+                for part in line[:-2].split(b"\r\n"):
+                    if self.in_header:
+                        self._header_line(part + b"\r\n")
+        elif self.in_header:
+            self._header_line(line)
+        self.previous_bare = bare
+        return line
+
+    @staticmethod
+    def _bare_cr_dot(line: bytes) -> bool:
+        i = line.find(b"\r.")
+        while i >= 0:
+            if line[i + 2 : i + 3] in (b"\r", b"\n"):
+                return True
+            i = line.find(b"\r.", i + 2)
+        return False
+
+    def _header_line(self, line: bytes) -> None:
+        if line == b"\r\n":
+            self.in_header = False
+            return
+        self.header_bytes += len(line)
+        if line[:1] not in (b" ", b"\t"):
+            self.headers += 1
+        if self.refusal is not None:
+            return
+        if self.header_bytes > self.max_header_bytes:
+            self.refusal = header_section_too_big(self.max_header_bytes)
+        elif self.headers > self.max_headers:
+            self.refusal = too_many_headers(self.max_headers)
+
+
+def header_section_too_big(limit: int) -> Reply:
+    return HEADER_SECTION_TOO_BIG.with_text(
+        f"{HEADER_SECTION_TOO_BIG.text} ({limit} bytes, max_header_bytes)"
+    )
+
+
+def too_many_headers(limit: int) -> Reply:
+    return TOO_MANY_HEADERS.with_text(f"{TOO_MANY_HEADERS.text} ({limit}, max_headers)")
+
+
+def has_bad_bytes(arg: str | None) -> bool:
+    """CR, LF or NUL in a command argument (aiosmtpd already split at LF)."""
+    return arg is not None and ("\r" in arg or "\n" in arg or "\x00" in arg)
+
+
 class RelaySMTP(SMTP):
     def __init__(
-        self, handler: Any, *, listener: str, tracker: ConnectionTracker, **kwargs: Any
+        self,
+        handler: Any,
+        *,
+        listener: str,
+        tracker: ConnectionTracker,
+        max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
+        max_headers: int = DEFAULT_MAX_HEADERS,
+        **kwargs: Any,
     ) -> None:
         if kwargs.get("auth_require_tls", True):
             super().__init__(handler, **kwargs)
@@ -96,29 +219,28 @@ class RelaySMTP(SMTP):
         self.listener = listener
         self._tracker = tracker
         self._raw_replies = False
+        self.max_header_bytes = max_header_bytes
+        self.max_headers = max_headers
         # Set when a DATA line began with a dot and a bare CR or LF: aiosmtpd
         # removes that dot before we see the content, so it is caught here.
         self.smuggling = False
+        # The current DATA transfer's findings (None outside DATA).
+        self.scan: DataScan | None = None
+        self._smtp_methods = {
+            verb: self._refusing_bad_bytes(method) for verb, method in self._smtp_methods.items()
+        }
 
-    def _cb_client_connected(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        super()._cb_client_connected(reader, writer)
-        read = reader.readuntil
+    def _refusing_bad_bytes(
+        self, method: Callable[[str | None], Awaitable[None]]
+    ) -> Callable[[str | None], Awaitable[None]]:
+        @functools.wraps(method)
+        async def checked(arg: str | None) -> None:
+            if has_bad_bytes(arg):
+                await self.push(str(BAD_COMMAND_BYTES))
+                return
+            await method(arg)
 
-        async def readuntil(separator: bytes = b"\n") -> bytes:
-            line = await read(separator)
-            # aiosmtpd reads DATA (and only DATA) with the CRLF separator.
-            if (
-                separator == b"\r\n"
-                and line[:1] == b"."
-                and line[1:2] in (b"\r", b"\n")
-                and line != b".\r\n"  # the real end of data
-            ):
-                self.smuggling = True
-            return line
-
-        reader.readuntil = readuntil  # type: ignore[method-assign,assignment]
+        return checked
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -129,6 +251,94 @@ class RelaySMTP(SMTP):
             self._tls_protocol = transport.get_protocol()  # type: ignore[assignment]
             if self.session is not None:
                 self.session.ssl = transport.get_extra_info("ssl_object")
+
+    @syntax("DATA")
+    async def smtp_DATA(self, arg: str) -> None:
+        """aiosmtpd's DATA, read by LF into one buffer (see ``DataScan``).
+
+        aiosmtpd kept a list of lines and unstuffed them in one pass after
+        the final dot: seconds on the loop for a big message of short lines.
+        Here each line is unstuffed as it arrives and the loop is given back
+        every ``YIELD_EVERY`` lines, whatever the client has buffered.
+        """
+        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+            return
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push("503 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        self.scan = scan = DataScan(self.max_header_bytes, self.max_headers)
+        try:
+            failure = await self._read_data(scan)
+        finally:
+            self.scan = None
+        self.smuggling = self.smuggling or scan.smuggling
+        if failure is None and scan.refusal is not None:
+            failure = str(scan.refusal)
+        if failure is not None:
+            log.info("DATA refused: listener=%s reply=%s", self.listener, failure)
+            self._set_post_data_state()  # type: ignore[no-untyped-call]
+            await self.push(failure)
+            return
+        status = await self._call_handler_hook("DATA")
+        self._set_post_data_state()  # type: ignore[no-untyped-call]
+        await self.push("250 OK" if status is MISSING else status)
+
+    async def _read_data(self, scan: DataScan) -> str | None:
+        """Read up to CRLF.CRLF; the reply that refuses the data, or None."""
+        assert self.envelope is not None
+        content = bytearray()
+        size = 0
+        limit = self.data_size_limit
+        failure: str | None = None
+        tail = False  # the rest of a line already found too long
+        lines = 0
+        ended = False
+        while self.transport is not None:
+            try:
+                line = await self._reader.readuntil(b"\n")
+            except asyncio.LimitOverrunError as error:
+                await self._reader.read(error.consumed)  # drop it as it comes
+                failure = failure or "500 Line too long (see RFC5321 4.5.3.1.6)"
+                tail = True
+                continue
+            except asyncio.CancelledError:
+                self._writer.close()  # the connection went away during DATA
+                raise
+            lines += 1
+            if lines % YIELD_EVERY == 0:
+                await asyncio.sleep(0)
+            if tail:
+                tail = False
+                continue
+            # The length as the line would be with CRLF (RFC 5321 4.5.3.1.6).
+            length = len(line) + (line[-2:-1] != b"\r")
+            line = scan.line(line)
+            if line == b".\r\n":
+                ended = True
+                break
+            size += length
+            if limit and size > limit:
+                failure = failure or "552 Error: Too much mail data"
+            elif length > self.line_length_limit:
+                failure = failure or "500 Line too long (see RFC5321 4.5.3.1.6)"
+            if failure is not None or scan.refusal is not None:
+                content.clear()  # keep reading to the end, keep nothing
+                continue
+            if line[:1] == b".":
+                content += memoryview(line)[1:]
+            else:
+                content += line
+        if not ended:  # the connection went away: nothing was accepted
+            raise ConnectionResetError("connection lost during DATA")
+        data = bytes(content)
+        self.envelope.content = data
+        self.envelope.original_content = data
+        return failure
 
     async def smtp_STARTTLS(self, arg: str) -> None:
         """STARTTLS through the loop's own TLS (uvloop's is native code).
