@@ -328,28 +328,6 @@ def _receipt(reply: str, refused: dict[str, tuple[int, str]]) -> Receipt:
     )
 
 
-def header_field(name: str, value: str, width: int = 76) -> bytes:
-    """``Name: value`` folded at spaces (RFC 5322 2.2.3) so no line passes ``width``.
-
-    Unfolding removes only the CRLF, so the value (JSON, say) reads back unchanged.
-    ``value`` must be ASCII and hold no line break.
-    """
-    lines: list[str] = []
-    line = f"{name}:"
-    for word in value.split(" "):
-        if len(line) + 1 + len(word) > width and line.strip():
-            lines.append(line)
-            line = ""
-        line += " " + word
-    lines.append(line)
-    return ("\r\n".join(lines) + "\r\n").encode("ascii")
-
-
-def has_field(data: bytes, name: str) -> bool:
-    head, _ = split_header(data)
-    return re.search(rb"(?im)^" + re.escape(name.encode()) + rb"[ \t]*:", head) is not None
-
-
 Prepare = Callable[[OutboundMessage], bytes]
 
 

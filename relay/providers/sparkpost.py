@@ -62,8 +62,8 @@ from relay.core.errors import CredentialsError, PermanentError, ProviderError, T
 from relay.core.message import OutboundMessage, split_header
 from relay.providers.base import Health, Receipt
 from relay.providers.chain import UNNAMED_RECIPIENTS, PayloadRejected
+from relay.providers.headers import has_field, header_field
 from relay.providers.http import HttpApi
-from relay.providers.smtp import has_field, header_field
 
 API_URL = "https://api.sparkpost.com"
 EU_API_URL = "https://api.eu.sparkpost.com"
