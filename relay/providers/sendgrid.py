@@ -52,6 +52,7 @@ from relay.providers.base import Health, Receipt
 from relay.providers.chain import PayloadRejected
 from relay.providers.headers import has_field, header_field
 from relay.providers.http import HttpApi
+from relay.providers.kind import ProviderKind, SmtpRelay
 
 API_URL = "https://api.sendgrid.com"
 EU_API_URL = "https://api.eu.sendgrid.com"
@@ -245,3 +246,12 @@ def prepare_smtp(message: OutboundMessage) -> bytes:
     if has_field(message.data, "X-SMTPAPI"):
         return message.data
     return smtpapi_header(message) + message.data
+
+
+KIND = ProviderKind(
+    "sendgrid",
+    api=SendGridApi,
+    api_url=API_URL,
+    smtp=SmtpRelay(SMTP_HOST, SMTP_PORT, SMTP_USER, prepare=prepare_smtp),
+    statuses=SENDGRID_STATUS,
+)
