@@ -439,7 +439,10 @@ HTTPCORE_STAGES: list[tuple[str, tuple[str, ...]]] = [
 ]
 DELIVERY_STAGES: list[tuple[str, tuple[str, ...]]] = [
     ("HTTP client: httpx/httpcore/h11/anyio", ("(httpx/", "(httpcore/", "(h11/", "(anyio/")),
-    ("SendGrid: MIME to v3 JSON (relay/providers/mime.py)", ("(relay/providers/mime.py)",)),
+    (
+        "SendGrid: MIME to v3 JSON (relay/providers/sendgrid_json.py)",
+        ("(relay/providers/sendgrid_json.py)",),
+    ),
     ("SendGrid provider: request and response", ("(relay/providers/sendgrid.py)",)),
     ("SMTP upstream: aiosmtplib + relay/providers/smtp.py", ("(aiosmtplib/", "providers/smtp.py")),
     ("claim + load_claimed: SQL (to_thread)", ("claim (relay/queue/store.py)",)),

@@ -183,8 +183,8 @@ def cmd_sender_verify(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_sender_verify_dns(args: argparse.Namespace, settings: Settings) -> int:
-    from relay.routing.dnsverify import make_resolver
     from relay.service.accounts import verify_sender_dns
+    from relay.service.dnsverify import make_resolver
 
     dns = settings.dns
     resolver = make_resolver(dns.nameservers, dns.port, dns.timeout)

@@ -13,6 +13,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from relay.core.settings import Settings
+from relay.providers.registry import KINDS
 from relay.service import provider_checks as checks
 from relay.service import providers as service
 from relay.service.providers import ProviderConfig
@@ -185,7 +186,7 @@ def register(
     s = make(prov, "add", cmd_add, "add a provider to an account (after its live check)")
     s.add_argument("name")
     s.add_argument("--account", required=True)
-    s.add_argument("--kind", required=True, choices=("sendgrid", "sparkpost", "smtp", "outbox"))
+    s.add_argument("--kind", required=True, choices=tuple(KINDS))
     _connection_options(s)
     s = make(prov, "edit", cmd_edit, "change a provider (the live check runs first)")
     s.add_argument("name")

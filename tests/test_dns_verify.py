@@ -15,8 +15,7 @@ import pytest
 from sqlalchemy import Engine, select
 
 from relay.core.errors import NotFound
-from relay.routing import dnsverify
-from relay.service import accounts
+from relay.service import accounts, dnsverify
 from relay.store.models import Sender
 from tests.support import Tenant
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from relay.core.errors import TransientError
 from relay.core.message import OutboundMessage
 from relay.providers.base import Health, Receipt
+from relay.providers.kind import ProviderKind
 
 
 class OutboxProvider:
@@ -52,3 +53,7 @@ class OutboxProvider:
 
     async def aclose(self) -> None:
         return None
+
+
+# The demo's and the tests' provider: no API, no SMTP, no test message.
+KIND = ProviderKind("outbox", file=OutboxProvider, test_send=False)

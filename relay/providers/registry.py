@@ -1,6 +1,7 @@
 """From a provider row (kind, options, secrets) to a ready :class:`ProviderChain`.
 
-Kinds and their legs::
+Each kind is one record, ``KIND`` in the provider's own module
+(:class:`~relay.providers.kind.ProviderKind`), collected in :data:`KINDS`::
 
     sendgrid   api: SendGrid v3  -> smtp: smtp.sendgrid.net:587, user apikey
     sparkpost  api: Transmissions -> smtp: smtp.sparkpostmail.com:587, SMTP_Injection
@@ -35,13 +36,15 @@ import httpx
 from relay.core.errors import Invalid
 from relay.core.message import OutboundMessage, make_message_id
 from relay.core.settings import Secret
-from relay.providers import sendgrid, sparkpost
+from relay.providers import outbox, sendgrid, smtp, sparkpost
 from relay.providers.base import Health, Provider, Receipt
 from relay.providers.chain import AttemptHook, CircuitBreaker, Leg, ProviderChain
-from relay.providers.outbox import OutboxProvider
-from relay.providers.smtp import TLS_MODES, Prepare, SmtpEndpoint, SmtpTransport
+from relay.providers.kind import ApiFactory, ProviderKind, SmtpRelay
+from relay.providers.smtp import TLS_MODES, SmtpEndpoint, SmtpTransport
 
-KINDS = ("sendgrid", "sparkpost", "smtp", "outbox")
+KINDS: dict[str, ProviderKind] = {
+    kind.name: kind for kind in (sendgrid.KIND, sparkpost.KIND, smtp.KIND, outbox.KIND)
+}
 DEFAULT_TIMEOUT = 30.0
 
 # key -> (accepted types, description). Anything else in options is refused.
@@ -63,11 +66,6 @@ OPTIONS: dict[str, tuple[tuple[type, ...], str]] = {
     "directory": ((str,), "outbox only: where the .eml files go (default outbox_dir)"),
 }
 SECRETS = ("api_key", "smtp_password")
-
-_RELAYS: dict[str, tuple[str, int, str]] = {
-    "sendgrid": (sendgrid.SMTP_HOST, sendgrid.SMTP_PORT, sendgrid.SMTP_USER),
-    "sparkpost": (sparkpost.SMTP_HOST, sparkpost.SMTP_PORT, sparkpost.SMTP_USER),
-}
 
 
 def make_http_client(
@@ -96,15 +94,21 @@ def validate_options(
     kind: str, options: Mapping[str, Any], secrets: Mapping[str, Any] | None = None
 ) -> None:
     """Refuse a provider row that cannot work, naming the field (``Invalid.field``)."""
-    if kind not in KINDS:
-        raise Invalid(f"unknown provider kind {kind!r}; one of {', '.join(KINDS)}", "kind")
+    record = kind_of(kind)
     for key, value in options.items():
         _check_type(key, value)
     _check_values(options)
-    if kind == "smtp" and not options.get("smtp_host"):
-        raise Invalid("an smtp provider needs smtp_host", "smtp_host")
+    if record.check_row is not None:
+        record.check_row(options, secrets)
     if secrets is not None:
-        _check_secrets(kind, options, secrets)
+        _check_secrets(record, secrets)
+
+
+def kind_of(kind: str) -> ProviderKind:
+    """The record of ``kind``; ``Invalid`` (field ``kind``) for one we do not know."""
+    if kind not in KINDS:
+        raise Invalid(f"unknown provider kind {kind!r}; one of {', '.join(KINDS)}", "kind")
+    return KINDS[kind]
 
 
 def _check_type(key: str, value: Any) -> None:
@@ -151,14 +155,12 @@ def _check_url(url: str) -> None:
         raise Invalid("api_url must be an http or https URL", "api_url")
 
 
-def _check_secrets(kind: str, options: Mapping[str, Any], secrets: Mapping[str, Any]) -> None:
+def _check_secrets(record: ProviderKind, secrets: Mapping[str, Any]) -> None:
     for key in secrets:
         if key not in SECRETS:
             raise Invalid(f"unknown secret {key!r}", key)
-    if kind in _RELAYS and not secrets.get("api_key"):
-        raise Invalid(f"a {kind} provider needs api_key", "api_key")
-    if kind == "smtp" and options.get("smtp_user") and not secrets.get("smtp_password"):
-        raise Invalid("smtp_user is set but smtp_password is not", "smtp_password")
+    if record.api is not None and not secrets.get("api_key"):
+        raise Invalid(f"a {record.name} provider needs api_key", "api_key")
 
 
 # -- building ----------------------------------------------------------------
@@ -179,36 +181,35 @@ def _tls_mode(options: Mapping[str, Any], port: int) -> str:
 
 
 def _endpoint(
-    kind: str,
+    relay: SmtpRelay,
     options: Mapping[str, Any],
     secrets: Mapping[str, Any],
     tls_context: ssl.SSLContext | None,
 ) -> SmtpEndpoint:
-    host, port, user = _RELAYS.get(kind, ("", 587, ""))
-    port = int(options.get("smtp_port") or port)
+    port = int(options.get("smtp_port") or relay.port)
     password = _secret(secrets, "smtp_password") or _secret(secrets, "api_key")
     return SmtpEndpoint(
-        host=str(options.get("smtp_host") or host),
+        host=str(options.get("smtp_host") or relay.host),
         port=port,
         tls=_tls_mode(options, port),
-        username=options.get("smtp_user") or user or None,
+        username=options.get("smtp_user") or relay.user or None,
         password=password,
-        auth_mechanism="login" if kind == "sparkpost" else None,
+        auth_mechanism=relay.auth_mechanism,
         allow_insecure_tls=bool(options.get("allow_insecure_tls")),
         source_address=options.get("source_address") or None,
         local_hostname=options.get("helo_hostname") or None,
         timeout=float(options.get("timeout") or 60.0),
         pool_size=int(options.get("smtp_pool_size") or 10),
-        max_messages_per_connection=_cap(kind, options),
+        max_messages_per_connection=_cap(relay, options),
         tls_context=tls_context,
     )
 
 
-def _cap(kind: str, options: Mapping[str, Any]) -> int:
+def _cap(relay: SmtpRelay, options: Mapping[str, Any]) -> int:
     cap = options.get("smtp_max_messages")
     if cap is not None:
         return int(cap)
-    return sparkpost.SMTP_MESSAGES_PER_CONNECTION if kind == "sparkpost" else 0
+    return relay.messages_per_connection
 
 
 def _http_for(
@@ -225,26 +226,16 @@ def _http_for(
 
 
 def _api_leg(
-    kind: str,
+    api: ApiFactory,
     name: str,
-    options: Mapping[str, Any],
+    url: str,
     secrets: Mapping[str, Any],
     client: tuple[httpx.AsyncClient, bool],
+    timeout: float,
 ) -> Leg:
     http, owned = client
-    timeout = float(options.get("timeout") or DEFAULT_TIMEOUT)
     key = _secret(secrets, "api_key")
-    if kind == "sendgrid":
-        url = options.get("api_url") or sendgrid.API_URL
-        api: Any = sendgrid.SendGridApi(
-            name, key, http=http, api_url=url, timeout=timeout, own_http=owned
-        )
-    else:
-        url = options.get("api_url") or sparkpost.API_URL
-        api = sparkpost.SparkPostApi(
-            name, key, http=http, api_url=url, timeout=timeout, own_http=owned
-        )
-    return Leg("api", api)
+    return Leg("api", api(name, key, http=http, api_url=url, timeout=timeout, own_http=owned))
 
 
 class _DefaultPool:
@@ -275,12 +266,6 @@ def _with_pool(leg: Leg, options: Mapping[str, Any]) -> Leg:
     return Leg(leg.transport, _DefaultPool(leg.provider, pool)) if pool else leg
 
 
-_PREPARE: dict[str, Prepare] = {
-    "sendgrid": sendgrid.prepare_smtp,
-    "sparkpost": sparkpost.prepare_smtp,
-}
-
-
 def build_provider(
     kind: str,
     name: str,
@@ -299,16 +284,37 @@ def build_provider(
     or the emulator's); ``on_attempt`` sees every attempt of every message.
     """
     validate_options(kind, options, secrets)
+    record = KINDS[kind]
     chain_options: dict[str, Any] = {"breaker": breaker, "on_attempt": on_attempt}
-    if kind == "outbox":
+    if record.file is not None:
         directory = options.get("directory") or outbox_dir
-        return ProviderChain(name, Leg("file", OutboxProvider(name, directory)), **chain_options)
-    endpoint = _endpoint(kind, options, secrets, tls_context)
-    smtp = Leg("smtp", SmtpTransport(name, endpoint, prepare=_PREPARE.get(kind)))
-    if kind == "smtp":
-        return ProviderChain(name, smtp, **chain_options)
-    api = _api_leg(kind, name, options, secrets, _http_for(options, http, tls_context))
-    return ProviderChain(name, _with_pool(api, options), _with_pool(smtp, options), **chain_options)
+        return ProviderChain(name, Leg("file", record.file(name, directory)), **chain_options)
+    legs = _legs(record, name, options, secrets, http, tls_context)
+    if record.api is not None:  # ip_pool is the API providers' option, for both legs
+        legs = [_with_pool(leg, options) for leg in legs]
+    return ProviderChain(name, *legs, **chain_options)
+
+
+def _legs(
+    record: ProviderKind,
+    name: str,
+    options: Mapping[str, Any],
+    secrets: Mapping[str, Any],
+    http: httpx.AsyncClient | None,
+    tls_context: ssl.SSLContext | None,
+) -> list[Leg]:
+    """The kind's network legs in order: its API first, then its SMTP relay."""
+    legs = []
+    if record.api is not None:
+        url = str(options.get("api_url") or record.api_url)
+        timeout = float(options.get("timeout") or DEFAULT_TIMEOUT)
+        client = _http_for(options, http, tls_context)
+        legs.append(_api_leg(record.api, name, url, secrets, client, timeout))
+    if record.smtp is not None:
+        endpoint = _endpoint(record.smtp, options, secrets, tls_context)
+        transport = SmtpTransport(name, endpoint, prepare=record.smtp.prepare)
+        legs.append(Leg("smtp", transport))
+    return legs
 
 
 def make_test_message(

@@ -3,7 +3,7 @@
 The official ``sendgrid`` SDK is not used: it is synchronous (python-http-client
 over urllib), so on the event loop it would block every other delivery, or
 cost a thread per send. We speak the documented HTTP through the shared
-``httpx.AsyncClient`` instead; the JSON comes from :mod:`relay.providers.mime`.
+``httpx.AsyncClient`` instead; the JSON comes from :mod:`relay.providers.sendgrid_json`.
 
 Statuses of mail/send and what they become (:data:`SENDGRID_STATUS`, refined
 by :func:`classify`)::
@@ -47,11 +47,12 @@ import httpx
 
 from relay.core.errors import CredentialsError, PermanentError, ProviderError, TransientError
 from relay.core.message import MalformedMessage, OutboundMessage, parse
-from relay.providers import mime
+from relay.providers import sendgrid_json
 from relay.providers.base import Health, Receipt
 from relay.providers.chain import PayloadRejected
+from relay.providers.headers import has_field, header_field
 from relay.providers.http import HttpApi
-from relay.providers.smtp import has_field, header_field
+from relay.providers.kind import ProviderKind, SmtpRelay
 
 API_URL = "https://api.sendgrid.com"
 EU_API_URL = "https://api.eu.sendgrid.com"
@@ -110,7 +111,7 @@ def classify(status: int, errors: list[dict[str, Any]]) -> type[ProviderError] |
     return cls
 
 
-def _refused_addresses(payload: mime.Json, errors: list[dict[str, Any]]) -> dict[str, str]:
+def _refused_addresses(payload: sendgrid_json.Json, errors: list[dict[str, Any]]) -> dict[str, str]:
     """The recipients a 400 names, found in the request by their field path."""
     out: dict[str, str] = {}
     for error in errors:
@@ -142,7 +143,7 @@ class SendGridApi(HttpApi):
             "Content-Type": "application/json",
         }
 
-    async def _post(self, payload: mime.Json, body: bytes) -> str | None:
+    async def _post(self, payload: sendgrid_json.Json, body: bytes) -> str | None:
         response = await self._request("POST", "/v3/mail/send", body)
         errors = _errors(response.content)
         cls = classify(response.status_code, errors)
@@ -174,8 +175,8 @@ class SendGridApi(HttpApi):
         )
 
     async def _send_requests(self, message: OutboundMessage) -> Receipt:
-        payloads = mime.convert(message)
-        bodies = [mime.encode(p) for p in payloads]  # every limit checked before any send
+        payloads = sendgrid_json.convert(message)
+        bodies = [sendgrid_json.encode(p) for p in payloads]  # every limit checked before any send
         ids: list[str] = []
         for index, (payload, body) in enumerate(zip(payloads, bodies, strict=True)):
             try:
@@ -216,9 +217,9 @@ def _without_refused(message: OutboundMessage, exc: PermanentError) -> OutboundM
     return dataclasses.replace(message, recipients=rest)
 
 
-def _unfinished(rest: list[mime.Json], exc: ProviderError, ids: list[str]) -> Receipt:
+def _unfinished(rest: list[sendgrid_json.Json], exc: ProviderError, ids: list[str]) -> Receipt:
     reason = f"not sent: {exc}"
-    rejected = {addr: reason for payload in rest for addr in mime.recipients_of(payload)}
+    rejected = {addr: reason for payload in rest for addr in sendgrid_json.recipients_of(payload)}
     return Receipt(
         "api",
         ",".join(i for i in ids if i) or None,
@@ -232,7 +233,7 @@ def smtpapi_header(message: OutboundMessage) -> bytes:
     """SendGrid's X-SMTPAPI field: what the API would have taken as JSON fields."""
     value: dict[str, Any] = {"unique_args": {"relay_queue_id": message.queue_id}}
     with contextlib.suppress(PermanentError, MalformedMessage):
-        categories = mime.categories(parse(message.data).headers)
+        categories = sendgrid_json.categories(parse(message.data).headers)
         if categories:
             value["category"] = categories
     if message.ip_pool:
@@ -245,3 +246,12 @@ def prepare_smtp(message: OutboundMessage) -> bytes:
     if has_field(message.data, "X-SMTPAPI"):
         return message.data
     return smtpapi_header(message) + message.data
+
+
+KIND = ProviderKind(
+    "sendgrid",
+    api=SendGridApi,
+    api_url=API_URL,
+    smtp=SmtpRelay(SMTP_HOST, SMTP_PORT, SMTP_USER, prepare=prepare_smtp),
+    statuses=SENDGRID_STATUS,
+)

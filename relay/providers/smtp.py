@@ -35,15 +35,23 @@ import contextlib
 import re
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiosmtplib
 
-from relay.core.errors import CredentialsError, PermanentError, ProviderError, TransientError
+from relay.core.errors import (
+    CredentialsError,
+    Invalid,
+    PermanentError,
+    ProviderError,
+    TransientError,
+)
 from relay.core.message import OutboundMessage, split_header
 from relay.core.settings import Secret
 from relay.providers.base import Health, Receipt
+from relay.providers.kind import Prepare, ProviderKind, SmtpRelay
 
 TLS_MODES = ("implicit", "starttls", "none")
 
@@ -328,31 +336,6 @@ def _receipt(reply: str, refused: dict[str, tuple[int, str]]) -> Receipt:
     )
 
 
-def header_field(name: str, value: str, width: int = 76) -> bytes:
-    """``Name: value`` folded at spaces (RFC 5322 2.2.3) so no line passes ``width``.
-
-    Unfolding removes only the CRLF, so the value (JSON, say) reads back unchanged.
-    ``value`` must be ASCII and hold no line break.
-    """
-    lines: list[str] = []
-    line = f"{name}:"
-    for word in value.split(" "):
-        if len(line) + 1 + len(word) > width and line.strip():
-            lines.append(line)
-            line = ""
-        line += " " + word
-    lines.append(line)
-    return ("\r\n".join(lines) + "\r\n").encode("ascii")
-
-
-def has_field(data: bytes, name: str) -> bool:
-    head, _ = split_header(data)
-    return re.search(rb"(?im)^" + re.escape(name.encode()) + rb"[ \t]*:", head) is not None
-
-
-Prepare = Callable[[OutboundMessage], bytes]
-
-
 class SmtpTransport:
     """A provider that hands the message bytes to one SMTP server.
 
@@ -395,3 +378,15 @@ class SmtpTransport:
 
     async def aclose(self) -> None:
         await self.pool.aclose()
+
+
+def _check_row(options: Mapping[str, Any], secrets: Mapping[str, Any] | None) -> None:
+    """The operator's server has no default host, and its login no API key to fall back on."""
+    if not options.get("smtp_host"):
+        raise Invalid("an smtp provider needs smtp_host", "smtp_host")
+    if secrets is not None and options.get("smtp_user") and not secrets.get("smtp_password"):
+        raise Invalid("smtp_user is set but smtp_password is not", "smtp_password")
+
+
+# The custom SMTP provider: the operator's own server (smtp_host), one leg.
+KIND = ProviderKind("smtp", smtp=SmtpRelay(), check_row=_check_row)

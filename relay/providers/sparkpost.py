@@ -62,8 +62,9 @@ from relay.core.errors import CredentialsError, PermanentError, ProviderError, T
 from relay.core.message import OutboundMessage, split_header
 from relay.providers.base import Health, Receipt
 from relay.providers.chain import UNNAMED_RECIPIENTS, PayloadRejected
+from relay.providers.headers import has_field, header_field
 from relay.providers.http import HttpApi
-from relay.providers.smtp import has_field, header_field
+from relay.providers.kind import ProviderKind, SmtpRelay
 
 API_URL = "https://api.sparkpost.com"
 EU_API_URL = "https://api.eu.sparkpost.com"
@@ -254,3 +255,19 @@ def prepare_smtp(message: OutboundMessage) -> bytes:
     wrote its own, which wins), Bcc removed."""
     data = without_bcc(message.data)
     return data if has_field(data, "X-MSYS-API") else msys_api_header(message) + data
+
+
+KIND = ProviderKind(
+    "sparkpost",
+    api=SparkPostApi,
+    api_url=API_URL,
+    smtp=SmtpRelay(
+        SMTP_HOST,
+        SMTP_PORT,
+        SMTP_USER,
+        auth_mechanism="login",
+        messages_per_connection=SMTP_MESSAGES_PER_CONNECTION,
+        prepare=prepare_smtp,
+    ),
+    statuses=SPARKPOST_STATUS,
+)

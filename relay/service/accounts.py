@@ -19,9 +19,8 @@ from relay.auth.authenticator import normalise_username
 from relay.auth.passwords import Hasher, generate_password
 from relay.core.errors import Conflict, Invalid, NotFound
 from relay.queue import held
-from relay.routing import dnsverify
 from relay.routing.policy import sender_matches
-from relay.service import scope
+from relay.service import dnsverify, scope
 from relay.service.audit import arg, audited
 from relay.store.models import Account, Credential, Domain, Sender, utcnow
 

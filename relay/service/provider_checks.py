@@ -20,10 +20,9 @@ from sqlalchemy import Engine
 from relay.core.crypto import SecretBox
 from relay.core.errors import Invalid, PermanentError, ProviderError
 from relay.core.message import OutboundMessage
-from relay.providers import sendgrid, sparkpost
 from relay.providers.base import Receipt
 from relay.providers.chain import ProviderChain
-from relay.providers.registry import build_provider, make_test_message
+from relay.providers.registry import build_provider, kind_of, make_test_message
 from relay.service import providers
 from relay.service.providers import ProviderConfig
 from relay.store.models import Provider as ProviderRow
@@ -56,7 +55,7 @@ async def add_checked(
 ) -> tuple[ProviderRow, CheckResult | None]:
     """Add a provider after its live check (the one rule for the CLI and the API)."""
     config = providers.clean(config)
-    if config.kind != "outbox" and check and not config.options.get("test_address"):
+    if kind_of(config.kind).test_send and check and not config.options.get("test_address"):
         raise Invalid(
             "a test address is required (one the provider accepts as a sender), or skip the check",
             "test_address",
@@ -140,7 +139,7 @@ async def live_check(
         if not health.ok:
             return CheckResult(False, [LegResult("check", False, health.detail)])
         test = config.options.get("test_address")
-        if not test or config.kind == "outbox":
+        if not test or not kind_of(config.kind).test_send:
             return CheckResult(True, [LegResult("check", True, health.detail)])
         legs = await _send_each(chain, str(test), str(test), hostname)
         return CheckResult(all(leg.ok for leg in legs), legs)
@@ -196,22 +195,16 @@ def egress_addresses(config: ProviderConfig) -> list[tuple[str, str]]:
     return out
 
 
-_API_URLS = {"sendgrid": sendgrid.API_URL, "sparkpost": sparkpost.API_URL}
-_SMTP_RELAYS = {
-    "sendgrid": (sendgrid.SMTP_HOST, sendgrid.SMTP_PORT),
-    "sparkpost": (sparkpost.SMTP_HOST, sparkpost.SMTP_PORT),
-}
-
-
 def _targets(config: ProviderConfig) -> list[tuple[str, str, int]]:
     """(transport, host, port) the provider's transports connect to."""
     opts = config.options
+    kind = kind_of(config.kind)
     out = []
-    if config.kind in _API_URLS:
-        url = httpx.URL(str(opts.get("api_url") or _API_URLS[config.kind]))
+    if kind.api is not None:
+        url = httpx.URL(str(opts.get("api_url") or kind.api_url))
         out.append(("api", url.host, url.port or (443 if url.scheme == "https" else 80)))
-    if config.kind in _SMTP_RELAYS or config.kind == "smtp":
-        host, port = _SMTP_RELAYS.get(config.kind, ("", 587))
+    if kind.smtp is not None:
+        host, port = kind.smtp.host, kind.smtp.port
         out.append(("smtp", str(opts.get("smtp_host") or host), int(opts.get("smtp_port") or port)))
     return out
 

@@ -11,7 +11,7 @@ import pytest
 
 from relay.core.errors import CredentialsError, PermanentError, ProviderError, TransientError
 from relay.emulator import Emulator
-from relay.providers import mime, sendgrid
+from relay.providers import sendgrid, sendgrid_json
 from relay.providers.chain import OutcomeUnknown, PayloadRejected
 
 from . import corpus
@@ -57,7 +57,7 @@ async def test_a_large_attachment_near_the_limit_is_accepted(
     receipt = await api_of(make_provider).send(outbound(corpus.with_attachment(blob, "big.bin")))
     assert receipt.provider_message_id
     [seen] = emulator.sendgrid.received
-    assert mime.MAX_BYTES - 4 * 1024 * 1024 < seen.size < mime.MAX_BYTES
+    assert sendgrid_json.MAX_BYTES - 4 * 1024 * 1024 < seen.size < sendgrid_json.MAX_BYTES
     sendgrid_schema(seen.body)
     assert base64.b64decode(seen.body["attachments"][0]["content"]) == blob
 

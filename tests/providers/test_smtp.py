@@ -10,7 +10,7 @@ import pytest
 
 from relay.core.errors import CredentialsError, PermanentError, ProviderError, TransientError
 from relay.emulator import Emulator
-from relay.providers import smtp
+from relay.providers import headers, smtp
 from relay.providers.chain import ProviderChain
 from relay.providers.registry import build_provider
 
@@ -224,7 +224,7 @@ async def test_starttls_required_but_not_offered_is_transient(make_provider: Mak
 
 def test_header_field_folds_without_changing_the_value():
     value = '{"category": ["' + '", "'.join(f"category-{i}" for i in range(20)) + '"]}'
-    field = smtp.header_field("X-SMTPAPI", value)
+    field = headers.header_field("X-SMTPAPI", value)
     lines = field.decode().split("\r\n")
     assert all(len(line) <= 78 for line in lines) and len(lines) > 3
     assert field.decode().replace("\r\n", "").removeprefix("X-SMTPAPI: ") == value

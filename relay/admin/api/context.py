@@ -15,7 +15,7 @@ from relay.auth.passwords import Hasher
 from relay.billing.report import price
 from relay.core.crypto import SecretBox
 from relay.core.settings import Settings
-from relay.routing.dnsverify import make_resolver
+from relay.service.dnsverify import make_resolver
 
 
 @dataclass

@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field
 from relay.admin.api import schemas as s
 from relay.admin.api.auth import Authenticated
 from relay.admin.api.errors import responses
+from relay.providers.registry import KINDS
 from relay.service import provider_checks, providers, scope
 from relay.service.accounts import list_accounts
 
@@ -79,7 +80,7 @@ class ConnectionIn(s.Request):
 class ProviderIn(ConnectionIn):
     name: s.Name
     account: s.Name
-    kind: Annotated[str, s.choice(("sendgrid", "sparkpost", "smtp", "outbox"))]
+    kind: Annotated[str, s.choice(tuple(KINDS))]
 
 
 class TestIn(s.Request):

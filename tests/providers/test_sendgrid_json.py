@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from relay.core.errors import PermanentError
-from relay.providers import mime
+from relay.providers import sendgrid_json
 from relay.providers.chain import PayloadRejected
 
 from . import corpus
@@ -33,7 +33,7 @@ CORPUS = {
 
 
 def convert_one(msg: Any, recipients: list[tuple[str, str]] | None = None, **kw: Any) -> Any:
-    payloads = mime.convert(outbound(msg, recipients, **kw))
+    payloads = sendgrid_json.convert(outbound(msg, recipients, **kw))
     assert len(payloads) == 1
     return payloads[0]
 
@@ -151,7 +151,7 @@ def test_headers_sendgrid_refuses_are_left_out_and_values_stay_strings():
     msg["X-Long"] = "a " * 60  # folded when serialised
     headers = convert_one(msg)["headers"]
     lowered = {k.lower() for k in headers}
-    assert lowered.isdisjoint(mime.RESERVED_HEADERS)
+    assert lowered.isdisjoint(sendgrid_json.RESERVED_HEADERS)
     assert "mime-version" not in lowered and "content-type" not in lowered
     assert headers["List-Unsubscribe"] == "<mailto:unsub@example.com>"
     assert headers["X-Priority"] == "1"
@@ -169,7 +169,7 @@ def test_categories_come_from_x_relay_category_which_is_not_sent(sendgrid_schema
 def test_eleven_categories_is_a_clear_permanent_error():
     msg = corpus.plain(X_Relay_Category=",".join(f"c{i}" for i in range(11)))
     with pytest.raises(PermanentError, match="11 categories") as info:
-        mime.convert(outbound(msg))
+        sendgrid_json.convert(outbound(msg))
     assert not isinstance(info.value, PayloadRejected)
 
 
@@ -189,7 +189,7 @@ def test_ip_pool_name_from_the_message():
 )
 def test_what_json_cannot_carry_goes_by_smtp(data: Any, reason: str):
     with pytest.raises(PayloadRejected, match=reason):
-        mime.convert(outbound(data))
+        sendgrid_json.convert(outbound(data))
 
 
 # -- personalizations --------------------------------------------------------
@@ -218,7 +218,7 @@ def test_an_address_appears_once_across_to_cc_and_bcc():
         ],
     )
     [p] = payload["personalizations"]
-    assert mime.recipients_of(payload) == ["a@example.org", "b@example.org"]
+    assert sendgrid_json.recipients_of(payload) == ["a@example.org", "b@example.org"]
     assert "cc" not in p
 
 
@@ -252,11 +252,13 @@ def test_names_sendgrid_would_misread_are_dropped():
 
 def test_more_than_1000_recipients_are_split_into_requests(sendgrid_schema: Validate):
     recipients = [(f"r{i}@example.org", "to" if i < 1200 else "bcc") for i in range(2500)]
-    payloads = mime.convert(outbound(corpus.plain(), recipients))
+    payloads = sendgrid_json.convert(outbound(corpus.plain(), recipients))
     assert len(payloads) == 3
-    counts = [sum(mime.recipient_count(p) for p in r["personalizations"]) for r in payloads]
+    counts = [
+        sum(sendgrid_json.recipient_count(p) for p in r["personalizations"]) for r in payloads
+    ]
     assert counts == [1000, 1000, 500]
-    seen = [a for payload in payloads for a in mime.recipients_of(payload)]
+    seen = [a for payload in payloads for a in sendgrid_json.recipients_of(payload)]
     assert seen == [a for a, _ in recipients]
     for payload in payloads:
         sendgrid_schema(payload)

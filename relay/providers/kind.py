@@ -1,0 +1,88 @@
+"""What a kind of provider is: the one record each provider module exports.
+
+A kind (``sendgrid``, ``sparkpost``, ``smtp``, ``outbox``) is its transports
+and their defaults: the API leg's class and base URL, the SMTP relay's host,
+port, user and login, what the SMTP leg adds to the bytes, the file leg of the
+outbox, its rules for a row, whether the live check sends a test message, and
+the table of its API's statuses. The module of the provider says all of it in
+one :class:`ProviderKind` named ``KIND``; :mod:`relay.providers.registry`
+collects the records and builds chains from them, and
+:mod:`relay.service.provider_checks` reads them for where the transports
+connect and how a provider is checked. A new provider is one module with its
+``KIND`` (and its part of the emulator).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import httpx
+
+from relay.core.errors import ProviderError
+from relay.core.message import OutboundMessage
+from relay.core.settings import Secret
+from relay.providers.base import Provider
+
+# What an SMTP leg does to the message bytes before sending them.
+Prepare = Callable[[OutboundMessage], bytes]
+# Kind-specific rules of a row, after the common ones: (options, secrets or
+# None when only the options are checked); raises ``Invalid`` naming the field.
+CheckRow = Callable[[Mapping[str, Any], Mapping[str, Any] | None], None]
+
+
+class ApiFactory(Protocol):
+    """How the registry makes an API leg (an :class:`~relay.providers.http.HttpApi`)."""
+
+    def __call__(
+        self,
+        name: str,
+        api_key: Secret,
+        *,
+        http: httpx.AsyncClient,
+        api_url: str | None = None,
+        timeout: float = 30.0,
+        own_http: bool = False,
+    ) -> Provider: ...
+
+
+class FileFactory(Protocol):
+    """How the registry makes a file leg: a provider that writes each message."""
+
+    def __call__(self, name: str, directory: str | Path) -> Provider: ...
+
+
+@dataclass(frozen=True)
+class SmtpRelay:
+    """The SMTP leg's defaults; the ``smtp_*`` options override host, port and user.
+
+    The password is ``smtp_password``, else the API key (as SendGrid and
+    SparkPost take it).
+    """
+
+    host: str = ""  # "": the operator's server, named by the smtp_host option
+    port: int = 587  # RFC 6409 submission; 465 is implicit TLS (RFC 8314 3.3)
+    user: str = ""
+    auth_mechanism: str | None = None  # "login" forces AUTH LOGIN; None: the best offered
+    messages_per_connection: int = 0  # 0: no cap
+    prepare: Prepare | None = None  # e.g. the provider's SMTP API header
+
+
+@dataclass(frozen=True)
+class ProviderKind:
+    """One kind of provider: its legs in order (API, then SMTP; or a file) and its rules."""
+
+    name: str
+    api: ApiFactory | None = None
+    api_url: str = ""  # the API's base URL; the api_url option overrides it (EU, emulator)
+    smtp: SmtpRelay | None = None
+    file: FileFactory | None = None  # the outbox: messages become files, nothing is sent
+    check_row: CheckRow | None = None
+    # The live check sends a test message from the test address, which the
+    # provider must then accept as a sender; a file proves nothing by it.
+    test_send: bool = True
+    # The API's statuses and the errors they become (None: accepted), as the
+    # provider's module maps them.
+    statuses: Mapping[int, type[ProviderError] | None] = field(default_factory=dict)
