@@ -114,7 +114,7 @@ def cmd_domain_add(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _hasher(settings: Settings) -> Any:
-    from relay.app import make_hasher
+    from relay.auth.passwords import make_hasher
 
     return make_hasher(settings)
 
@@ -250,7 +250,7 @@ def sender_row(
 
 
 def cmd_sender_send_code(args: argparse.Namespace, settings: Settings) -> int:
-    from relay.app import secret_box
+    from relay.core.crypto import secret_box
     from relay.service.confirmations import send_code
 
     sent = send_code(
@@ -274,7 +274,7 @@ def code_sent(address: str, sent_from: str, expires: Any, account: str) -> str:
 
 
 def cmd_sender_confirm(args: argparse.Namespace, settings: Settings) -> int:
-    from relay.app import secret_box
+    from relay.core.crypto import secret_box
     from relay.service.confirmations import confirm
 
     row = confirm(_engine(settings), secret_box(settings), args.sender, args.account, args.code)

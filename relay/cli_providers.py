@@ -21,8 +21,8 @@ Handler = Callable[[argparse.Namespace, Settings], int]
 
 
 def _env(settings: Settings) -> tuple[Any, Any]:
-    from relay.app import secret_box
     from relay.cli import _engine
+    from relay.core.crypto import secret_box
 
     return _engine(settings), secret_box(settings)
 
