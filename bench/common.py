@@ -480,7 +480,8 @@ def seed_tenant(config_path: Path, tag: str | None = None) -> Tenant:
     Names carry a random tag so several runs can share one database (PostgreSQL)
     and each run's messages can be counted by its own account.
     """
-    from relay.app import make_hasher, secret_box
+    from relay.auth.passwords import make_hasher
+    from relay.core.crypto import secret_box
     from relay.core.settings import load_settings
     from relay.service import accounts, providers
     from relay.store.engine import make_engine, migrate
@@ -1410,7 +1411,7 @@ def add_emulated_provider(
 ) -> int:
     """A provider of ``kind`` on the tenant's agency, aimed at the emulator, made the
     default for its sub-accounts (so accepted mail routes to it). Its id."""
-    from relay.app import secret_box
+    from relay.core.crypto import secret_box
     from relay.core.settings import load_settings
     from relay.service import providers
     from relay.store.engine import make_engine

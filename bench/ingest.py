@@ -393,7 +393,7 @@ def report(args: argparse.Namespace, results: list[ModeResult]) -> None:
 
 
 # Entry points that every relay sample passes through: they say nothing.
-_ENTRY = ("relay/cli.py", "relay/server.py", "<module> (relay)", "RelaySMTP._handle_client")
+_ENTRY = ("relay/cli/", "relay/server.py", "<module> (relay)", "RelaySMTP._handle_client")
 
 
 def print_profiles(directory: Path, modes: list[int]) -> None:

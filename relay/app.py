@@ -24,8 +24,8 @@ from relay.admin.api import make_api
 from relay.admin.api.context import ApiContext
 from relay.admin.http import AdminServer, make_app
 from relay.auth.authenticator import Authenticator
-from relay.auth.passwords import Hasher
-from relay.core.crypto import SecretBox, load_or_create_key
+from relay.auth.passwords import make_hasher
+from relay.core.crypto import secret_box
 from relay.core.files import secure_var
 from relay.core.metrics import Metrics, scrape_registry
 from relay.core.settings import ListenerSettings, Settings, parse_hostport
@@ -49,14 +49,6 @@ log = logging.getLogger("relay")
 SHUTDOWN_GRACE = 30.0
 # Of the grace, what is kept for writing the last outcomes and closing down.
 CLOSING_SHARE, CLOSING_MAX = 0.1, 2.0
-
-
-def secret_box(settings: Settings) -> SecretBox:
-    return SecretBox(load_or_create_key(settings.secrets.secret_key.reveal(), settings.var_path))
-
-
-def make_hasher(settings: Settings) -> Hasher:
-    return Hasher(settings.auth.argon2_time_cost, settings.auth.argon2_memory_kib)
 
 
 class Relay:

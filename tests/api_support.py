@@ -23,7 +23,8 @@ from typing import Any
 import httpx
 from sqlalchemy import Engine, update
 
-from relay.app import make_hasher, secret_box
+from relay.auth.passwords import make_hasher
+from relay.core.crypto import secret_box
 from relay.core.settings import Settings
 from relay.queue.spool import Acceptance, write_batch
 from relay.service import accounts, providers, tokens

@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from relay.app import secret_box
+from relay.core.crypto import secret_box
 from relay.core.settings import Settings
 from relay.emulator import Emulator, serve_emulator
 from relay.service import providers

@@ -21,7 +21,9 @@ from typing import Any
 import uvloop
 from sqlalchemy import Engine
 
-from relay.app import Relay, make_hasher, secret_box
+from relay.app import Relay
+from relay.auth.passwords import make_hasher
+from relay.core.crypto import secret_box
 from relay.core.settings import ListenerSettings, Settings, load_settings
 from relay.service import accounts, providers
 from relay.store.engine import make_engine, migrate

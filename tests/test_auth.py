@@ -10,9 +10,8 @@ from dataclasses import replace
 import pytest
 from sqlalchemy import Engine, select
 
-from relay.app import make_hasher
 from relay.auth.limiter import FailureLimiter
-from relay.auth.passwords import Hasher, LoginCache
+from relay.auth.passwords import Hasher, LoginCache, make_hasher
 from relay.core.errors import Conflict, Invalid, NotFound
 from relay.core.settings import Settings
 from relay.service import accounts

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from relay.app import secret_box
 from relay.cli import main
+from relay.core.crypto import secret_box
 from relay.core.errors import ConfigError
 from relay.core.settings import _SECTIONS, load_settings
 from relay.service import accounts, providers

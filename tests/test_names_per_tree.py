@@ -15,8 +15,8 @@ import pytest
 from sqlalchemy import Engine, insert, select, text
 from sqlalchemy.exc import IntegrityError
 
-from relay.app import secret_box
 from relay.cli import main
+from relay.core.crypto import secret_box
 from relay.core.errors import ConfigError, Invalid
 from relay.core.settings import PolicySettings, Settings
 from relay.routing.policy import Policy, Submission

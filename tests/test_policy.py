@@ -9,7 +9,7 @@ import time
 import pytest
 from sqlalchemy import Engine, func, select, update
 
-from relay.app import secret_box
+from relay.core.crypto import secret_box
 from relay.core.settings import Settings
 from relay.queue import held
 from relay.service import accounts, providers
@@ -254,7 +254,7 @@ def test_no_route_holds_the_message(relay: RelayThread, settings: Settings, engi
     accounts.create_account(engine, "lonely")
     accounts.create_account(engine, "orphan", agency="lonely")
     accounts.add_domain(engine, "orphan.test", "orphan")
-    from relay.app import make_hasher
+    from relay.auth.passwords import make_hasher
 
     accounts.create_credential(engine, make_hasher(settings), "a@orphan.test", "a-long-password-1")
     accounts.verify_sender(engine, "orphan.test", "orphan")

@@ -15,6 +15,7 @@ from sqlalchemy import Engine, text
 
 from relay.auth.limiter import FailureLimiter, SlowDown
 from relay.auth.passwords import Hasher, LoginCache
+from relay.core.addresses import normalise_username
 from relay.core.replies import AUTH_INVALID, AUTH_LOCKED, AUTH_OK, AUTH_TEMPFAIL, Reply
 from relay.core.settings import AuthSettings
 
@@ -57,11 +58,6 @@ class LoginResult:
 class _Row:
     identity: Identity
     password_hash: str
-
-
-def normalise_username(username: str) -> str:
-    local, _, domain = username.strip().rpartition("@")
-    return f"{local}@{domain.lower()}" if local else username.strip()
 
 
 class Authenticator:

@@ -19,6 +19,8 @@ from collections import OrderedDict
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
+from relay.core.settings import Settings
+
 _ALPHABET = string.ascii_letters + string.digits
 
 
@@ -41,6 +43,11 @@ class Hasher:
             return self._ph.verify(stored or self._dummy, password) and stored is not None
         except (VerificationError, InvalidHashError):
             return False
+
+
+def make_hasher(settings: Settings) -> Hasher:
+    """The hasher at the costs ``[auth]`` sets (argon2_time_cost, argon2_memory_kib)."""
+    return Hasher(settings.auth.argon2_time_cost, settings.auth.argon2_memory_kib)
 
 
 class LoginCache:

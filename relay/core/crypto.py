@@ -18,6 +18,7 @@ from cryptography.fernet import Fernet, InvalidToken
 
 from relay.core.errors import ConfigError
 from relay.core.files import private_dir, write_private
+from relay.core.settings import Settings
 
 
 def _fernet(key: str) -> Fernet:
@@ -74,3 +75,8 @@ def load_or_create_key(configured: str, var_dir: Path) -> str:
     key = secrets.token_urlsafe(32)
     write_private(path, (key + "\n").encode())
     return key
+
+
+def secret_box(settings: Settings) -> SecretBox:
+    """The box for this relay's provider secrets, from ``[secrets]`` or the key under var/."""
+    return SecretBox(load_or_create_key(settings.secrets.secret_key.reveal(), settings.var_path))

@@ -5,12 +5,14 @@
     RelayError
     ├── ConfigError              bad configuration; names the key
     ├── NotFound                 an account, domain, credential ... does not exist
+    ├── OperatorOnly             only an operator may do this (the admin API answers 403)
     ├── Conflict                 it exists already, or a limit forbids it
     ├── Invalid                  malformed input (address, domain, option)
     ├── SpoolError               the queue cannot persist (ingress answers 451 4.3.0)
     └── ProviderError            raised by relay.providers, carries the provider's code and text
         ├── TransientError       try again later (4xx, 5xx of an API, timeouts)
         ├── PermanentError       never retry (5xx reply to a recipient, 400 payload)
+        │   └── PayloadRejected  the API cannot take this form; its SMTP relay may
         └── CredentialsError     the provider refused our key or login
 
 Exceptions that can reach an SMTP client carry their reply (``.reply``).
@@ -33,6 +35,10 @@ class ConfigError(RelayError):
 
 class NotFound(RelayError):
     pass
+
+
+class OperatorOnly(RelayError):
+    """Only an operator may do this (the admin API answers 403)."""
 
 
 class Conflict(RelayError):
@@ -83,6 +89,14 @@ class TransientError(ProviderError):
 
 class PermanentError(ProviderError):
     pass
+
+
+class PayloadRejected(PermanentError):
+    """The API refused the form of the request, not the message's sender or recipients.
+
+    The same message may still go by the provider's SMTP relay, which takes the
+    MIME as it is (``relay.providers.chain`` falls back on it).
+    """
 
 
 class CredentialsError(ProviderError):

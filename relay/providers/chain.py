@@ -69,7 +69,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from relay.core.errors import CredentialsError, PermanentError, ProviderError, TransientError
+from relay.core.errors import (
+    CredentialsError,
+    PayloadRejected,
+    ProviderError,
+    TransientError,
+)
 from relay.core.message import OutboundMessage
 from relay.providers.base import Health, Provider, Receipt
 
@@ -86,15 +91,6 @@ class OutcomeUnknown(TransientError):
     Retried later, by the same leg; never handed to another transport at once,
     which could deliver it twice (a read timeout at 30 s, the API accepting at
     35 s, SMTP delivering as well).
-    """
-
-
-class PayloadRejected(PermanentError):
-    """The API refused the form of the request, not the message's sender or recipients.
-
-    The same message may still go by the provider's SMTP relay, which takes the
-    MIME as it is. (It belongs beside ``PermanentError`` in ``relay.core.errors``;
-    it lives here until that module can take it.)
     """
 
 

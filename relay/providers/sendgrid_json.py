@@ -27,7 +27,7 @@ mail/send ("Limitations" and the request schema):
 
 A message the JSON cannot carry faithfully (no From, several From, no
 subject, no text body, an undecodable charset, an empty attachment) raises
-:class:`~relay.providers.chain.PayloadRejected`, so the chain sends it by
+:class:`~relay.core.errors.PayloadRejected`, so the chain sends it by
 SMTP, untouched. A request over SendGrid's limits that SMTP would not cure
 (30 MB, 10 categories) raises a plain ``PermanentError``.
 
@@ -50,9 +50,8 @@ from email.message import EmailMessage, Message
 from email.parser import BytesParser
 from typing import Any
 
-from relay.core.errors import PermanentError
+from relay.core.errors import PayloadRejected, PermanentError
 from relay.core.message import OutboundMessage
-from relay.providers.chain import PayloadRejected
 
 MAX_RECIPIENTS = 1000  # to + cc + bcc across all personalizations of one request
 MAX_BYTES = 30 * 1024 * 1024  # "The total size of your email ... must be less than 30MB"

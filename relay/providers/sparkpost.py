@@ -58,10 +58,16 @@ from typing import Any
 
 import httpx
 
-from relay.core.errors import CredentialsError, PermanentError, ProviderError, TransientError
+from relay.core.errors import (
+    CredentialsError,
+    PayloadRejected,
+    PermanentError,
+    ProviderError,
+    TransientError,
+)
 from relay.core.message import OutboundMessage, split_header
 from relay.providers.base import Health, Receipt
-from relay.providers.chain import UNNAMED_RECIPIENTS, PayloadRejected
+from relay.providers.chain import UNNAMED_RECIPIENTS
 from relay.providers.headers import has_field, header_field
 from relay.providers.http import HttpApi
 from relay.providers.kind import ProviderKind, SmtpRelay

@@ -16,11 +16,12 @@ Two questions, answered from the database on a worker thread:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import Connection, Engine, bindparam, select, text
 
+from relay.core.addresses import sender_matches
 from relay.core.replies import SENDER_NOT_VERIFIED, Reply
 from relay.core.settings import PolicySettings
 from relay.store.models import Provider
@@ -44,17 +45,6 @@ class Submission:
     credential_policy: str | None
     campaign: bool
     senders: tuple[str, ...]  # envelope sender first, then header From and Sender
-
-
-def sender_matches(address: str, patterns: Iterable[str]) -> bool:
-    """True if ``address`` is a verified address or in a verified domain."""
-    address = address.strip().lower()
-    domain = address.rpartition("@")[2]
-    for pattern in patterns:
-        p = pattern.lower()
-        if p in (address, domain) or (p.startswith("*@") and p[2:] == domain):
-            return True
-    return False
 
 
 def unverified_action(

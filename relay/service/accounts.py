@@ -7,7 +7,6 @@ with a message fit to show the operator.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import dns.resolver
@@ -15,45 +14,22 @@ from sqlalchemy import Engine, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from relay.auth.authenticator import normalise_username
 from relay.auth.passwords import Hasher, generate_password
-from relay.core.errors import Conflict, Invalid, NotFound
+from relay.core.addresses import check_domain, check_sender, sender_matches, split_username
+from relay.core.errors import Conflict, Invalid, NotFound, OperatorOnly
 from relay.queue import held
-from relay.routing.policy import sender_matches
 from relay.service import dnsverify, scope
 from relay.service.audit import arg, audited
 from relay.store.models import Account, Credential, Domain, Sender, utcnow
 
 PURPOSES = ("transactional", "campaign")
 POLICIES = ("reject", "drop", "pause")
-# RFC 1035 labels; at least two of them for a sending domain.
-_DOMAIN = re.compile(
-    r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+"
-    r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
-)
-# RFC 5321 4.1.2 dot-string local part, a practical subset.
-_LOCAL = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]{1,64}$")
 
 
 @dataclass(frozen=True)
 class NewPassword:
     username: str
     password: str  # shown once, never stored in clear
-
-
-def check_domain(name: str) -> str:
-    name = name.strip().lower().rstrip(".")
-    if not _DOMAIN.match(name):
-        raise Invalid(f"{name!r} is not a valid domain name", "domain")
-    return name
-
-
-def split_username(username: str) -> tuple[str, str]:
-    username = normalise_username(username)
-    local, at, domain = username.rpartition("@")
-    if not at or not _LOCAL.match(local) or local.startswith(".") or ".." in local:
-        raise Invalid(f"{username!r} is not a valid username: use local@domain", "username")
-    return local, check_domain(domain)
 
 
 def get_account(session: Session, name: str) -> Account:
@@ -229,19 +205,6 @@ def list_credentials(engine: Engine, domain: str) -> list[Credential]:
         )
 
 
-def check_sender(pattern: str) -> str:
-    """An address ``user@domain``, a domain, or ``*@domain`` (the same as the domain)."""
-    pattern = pattern.strip().lower()
-    if pattern.startswith("*@"):
-        pattern = pattern[2:]
-    if "@" in pattern:
-        local, _, domain = pattern.rpartition("@")
-        if not local or not _LOCAL.match(local):
-            raise Invalid(f"{pattern!r} is not a valid address", "sender")
-        return f"{local}@{check_domain(domain)}"
-    return check_domain(pattern)
-
-
 # How a verified sender was proved; the last two mark rows verified before proof
 # was required (migration 0003), for the operator to review.
 METHODS = ("operator", "dns", "confirmation")
@@ -304,7 +267,7 @@ def _agency_proof(
         for proved_pattern, method in proved:
             if method is not None and sender_matches(pattern, [proved_pattern]):
                 return method, agency_id
-    raise scope.OperatorOnly(SAY_SO_REFUSED)
+    raise OperatorOnly(SAY_SO_REFUSED)
 
 
 @dataclass(frozen=True)

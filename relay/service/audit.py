@@ -31,10 +31,10 @@ from typing import Any, ParamSpec, TypeVar
 from sqlalchemy import Engine, or_, select, update
 from sqlalchemy.orm import Session
 
-from relay.core.errors import Conflict, Invalid, NotFound
+from relay.core.errors import Conflict, Invalid, NotFound, OperatorOnly
 from relay.service import scope
 from relay.service.pages import Page, check_limit, decode_cursor, encode_cursor
-from relay.service.scope import Actor, OperatorOnly, Resolver, Scope
+from relay.service.scope import Actor, Resolver, Scope
 from relay.store.models import Account, AuditEntry
 
 log = logging.getLogger("relay.audit")

@@ -32,13 +32,14 @@ from sqlalchemy import Engine, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from relay.core.addresses import check_sender, sender_matches
 from relay.core.crypto import SecretBox
 from relay.core.errors import Conflict, Invalid, NotFound, ProviderError
 from relay.core.message import OutboundMessage, make_message_id
 from relay.core.settings import PolicySettings
-from relay.routing.policy import route_of, sender_matches
+from relay.routing.policy import route_of
 from relay.service import provider_checks, scope
-from relay.service.accounts import _resume_paused, check_sender, get_account
+from relay.service.accounts import _resume_paused, get_account
 from relay.service.audit import arg, audited
 from relay.service.providers import ProviderConfig
 from relay.store.models import Provider as ProviderRow

@@ -17,12 +17,13 @@ from typing import Any
 from sqlalchemy import Engine, or_, select, update
 from sqlalchemy.orm import Session
 
+from relay.core.addresses import check_domain
 from relay.core.crypto import SecretBox, mask
 from relay.core.errors import ConfigError, Conflict, Invalid, NotFound
 from relay.core.settings import PolicySettings
 from relay.providers.registry import KINDS, SECRETS, validate_options
 from relay.service import scope
-from relay.service.accounts import check_domain, check_name, get_account
+from relay.service.accounts import check_name, get_account
 from relay.service.audit import arg, audited
 from relay.store.models import Account, Message
 from relay.store.models import Provider as ProviderRow

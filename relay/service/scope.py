@@ -32,17 +32,10 @@ from typing import Any
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from relay.core.errors import Invalid, NotFound, RelayError
+from relay.core.addresses import check_domain, split_username
+from relay.core.errors import Invalid, NotFound, OperatorOnly
 from relay.store.models import Account, Credential, Domain, Message
 from relay.store.models import Provider as ProviderRow
-
-
-class OperatorOnly(RelayError):
-    """Only an operator may do this (the admin API answers 403).
-
-    Belongs in ``relay.core.errors``' tree beside NotFound; kept here while
-    that module is shared.
-    """
 
 
 @dataclass(frozen=True)
@@ -271,9 +264,6 @@ def of_credential(arg: str = "username") -> Resolver:
     """An existing SMTP user (``reset_credential``, ``delete_credential``)."""
 
     def resolve(session: Session, args: Mapping[str, Any]) -> Owner:
-        # Imported here: relay.service.accounts imports this module for its guards.
-        from relay.service.accounts import split_username
-
         local, domain = split_username(args[arg])
         owner = session.scalar(
             select(Domain.account_id)
@@ -289,8 +279,6 @@ def of_credential_domain(arg: str = "username") -> Resolver:
     """A new SMTP user belongs to the account of its domain (``create_credential``)."""
 
     def resolve(session: Session, args: Mapping[str, Any]) -> Owner:
-        from relay.service.accounts import split_username
-
         _, domain = split_username(args[arg])
         return Owner(
             _domain_owner(session, domain),
@@ -305,8 +293,6 @@ def of_domain(arg: str = "domain") -> Resolver:
     """A sending domain (``list_credentials``)."""
 
     def resolve(session: Session, args: Mapping[str, Any]) -> Owner:
-        from relay.service.accounts import check_domain
-
         domain = check_domain(args[arg])
         return Owner(_domain_owner(session, domain), f"domain {domain} does not exist")
 

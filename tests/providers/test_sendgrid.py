@@ -9,10 +9,16 @@ from typing import Any
 
 import pytest
 
-from relay.core.errors import CredentialsError, PermanentError, ProviderError, TransientError
+from relay.core.errors import (
+    CredentialsError,
+    PayloadRejected,
+    PermanentError,
+    ProviderError,
+    TransientError,
+)
 from relay.emulator import Emulator
 from relay.providers import sendgrid, sendgrid_json
-from relay.providers.chain import OutcomeUnknown, PayloadRejected
+from relay.providers.chain import OutcomeUnknown
 
 from . import corpus
 from .conftest import API_KEY, MakeProvider

@@ -8,9 +8,8 @@ from typing import Any
 
 import pytest
 
-from relay.core.errors import PermanentError
+from relay.core.errors import PayloadRejected, PermanentError
 from relay.providers import sendgrid_json
-from relay.providers.chain import PayloadRejected
 
 from . import corpus
 from .corpus import outbound

@@ -24,8 +24,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from relay.core.errors import Conflict, Invalid, NotFound, RelayError
-from relay.service.scope import OperatorOnly
+from relay.core.errors import Conflict, Invalid, NotFound, OperatorOnly, RelayError
 
 log = logging.getLogger("relay.api")
 

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Path, Query
 from relay.admin.api import schemas as s
 from relay.admin.api.auth import Authenticated, Caller
 from relay.admin.api.errors import responses
-from relay.service import queue, queue_pages, scope
+from relay.service import queue, scope
 from relay.store.models import Message
 
 router = APIRouter(prefix="/queue", tags=["queue"], responses=responses(401, 429))
@@ -34,7 +34,7 @@ def _summary(m: Message, account: str) -> s.MessageOut:
 
 @router.get("", summary="Messages, newest first, a page at a time", responses=responses(404, 422))
 def list_messages(caller: Authenticated, q: Annotated[s.QueueQuery, Query()]) -> s.MessagePage:
-    page = queue_pages.page_messages(
+    page = queue.page_messages(
         caller.engine,
         caller.scope,
         state=q.state,
@@ -146,4 +146,4 @@ def _accounts_for(caller: Caller, body: s.HeldIn) -> list[str | None]:
     holds such mail, so that it never reaches another tenant's queue."""
     if body.account or not body.sender or caller.scope.everything:
         return [body.account]
-    return list(queue_pages.accounts_holding(caller.engine, caller.scope, body.sender))
+    return list(queue.accounts_holding(caller.engine, caller.scope, body.sender))

@@ -33,7 +33,8 @@ def demo_settings(settings: Settings) -> Settings:
 
 
 def seed(settings: Settings) -> None:
-    from relay.app import make_hasher, secret_box
+    from relay.auth.passwords import make_hasher
+    from relay.core.crypto import secret_box
     from relay.service import accounts, providers
 
     engine = make_engine(settings.database.url)

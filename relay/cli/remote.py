@@ -20,7 +20,9 @@ from urllib.parse import quote
 
 import httpx
 
-from relay.cli import print_rows
+from relay.cli._common import print_rows
+from relay.cli.senders import SENDER_COLUMNS, check_review, code_sent, sender_row
+from relay.cli.tokens import print_audit
 from relay.core.errors import RelayError
 
 API = "/api/v1"
@@ -167,8 +169,6 @@ def sender_verify_dns(r: Remote, args: argparse.Namespace) -> int:
 
 
 def sender_list(r: Remote, args: argparse.Namespace) -> None:
-    from relay.cli import SENDER_COLUMNS, check_review, sender_row
-
     def row(s: dict[str, Any]) -> tuple[str, ...]:
         at = dt.datetime.fromisoformat(s["verified_at"]) if s["verified_at"] else None
         return sender_row(s["sender"], s["verified"], s["method"], at, s["proved_by"])
@@ -184,8 +184,6 @@ def sender_list(r: Remote, args: argparse.Namespace) -> None:
 
 
 def sender_send_code(r: Remote, args: argparse.Namespace) -> None:
-    from relay.cli import code_sent
-
     path = f"/accounts/{part(args.account)}/senders/{part(args.sender)}/confirmation"
     sent = r.json("POST", path)
     expires = dt.datetime.fromisoformat(sent["expires_at"])
@@ -296,8 +294,6 @@ def usage(r: Remote, args: argparse.Namespace) -> None:
 
 
 def audit(r: Remote, args: argparse.Namespace) -> None:
-    from relay.cli_tokens import print_audit
-
     params = {"account": args.account, "limit": args.limit}
     page = r.json("GET", "/audit", params={k: v for k, v in params.items() if v is not None})
     print_audit(page["items"])

@@ -9,23 +9,30 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-from collections.abc import Callable, Coroutine
-from typing import Any
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
 
+from relay.cli._common import Verbs, add_verb, open_db, print_rows
 from relay.core.settings import Settings
-from relay.providers.registry import KINDS
-from relay.service import provider_checks as checks
-from relay.service import providers as service
-from relay.service.providers import ProviderConfig
 
-Handler = Callable[[argparse.Namespace, Settings], int]
+if TYPE_CHECKING:
+    from relay.service import provider_checks as checks
 
 
 def _env(settings: Settings) -> tuple[Any, Any]:
-    from relay.app import secret_box
-    from relay.cli import _engine
+    from relay.core.crypto import secret_box
 
-    return _engine(settings), secret_box(settings)
+    return open_db(settings), secret_box(settings)
+
+
+def _kind(value: str) -> str:
+    """A provider kind the registry knows (read when the verb runs: the registry
+    pulls in the HTTP and SMTP clients, which ``relay --help`` need not load)."""
+    from relay.providers.registry import KINDS
+
+    if value not in KINDS:
+        raise argparse.ArgumentTypeError(f"{value!r} is not one of {', '.join(KINDS)}")
+    return value
 
 
 def _options(args: argparse.Namespace) -> dict[str, Any]:
@@ -53,6 +60,8 @@ def _print_legs(result: checks.CheckResult | None) -> None:
 
 
 def _checked(call: Coroutine[Any, Any, tuple[Any, checks.CheckResult | None]]) -> Any:
+    from relay.service import provider_checks as checks
+
     try:
         found, result = asyncio.run(call)
     except checks.CheckFailed as exc:
@@ -63,6 +72,9 @@ def _checked(call: Coroutine[Any, Any, tuple[Any, checks.CheckResult | None]]) -
 
 
 def cmd_add(args: argparse.Namespace, settings: Settings) -> int:
+    from relay.service import provider_checks as checks
+    from relay.service.providers import ProviderConfig
+
     engine, box = _env(settings)
     config = ProviderConfig(args.name, args.kind, _options(args), _secrets(args), args.domain)
     call = checks.add_checked(
@@ -74,6 +86,8 @@ def cmd_add(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_edit(args: argparse.Namespace, settings: Settings) -> int:
+    from relay.service import provider_checks as checks
+
     engine, box = _env(settings)
     call = checks.edit_checked(
         engine,
@@ -91,12 +105,17 @@ def cmd_edit(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
+    from relay.service import providers as service
+
     engine, box = _env(settings)
     print(json.dumps(service.show_provider(engine, box, args.name), indent=2))
     return 0
 
 
 def cmd_test(args: argparse.Namespace, settings: Settings) -> int:
+    from relay.service import provider_checks as checks
+    from relay.service import providers as service
+
     engine, box = _env(settings)
     config = service.load_config(engine, box, args.name)
     result = asyncio.run(checks.test_send(config, args.to, settings.server.hostname))
@@ -106,6 +125,8 @@ def cmd_test(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_remove(args: argparse.Namespace, settings: Settings) -> int:
+    from relay.service import providers as service
+
     engine, _ = _env(settings)
     moved = service.remove_provider(engine, args.name, args.replacement)
     tail = f"; {', '.join(moved)} now use {args.replacement}" if moved else ""
@@ -114,6 +135,8 @@ def cmd_remove(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_default(args: argparse.Namespace, settings: Settings) -> int:
+    from relay.service import providers as service
+
     engine, _ = _env(settings)
     service.set_default(engine, args.name, args.account, args.scope)
     scope = "its sub-accounts" if args.scope == "subaccounts" else "itself"
@@ -122,6 +145,8 @@ def cmd_default(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_assign(args: argparse.Namespace, settings: Settings) -> int:
+    from relay.service import providers as service
+
     engine, _ = _env(settings)
     service.assign(engine, args.name, args.account)
     print(f"{args.account} now sends through {args.name}")
@@ -129,6 +154,8 @@ def cmd_assign(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_unassign(args: argparse.Namespace, settings: Settings) -> int:
+    from relay.service import providers as service
+
     engine, _ = _env(settings)
     service.unassign(engine, args.account)
     print(f"{args.account} is no longer assigned; its defaults apply")
@@ -136,18 +163,21 @@ def cmd_unassign(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
-    from relay.cli import _print_rows
+    from relay.service import providers as service
 
     engine, _ = _env(settings)
     rows = [
         (p.name, p.kind, a, p.domain or "-", (p.options or {}).get("ip_pool") or "-")
         for p, a in service.list_providers(engine)
     ]
-    _print_rows(rows, ("PROVIDER", "KIND", "ACCOUNT", "DOMAIN", "IP-POOL"))
+    print_rows(rows, ("PROVIDER", "KIND", "ACCOUNT", "DOMAIN", "IP-POOL"))
     return 0
 
 
 def cmd_ips(args: argparse.Namespace, settings: Settings) -> int:
+    from relay.service import provider_checks as checks
+    from relay.service import providers as service
+
     engine, box = _env(settings)
     config = service.load_config(engine, box, args.name)
     for transport, address in checks.egress_addresses(config):
@@ -176,39 +206,36 @@ def _connection_options(s: argparse.ArgumentParser) -> None:
     s.add_argument("--no-check", action="store_true", help="skip the live check")
 
 
-def register(
-    sub: argparse._SubParsersAction[argparse.ArgumentParser],
-    make: Callable[..., argparse.ArgumentParser],
-) -> None:
-    """Add ``relay provider`` and its verbs to the parser (``make`` is cli._sub)."""
+def register(sub: Verbs) -> None:
+    """Add ``relay provider`` and its verbs to the parser."""
     parser = sub.add_parser("provider", help="outbound providers", description="outbound providers")
     prov = parser.add_subparsers(dest="provider_verb", required=True, metavar="VERB")
-    s = make(prov, "add", cmd_add, "add a provider to an account (after its live check)")
+    s = add_verb(prov, "add", cmd_add, "add a provider to an account (after its live check)")
     s.add_argument("name")
     s.add_argument("--account", required=True)
-    s.add_argument("--kind", required=True, choices=tuple(KINDS))
+    s.add_argument("--kind", required=True, type=_kind, help="sendgrid, sparkpost, smtp or outbox")
     _connection_options(s)
-    s = make(prov, "edit", cmd_edit, "change a provider (the live check runs first)")
+    s = add_verb(prov, "edit", cmd_edit, "change a provider (the live check runs first)")
     s.add_argument("name")
     _connection_options(s)
     for verb, handler, what in (
         ("show", cmd_show, "a provider, secrets masked"),
         ("ips", cmd_ips, "the addresses the relay connects from"),
     ):
-        make(prov, verb, handler, what).add_argument("name")
-    s = make(prov, "test", cmd_test, "send a test message now through each transport")
+        add_verb(prov, verb, handler, what).add_argument("name")
+    s = add_verb(prov, "test", cmd_test, "send a test message now through each transport")
     s.add_argument("name")
     s.add_argument("--to", required=True)
-    s = make(prov, "remove", cmd_remove, "remove a provider")
+    s = add_verb(prov, "remove", cmd_remove, "remove a provider")
     s.add_argument("name")
     s.add_argument("--replacement", help="where accounts that use it go instead")
-    s = make(prov, "default", cmd_default, "make a provider an account's default")
+    s = add_verb(prov, "default", cmd_default, "make a provider an account's default")
     s.add_argument("name")
     s.add_argument("--account", required=True)
     s.add_argument("--for", dest="scope", choices=("own", "subaccounts"), default="own")
-    s = make(prov, "assign", cmd_assign, "put a sub-account on a provider")
+    s = add_verb(prov, "assign", cmd_assign, "put a sub-account on a provider")
     s.add_argument("name")
     s.add_argument("--account", required=True)
-    s = make(prov, "unassign", cmd_unassign, "take a sub-account off its assigned provider")
+    s = add_verb(prov, "unassign", cmd_unassign, "take a sub-account off its assigned provider")
     s.add_argument("--account", required=True)
-    make(prov, "list", cmd_list, "list providers")
+    add_verb(prov, "list", cmd_list, "list providers")

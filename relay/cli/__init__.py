@@ -1,0 +1,82 @@
+"""The ``relay`` command line: serve, and the operator's verbs.
+
+Each verb calls the service layer (``relay.service``); a RelayError becomes
+``relay: error: ...`` on stderr and exit status 1; bad usage exits 2.
+
+With ``--url`` and ``--token`` (or RELAY_URL and RELAY_TOKEN) the same verbs
+go to a remote relay's admin API instead (``relay.cli.remote``), and print
+the same. Locally the command line acts as the operator: its changes are
+recorded in the audit log as ``operator`` by way of ``cli``.
+
+One module per group of verbs, each adding its own to the parser; what they
+share is in ``relay.cli._common``. Building the parser imports none of the
+service layer (``relay --help`` stays quick): a verb imports it when it runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from relay.cli import accounts, providers, queue, senders, serve, tokens, usage
+from relay.cli._common import dispose_engines
+from relay.core.errors import RelayError
+from relay.core.settings import load_settings
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="relay", description="Relay: a multi-tenant SMTP relay")
+    p.add_argument("--config", help="TOML configuration file (default: $RELAY_CONFIG)")
+    p.add_argument(
+        "--url",
+        default=os.environ.get("RELAY_URL"),
+        help="act on the relay whose admin listener is here (default: $RELAY_URL)",
+    )
+    p.add_argument(
+        "--token",
+        default=os.environ.get("RELAY_TOKEN"),
+        help="API token for --url (default: $RELAY_TOKEN)",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve.register(sub)
+    accounts.register(sub)
+    senders.register(sub)
+    queue.register(sub)
+    usage.register(sub)
+    providers.register(sub)
+    tokens.register(sub)
+    serve.register_emulator(sub)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.url:
+            from relay.cli.remote import run as run_remote
+
+            return run_remote(args, args.url, args.token)
+        settings = load_settings(args.config)
+        if args.command not in ("serve", "demo", "emulate"):
+            logging.basicConfig(level=logging.WARNING)
+        if args.command in ("serve", "emulate"):  # a server, not an operator's change
+            return int(args.handler(args, settings))
+        from relay.service.scope import Actor, acting
+
+        with acting(Actor("operator", "cli")):
+            return int(args.handler(args, settings))
+    except RelayError as exc:
+        print(f"relay: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        dispose_engines()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

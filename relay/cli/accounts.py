@@ -1,0 +1,133 @@
+"""``relay account``, ``domain`` and ``credential``: tenants, their domains and SMTP users."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from relay.cli._common import Verbs, add_group, add_verb, open_db, print_rows
+from relay.core.settings import Settings
+
+
+def cmd_account_create(args: argparse.Namespace, settings: Settings) -> int:
+    from relay.service.accounts import create_account
+
+    account = create_account(open_db(settings), args.name, args.agency, args.policy)
+    kind = f"sub-account of {args.agency}" if args.agency else "agency"
+    print(f"created account {account.name} ({kind})")
+    return 0
+
+
+def cmd_account_list(args: argparse.Namespace, settings: Settings) -> int:
+    from relay.service.accounts import list_accounts
+
+    rows = [
+        (a.name, parent or "-", a.unverified_policy or "default")
+        for a, parent in list_accounts(open_db(settings))
+    ]
+    print_rows(rows, ("ACCOUNT", "AGENCY", "UNVERIFIED-POLICY"))
+    return 0
+
+
+def cmd_domain_add(args: argparse.Namespace, settings: Settings) -> int:
+    from relay.service.accounts import add_domain
+
+    domain = add_domain(open_db(settings), args.domain, args.account)
+    print(f"added domain {domain.name} to account {args.account}")
+    return 0
+
+
+def _hasher(settings: Settings) -> Any:
+    from relay.auth.passwords import make_hasher
+
+    return make_hasher(settings)
+
+
+def cmd_credential_create(args: argparse.Namespace, settings: Settings) -> int:
+    from relay.service.accounts import create_credential
+
+    new = create_credential(
+        open_db(settings),
+        _hasher(settings),
+        args.username,
+        args.password,
+        args.purpose,
+        settings.auth.max_credentials_per_domain,
+        args.policy,
+    )
+    print(f"created credential {new.username}")
+    if args.password is None:
+        print(f"password: {new.password}")
+        print("(shown once: it is stored only as a hash)")
+    return 0
+
+
+def cmd_credential_reset(args: argparse.Namespace, settings: Settings) -> int:
+    from relay.service.accounts import reset_credential
+
+    new = reset_credential(open_db(settings), _hasher(settings), args.username, args.password)
+    print(f"reset the password of {new.username}; the old one no longer works")
+    if args.password is None:
+        print(f"password: {new.password}")
+        print("(shown once: it is stored only as a hash)")
+    return 0
+
+
+def cmd_credential_delete(args: argparse.Namespace, settings: Settings) -> int:
+    from relay.service.accounts import delete_credential
+
+    print(f"deleted credential {delete_credential(open_db(settings), args.username)}")
+    return 0
+
+
+def cmd_credential_list(args: argparse.Namespace, settings: Settings) -> int:
+    from relay.service.accounts import list_credentials
+
+    rows = [
+        (
+            c.username,
+            c.purpose,
+            c.unverified_policy or "default",
+            c.created_at.strftime("%Y-%m-%d %H:%M"),
+            c.updated_at.strftime("%Y-%m-%d %H:%M"),
+        )
+        for c in list_credentials(open_db(settings), args.domain)
+    ]
+    print_rows(rows, ("USERNAME", "PURPOSE", "UNVERIFIED-POLICY", "CREATED", "PASSWORD-SET"))
+    return 0
+
+
+def register(sub: Verbs) -> None:
+    acc = add_group(sub, "account", "agencies and sub-accounts")
+    s = add_verb(acc, "create", cmd_account_create, "create an agency, or a sub-account")
+    s.add_argument("name")
+    s.add_argument("--agency", help="make it a sub-account of this agency")
+    s.add_argument(
+        "--policy",
+        choices=("reject", "drop", "pause"),
+        help="what to do with mail from unverified senders",
+    )
+    add_verb(acc, "list", cmd_account_list, "list accounts")
+
+    dom = add_group(sub, "domain", "sending domains")
+    s = add_verb(dom, "add", cmd_domain_add, "add a sending domain to a sub-account")
+    s.add_argument("domain")
+    s.add_argument("--account", required=True)
+
+    cred = add_group(sub, "credential", "SMTP users (at most five a domain)")
+    s = add_verb(cred, "create", cmd_credential_create, "create an SMTP user")
+    s.add_argument("username", metavar="USER@DOMAIN")
+    s.add_argument("--password", help="at least 12 characters; omit to generate one")
+    s.add_argument("--purpose", choices=("transactional", "campaign"), default="transactional")
+    s.add_argument(
+        "--policy",
+        choices=("reject", "drop", "pause"),
+        help="this credential's policy for unverified senders",
+    )
+    s = add_verb(cred, "reset", cmd_credential_reset, "set a new password (the old fails at once)")
+    s.add_argument("username", metavar="USER@DOMAIN")
+    s.add_argument("--password")
+    s = add_verb(cred, "delete", cmd_credential_delete, "delete an SMTP user")
+    s.add_argument("username", metavar="USER@DOMAIN")
+    s = add_verb(cred, "list", cmd_credential_list, "list a domain's SMTP users (never passwords)")
+    s.add_argument("domain")

@@ -1,0 +1,115 @@
+"""``relay queue ...``: list, show, retry, release and discard messages."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from relay.cli._common import Verbs, add_group, add_verb, open_db, print_rows
+from relay.core.settings import Settings
+
+
+def cmd_queue_list(args: argparse.Namespace, settings: Settings) -> int:
+    from relay.service.queue import list_messages
+
+    rows = [
+        (
+            m.id,
+            m.state,
+            a,
+            m.mail_from,
+            m.size,
+            m.attempts,
+            m.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+            m.reason or "",
+        )
+        for m, a in list_messages(open_db(settings), args.state, args.limit)
+    ]
+    print_rows(rows, ("ID", "STATE", "ACCOUNT", "FROM", "SIZE", "TRIES", "CREATED", "REASON"))
+    return 0
+
+
+def cmd_queue_show(args: argparse.Namespace, settings: Settings) -> int:
+    from relay.service.queue import show_message
+
+    view = show_message(open_db(settings), args.id)
+    m = view.message
+    out = {
+        "id": m.id,
+        "state": m.state,
+        "reason": m.reason,
+        "account": view.account,
+        "from": m.mail_from,
+        "header_from": m.header_from,
+        "size": m.size,
+        "campaign": m.campaign,
+        "attempts": m.attempts,
+        "created": m.created_at.isoformat(),
+        "next_attempt": m.next_attempt_at.isoformat(),
+        "expires": m.expires_at.isoformat(),
+        "recipients": [
+            {"address": r.address, "kind": r.kind, "state": r.state, "reply": r.reply}
+            for r in view.recipients
+        ],
+        "history": [
+            {
+                "at": a.at.isoformat(),
+                "provider": a.provider,
+                "transport": a.transport,
+                "result": a.result,
+                "code": a.code,
+                "text": a.text,
+                "duration": round(a.duration, 4),
+            }
+            for a in view.attempts
+        ],
+    }
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+def cmd_queue_retry(args: argparse.Namespace, settings: Settings) -> int:
+    from relay.service.queue import retry_message
+
+    retry_message(open_db(settings), args.id)
+    print(f"{args.id} is due now; a running relay delivers it within its poll interval")
+    return 0
+
+
+def cmd_queue_release(args: argparse.Namespace, settings: Settings) -> int:
+    from relay.service.queue import release_messages
+
+    moved = release_messages(open_db(settings), args.id, sender=args.sender, account=args.account)
+    print(f"released {len(moved)} paused message(s)" + "".join(f"\n  {m}" for m in moved))
+    return 0
+
+
+def cmd_queue_discard(args: argparse.Namespace, settings: Settings) -> int:
+    from relay.service.queue import discard_messages
+
+    rows = discard_messages(open_db(settings), args.id, sender=args.sender, account=args.account)
+    ids = sorted({r[0] for r in rows})
+    print(
+        f"discarded {len(ids)} paused message(s), recorded as dropped"
+        + "".join(f"\n  {m}" for m in ids)
+    )
+    return 0
+
+
+def register(sub: Verbs) -> None:
+    q = add_group(sub, "queue", "the message queue")
+    s = add_verb(q, "list", cmd_queue_list, "list messages, newest first")
+    s.add_argument("--state", help="queued, deferred, paused, delivered, failed or dropped")
+    s.add_argument("--limit", type=int, default=100)
+    s = add_verb(q, "show", cmd_queue_show, "one message with its recipients and attempts")
+    s.add_argument("id")
+    s = add_verb(q, "retry", cmd_queue_retry, "deliver a queued or deferred message now")
+    s.add_argument("id")
+    for verb, handler, what in (
+        ("release", cmd_queue_release, "deliver paused mail now"),
+        ("discard", cmd_queue_discard, "drop paused mail (recorded as dropped)"),
+    ):
+        s = add_verb(q, verb, handler, f"{what}: one message, or in bulk by sender or account")
+        s.add_argument("id", nargs="?")
+        s.add_argument("--sender", help="every paused message from this address or domain")
+        s.add_argument("--account", help="every paused message of this account")
