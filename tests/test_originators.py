@@ -19,8 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from relay.core.message import has_smuggling, received_header, rewrite_headers
+from relay.intake import CAMPAIGN_HEADER, read_message
 from relay.routing.policy import sender_matches
-from relay.smtp.handler import CAMPAIGN_HEADER, read_message
 from relay.smtp.protocol import DataScan
 
 PATTERNS = ["acme.test", "ok@partner.test"]
