@@ -16,7 +16,8 @@ reply that refuses the message, out. In order:
    write is 451 4.3.0, never a 250 for what was not persisted.
 
 Nothing here knows about sockets: the SMTP handler calls ``accept`` and
-turns its result into a reply line, and the tests call it directly.
+turns its result into a reply line, and the tests call it directly. Checks
+still to come (suppression, quotas) belong here, between policy and spool.
 """
 
 from __future__ import annotations
