@@ -1028,7 +1028,7 @@ INGEST_STAGES: list[tuple[str, tuple[str, ...]]] = [
     ("message: parse headers, smuggling check, rewrite", ("(relay/core/message.py)",)),
     ("logging: one INFO line per message", ("(logging/",)),
     ("metrics: Prometheus counters", ("(prometheus_client/", "(relay/core/metrics.py)")),
-    ("relay handler: rest of handle_DATA", ("(relay/smtp/handler.py)",)),
+    ("relay handler and intake: rest of DATA", ("(relay/smtp/handler.py)", "(relay/intake.py)")),
     ("relay protocol: push, readuntil wrapper, limits", ("(relay/smtp/protocol.py)",)),
     ("aiosmtpd: command loop, DATA reading, address parsing", ("(aiosmtpd/",)),
     ("asyncio streams: socket reads/writes into uvloop", ("(asyncio/streams.py)",)),

@@ -31,13 +31,14 @@ from relay.core.metrics import Metrics, scrape_registry
 from relay.core.settings import ListenerSettings, Settings, parse_hostport
 from relay.delivery.pool import ProviderPool
 from relay.delivery.worker import Deliverer, Worker, node_identity
+from relay.intake import Accepted, Intake, IntakeConfig
 from relay.queue import held, store
 from relay.queue.spool import Acceptance, Spool
 from relay.queue.store import Claimed, Outcome, Recorded
 from relay.routing.policy import Policy
 from relay.service.providers import check_references
 from relay.smtp import listeners as smtp_listeners
-from relay.smtp.handler import Accepted, HandlerConfig, SessionHandler
+from relay.smtp.handler import HandlerConfig, SessionHandler
 from relay.smtp.listeners import Listener, bind_socket
 from relay.smtp.protocol import ConnectionTracker, quiet_aiosmtpd
 from relay.smtp.tls import server_context
@@ -101,18 +102,21 @@ class Relay:
             self.spool.on_commit(lambda _: self.worker.wake() if self.worker else None)
         self.spool.on_commit(self._count_accepted)
         config = HandlerConfig(
-            s.server.hostname,
             s.limits.max_recipients,
-            observers=[self._observe],
             on_auth_failure=[self._count_auth_failure],
             on_lockout=[self._count_lockout],
         )
-        handler = SessionHandler(
-            config,
-            Authenticator(self.engine, s.auth, make_hasher(s)),
+        intake = Intake(
+            IntakeConfig(
+                s.server.hostname,
+                s.limits.max_header_bytes,
+                s.limits.max_headers,
+                observers=[self._observe],
+            ),
             Policy(self.engine, s.policy),
             self.spool,
         )
+        handler = SessionHandler(config, Authenticator(self.engine, s.auth, make_hasher(s)), intake)
         self.listeners = [Listener(item, self._socket(item)) for item in s.listeners]
         await smtp_listeners.start(
             self.listeners, handler, tls, s.server.hostname, s.limits, self.tracker

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from relay.core.addresses import sender_matches
 from relay.core.message import has_smuggling, received_header, rewrite_headers
-from relay.smtp.handler import CAMPAIGN_HEADER, read_message
+from relay.intake import CAMPAIGN_HEADER, read_message
 from relay.smtp.protocol import DataScan
 
 PATTERNS = ["acme.test", "ok@partner.test"]

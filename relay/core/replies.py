@@ -75,6 +75,16 @@ def queued(queue_id: str) -> Reply:
     return Reply(250, "2.0.0", f"Ok: queued as {queue_id}")
 
 
+def header_section_too_big(limit: int) -> Reply:
+    return HEADER_SECTION_TOO_BIG.with_text(
+        f"{HEADER_SECTION_TOO_BIG.text} ({limit} bytes, max_header_bytes)"
+    )
+
+
+def too_many_headers(limit: int) -> Reply:
+    return TOO_MANY_HEADERS.with_text(f"{TOO_MANY_HEADERS.text} ({limit}, max_headers)")
+
+
 _ENHANCED = re.compile(r"^\d{3}[ -][245]\.\d{1,3}\.\d{1,3}( |$)")
 # Enhanced codes for aiosmtpd's stock replies, which carry only the basic code.
 # RFC 3463: X.5.x protocol errors, X.3.4 too big, X.7.x security.

@@ -32,11 +32,11 @@ from aiosmtpd.smtp import MISSING, SMTP, Session, TLSSetupException, syntax
 
 from relay.core.replies import (
     BAD_COMMAND_BYTES,
-    HEADER_SECTION_TOO_BIG,
     SERVER_BUSY,
     TOO_MANY_CONNECTIONS,
-    TOO_MANY_HEADERS,
     Reply,
+    header_section_too_big,
+    too_many_headers,
     with_enhanced_code,
 )
 
@@ -180,16 +180,6 @@ class DataScan:
             self.refusal = header_section_too_big(self.max_header_bytes)
         elif self.headers > self.max_headers:
             self.refusal = too_many_headers(self.max_headers)
-
-
-def header_section_too_big(limit: int) -> Reply:
-    return HEADER_SECTION_TOO_BIG.with_text(
-        f"{HEADER_SECTION_TOO_BIG.text} ({limit} bytes, max_header_bytes)"
-    )
-
-
-def too_many_headers(limit: int) -> Reply:
-    return TOO_MANY_HEADERS.with_text(f"{TOO_MANY_HEADERS.text} ({limit}, max_headers)")
 
 
 def has_bad_bytes(arg: str | None) -> bool:

@@ -1,0 +1,287 @@
+"""Intake: what happens to a message between the end of DATA and the reply.
+
+Postfix calls this job "cleanup". Here it is one call, ``Intake.accept``: who
+authenticated, the envelope and the message bytes in; the queue id, or the
+reply that refuses the message, out. In order:
+
+1. the content checks that need no I/O (``read_message``): smuggling and line
+   endings unless the front end's line reader did them, NUL bytes (RFC 5322
+   2.3), the header section (its limits, one From and one Sender, RFC 5322
+   3.6), every originator address a reader would show, recipient classes;
+2. policy and route (``relay.routing.policy``): reject, drop, pause or queue;
+3. the header rewrite (``relay.core.message``): Received on top with the queue
+   id (RFC 5321 4.4), Bcc and X-Relay-Campaign gone, Message-ID and Date
+   added when missing (RFC 5322 3.6);
+4. the spool, which answers only once the message is committed; a failed
+   write is 451 4.3.0, never a 250 for what was not persisted.
+
+Nothing here knows about sockets: the SMTP handler calls ``accept`` and
+turns its result into a reply line, and the tests call it directly. Checks
+still to come (suppression, quotas) belong here, between policy and spool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from relay.auth.authenticator import Identity
+from relay.core.errors import SpoolError
+from relay.core.message import (
+    DuplicateOriginator,
+    MalformedMessage,
+    ParsedMessage,
+    UnreadableOriginator,
+    classify,
+    has_smuggling,
+    normalise_line_endings,
+    parse,
+    received_header,
+    rewrite_headers,
+)
+from relay.core.replies import (
+    DUPLICATE_ORIGINATOR,
+    MALFORMED_MESSAGE,
+    NUL_BYTES,
+    SMUGGLING,
+    SPOOL_UNAVAILABLE,
+    Reply,
+    header_section_too_big,
+    too_many_headers,
+)
+from relay.queue.spool import Acceptance, Spool
+from relay.routing.policy import Policy, Submission
+
+# The lines that say what became of a message keep the SMTP front's logger
+# name, as before intake had a module of its own (log filters select on it).
+log = logging.getLogger("relay.smtp")
+
+CAMPAIGN_HEADER = "X-Relay-Campaign"
+# A message larger than this, or with a header section larger than the
+# second, is read (parsed, addresses, rewrite) on a worker thread: a few
+# milliseconds of work at most stays on the loop (bench/stall.py; a To field
+# of 12,000 addresses costs 140 ms to read).
+OFF_LOOP_BYTES = 256 * 1024
+OFF_LOOP_HEADER_BYTES = 32 * 1024
+
+
+@dataclass
+class Accepted:
+    """One message's result, for counters and logs."""
+
+    queue_id: str | None
+    account: str
+    state: str
+    recipients: list[tuple[str, str]]
+    size: int
+    seconds: float
+
+
+@dataclass
+class IntakeConfig:
+    hostname: str
+    max_header_bytes: int
+    max_headers: int
+    observers: list[Callable[[Accepted], None]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Arrival:
+    """How the message came in: what its Received field records (RFC 5321 4.4).
+
+    ``protocol`` is the RFC 3848 keyword (ESMTPSA, UTF8SMTPA ...). ``scanned``:
+    the front end's line reader already looked for smuggling and made every
+    line end in CRLF, a line at a time (a search or a replace over a big
+    message of short lines holds the GIL, and so the event loop, for most of
+    a second); otherwise ``accept`` does both.
+    """
+
+    helo: str = "unknown"
+    peer: str = "[unknown]"
+    protocol: str = "ESMTPA"
+    scanned: bool = False
+
+
+@dataclass
+class Reading:
+    """What DATA's checks read from one message: a refusal, or what policy needs."""
+
+    refusal: Reply | None = None
+    parsed: ParsedMessage | None = None
+    originators: list[str] = field(default_factory=list)
+    header_from: list[str] = field(default_factory=list)
+    recipients: list[tuple[str, str]] = field(default_factory=list)
+
+
+def read_message(
+    raw: bytes,
+    rcpt_tos: Sequence[str],
+    max_header_bytes: int,
+    max_headers: int,
+    scanned: bool = False,
+) -> Reading:
+    """Every check on the content before policy: the work of DATA that needs no I/O.
+
+    In order: smuggling, NUL bytes, line endings, the header section (its
+    limits, a second From or Sender), then every From and Sender address a
+    reader would show. Pure CPU: ``accept`` runs it on a thread for a big
+    message. ``scanned``: as ``Arrival.scanned``.
+    """
+    if not scanned and has_smuggling(raw):
+        return Reading(SMUGGLING)
+    if b"\x00" in raw:
+        return Reading(NUL_BYTES)
+    try:
+        parsed = parse(raw if scanned else normalise_line_endings(raw))
+        if parsed.header_end > max_header_bytes:
+            return Reading(header_section_too_big(max_header_bytes))
+        if parsed.fields > max_headers:
+            return Reading(too_many_headers(max_headers))
+        originators = parsed.originators()
+    except DuplicateOriginator as exc:
+        return Reading(DUPLICATE_ORIGINATOR.with_text(DUPLICATE_ORIGINATOR.text.format(exc.name)))
+    except UnreadableOriginator as exc:
+        return Reading(MALFORMED_MESSAGE.with_text(f"Message header malformed: {exc}"))
+    except MalformedMessage:
+        return Reading(MALFORMED_MESSAGE)
+    recipients = classify(rcpt_tos, parsed.addresses("To"), parsed.addresses("Cc"))
+    return Reading(None, parsed, originators, parsed.addresses("From"), recipients)
+
+
+class Intake:
+    """The cleanup stage: one message in, a queue id or a refusal out."""
+
+    def __init__(self, config: IntakeConfig, policy: Policy, spool: Spool) -> None:
+        self._config = config
+        self._policy = policy
+        self._spool = spool
+
+    async def accept(
+        self,
+        identity: Identity,
+        mail_from: str,
+        recipients: Sequence[str],
+        raw: bytes,
+        arrival: Arrival = Arrival(),
+    ) -> str | Reply:
+        """The queue id once the message is committed, or the reply that refuses it.
+
+        ``recipients`` are the envelope's (RCPT TO), ``raw`` the message as
+        received after DATA's dot-unstuffing. Dropped and paused messages are
+        accepted too (the client is told 250); only ``reject`` and the checks
+        above refuse, and a spool failure is a 451 the client retries.
+        """
+        started = time.perf_counter()
+        config = self._config
+        big = len(raw) > OFF_LOOP_BYTES or raw.find(b"\r\n\r\n", 0, OFF_LOOP_HEADER_BYTES) < 0
+        args = (raw, recipients, config.max_header_bytes, config.max_headers, arrival.scanned)
+        reading = await asyncio.to_thread(read_message, *args) if big else read_message(*args)
+        if reading.refusal is not None or reading.parsed is None:
+            return self._refuse(reading.refusal or MALFORMED_MESSAGE, identity, mail_from)
+        parsed = reading.parsed
+        campaign = (parsed.headers.get(CAMPAIGN_HEADER) or "").strip() or None
+        senders = (mail_from, *reading.originators)
+        decision = await self._policy.decide(
+            Submission(
+                identity.account_id,
+                identity.policy,
+                campaign is not None or identity.purpose == "campaign",
+                tuple(senders),
+            )
+        )
+        classes = reading.recipients
+        if decision.reply is not None:
+            log.info(
+                "reject: account=%s from=<%s> reason=%s",
+                identity.account_name,
+                mail_from,
+                decision.reason,
+            )
+            self._observe(None, identity, "rejected", classes, len(raw), started)
+            return decision.reply
+        acc = Acceptance(
+            account_id=identity.account_id,
+            credential_id=identity.credential_id,
+            mail_from=mail_from,
+            recipients=classes,
+            data=b"",
+            state=decision.state,
+            reason=decision.reason,
+            provider_id=decision.provider_id,
+            header_from=", ".join(reading.header_from)[:998] or None,
+            campaign=campaign,
+            account_name=identity.account_name,
+        )
+        rewrite = functools.partial(
+            rewrite_headers,
+            parsed,
+            hostname=config.hostname,
+            remove=("bcc", CAMPAIGN_HEADER),
+            received=self._received(arrival, recipients, acc.queue_id),
+        )
+        acc.data = await asyncio.to_thread(rewrite) if big else rewrite()
+        try:
+            queue_id = await self._spool.accept(acc)
+        except SpoolError as exc:
+            log.error(
+                "not accepted: account=%s from=<%s>: %s",
+                identity.account_name,
+                mail_from,
+                exc,
+            )
+            self._observe(None, identity, "tempfail", classes, len(raw), started)
+            return exc.reply or SPOOL_UNAVAILABLE
+        log.info(
+            "%s: account=%s from=<%s> size=%d nrcpt=%d state=%s%s",
+            queue_id,
+            identity.account_name,
+            mail_from,
+            len(acc.data),
+            len(classes),
+            acc.state,
+            f" reason={acc.reason!r}" if acc.reason else "",
+        )
+        self._observe(queue_id, identity, acc.state, classes, len(acc.data), started)
+        return queue_id
+
+    # -- helpers -----------------------------------------------------------------
+
+    def _received(self, arrival: Arrival, recipients: Sequence[str], queue_id: str) -> str:
+        one = recipients[0] if len(recipients) == 1 else None
+        return received_header(
+            helo=arrival.helo,
+            peer=arrival.peer,
+            hostname=self._config.hostname,
+            queue_id=queue_id,
+            protocol=arrival.protocol,
+            recipient=one,
+        )
+
+    @staticmethod
+    def _refuse(reply: Reply, identity: Identity, mail_from: str) -> Reply:
+        log.info(
+            "refused: account=%s from=<%s> reply=%s",
+            identity.account_name,
+            mail_from,
+            reply,
+        )
+        return reply
+
+    def _observe(
+        self,
+        queue_id: str | None,
+        identity: Identity,
+        state: str,
+        recipients: list[tuple[str, str]],
+        size: int,
+        started: float,
+    ) -> None:
+        event = Accepted(
+            queue_id, identity.account_name, state, recipients, size, time.perf_counter() - started
+        )
+        for observer in self._config.observers:
+            observer(event)
