@@ -361,7 +361,7 @@ def cmd_queue_retry(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_usage(args: argparse.Namespace, settings: Settings) -> int:
-    from relay.billing.report import price, render
+    from relay.accounting.report import price, render
     from relay.service.usage import usage_report
 
     report = usage_report(

@@ -8,6 +8,7 @@ from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session
 
 from relay.core.errors import Conflict, Invalid, NotFound
+from relay.core.outcomes import DUE_STATES, MessageState
 from relay.queue import held
 from relay.queue.store import now_utc
 from relay.service import scope
@@ -15,7 +16,7 @@ from relay.service.accounts import check_sender, get_account
 from relay.service.audit import arg, audited, held_mail
 from relay.store.models import Account, Attempt, Message, Recipient
 
-STATES = ("queued", "deferred", "paused", "delivered", "failed", "dropped")
+STATES = tuple(s.value for s in MessageState)
 
 
 @dataclass
@@ -72,7 +73,7 @@ def retry_message(engine: Engine, queue_id: str) -> None:
         msg = session.get(Message, queue_id)
         if msg is None:
             raise NotFound(f"message {queue_id} is not in the queue")
-        if msg.state not in ("queued", "deferred"):
+        if msg.state not in DUE_STATES:
             raise Conflict(
                 f"message {queue_id} is {msg.state}; only queued or deferred "
                 "messages can be retried"
