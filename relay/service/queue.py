@@ -81,7 +81,7 @@ def retry_message(engine: Engine, queue_id: str) -> None:
         session.execute(
             update(Message)
             .where(Message.id == queue_id)
-            .values(next_attempt_at=now_utc(), state="queued")
+            .values(next_attempt_at=now_utc(), state=MessageState.QUEUED)
         )
 
 
@@ -93,7 +93,7 @@ def _paused_ids(
             msg = session.get(Message, queue_id)
             if msg is None:
                 raise NotFound(f"message {queue_id} is not in the queue")
-            if msg.state != "paused":
+            if msg.state != MessageState.PAUSED:
                 raise Conflict(f"message {queue_id} is {msg.state}, not paused")
         return [queue_id]
     if not (sender or account):
