@@ -18,8 +18,9 @@ import signal
 from typing import Any
 
 from prometheus_client import CollectorRegistry
-from sqlalchemy import Engine, select, text
+from sqlalchemy import Engine, text
 
+from relay.accounting.counters import Counters
 from relay.admin.api import make_api
 from relay.admin.api.context import ApiContext
 from relay.admin.http import AdminServer, make_app
@@ -31,10 +32,10 @@ from relay.core.metrics import Metrics, scrape_registry
 from relay.core.settings import ListenerSettings, Settings, parse_hostport
 from relay.delivery.pool import ProviderPool
 from relay.delivery.worker import Deliverer, Worker, node_identity
-from relay.intake import Accepted, Intake, IntakeConfig
-from relay.queue import held, store
-from relay.queue.spool import Acceptance, Spool
-from relay.queue.store import Claimed, Outcome, Recorded
+from relay.intake import Intake, IntakeConfig
+from relay.queue import store
+from relay.queue.spool import Spool
+from relay.queue.sweeper import PausedExpiry
 from relay.routing.policy import Policy
 from relay.service.providers import check_references
 from relay.smtp import listeners as smtp_listeners
@@ -43,7 +44,6 @@ from relay.smtp.listeners import Listener, bind_socket
 from relay.smtp.protocol import ConnectionTracker, quiet_aiosmtpd
 from relay.smtp.tls import server_context
 from relay.store.engine import make_engine, migrate
-from relay.store.models import Account
 
 log = logging.getLogger("relay")
 
@@ -64,6 +64,7 @@ class Relay:
         self.process_index = process_index
         self.engine = engine or make_engine(settings.database.url, settings.database.pool_size)
         self.metrics = Metrics()
+        self.counters = Counters(self.metrics, self.engine)
         self.listeners: list[Listener] = []
         self._presockets = sockets or {}
         self.tracker = ConnectionTracker(
@@ -77,6 +78,7 @@ class Relay:
         self._admin: AdminServer | None = None
         self._admin_task: asyncio.Task[None] | None = None
         self._gauge_task: asyncio.Task[None] | None = None
+        self._sweeper_task: asyncio.Task[None] | None = None
         self.admin_port: int | None = None
 
     # -- start ----------------------------------------------------------------
@@ -96,22 +98,22 @@ class Relay:
                 self.engine,
                 s.queue,
                 Deliverer(self.pool, s.queue),
-                on_outcome=self._count_outcome,
+                on_outcome=self.counters.count_outcome,
                 identity=node_identity(s.server, s.var_path, self.process_index),
             )
             self.spool.on_commit(lambda _: self.worker.wake() if self.worker else None)
-        self.spool.on_commit(self._count_accepted)
+        self.spool.on_commit(self.counters.count_accepted)
         config = HandlerConfig(
             s.limits.max_recipients,
-            on_auth_failure=[self._count_auth_failure],
-            on_lockout=[self._count_lockout],
+            on_auth_failure=[self.counters.count_auth_failure],
+            on_lockout=[self.counters.count_lockout],
         )
         intake = Intake(
             IntakeConfig(
                 s.server.hostname,
                 s.limits.max_header_bytes,
                 s.limits.max_headers,
-                observers=[self._observe],
+                observers=[self.counters.observe],
             ),
             Policy(self.engine, s.policy),
             self.spool,
@@ -126,6 +128,8 @@ class Relay:
         if self.worker:
             self.worker.start()
         self._gauge_task = asyncio.create_task(self._gauges())
+        sweeper = PausedExpiry(self.engine, on_expired=self.counters.count_expired)
+        self._sweeper_task = asyncio.create_task(sweeper.run())
         await self._start_admin()
 
     def _socket(self, item: ListenerSettings) -> Any:
@@ -166,71 +170,19 @@ class Relay:
             ),
         }
 
-    # -- counting -------------------------------------------------------------
-
-    def _observe(self, event: Accepted) -> None:
-        self.metrics.accept_duration.observe(event.seconds)
-        code = "250" if event.queue_id else "550" if event.state == "rejected" else "451"
-        self.metrics.smtp_replies.labels(code).inc()
-        if event.state == "tempfail":
-            self.metrics.spool_healthy.set(0)
-
-    def _count_accepted(self, batch: list[Acceptance]) -> None:
-        """After the spool's commit: the same numbers as the ledger's accepted rows."""
-        m = self.metrics
-        m.spool_healthy.set(1)
-        for acc in batch:
-            m.message_bytes.inc(len(acc.data))
-            events = ["accepted"] + (["dropped"] if acc.state == "dropped" else [])
-            for event in events:
-                m.messages.labels(acc.account_name, event).inc()
-                for _, kind in acc.recipients:
-                    m.recipients.labels(acc.account_name, kind, event).inc()
-
-    def _count_outcome(self, msg: Claimed, outcome: Outcome, recorded: Recorded) -> None:
-        m = self.metrics
-        for attempt in outcome.attempts:
-            m.delivery_attempts.labels(attempt.provider, attempt.transport, attempt.result).inc()
-            m.delivery_duration.observe(attempt.duration)
-        if outcome.fell_back:
-            m.provider_fallbacks.labels(outcome.attempts[-1].provider).inc()
-        # The ledger's outcome rows, as written in the same transaction.
-        for kind, event, n in recorded.usage:
-            m.recipients.labels(msg.account_name, kind, event).inc(n)
-        if recorded.usage:
-            m.messages.labels(msg.account_name, outcome.state).inc()
-
-    def _count_auth_failure(self, listener: str) -> None:
-        self.metrics.auth_failures.labels(listener).inc()
-
-    def _count_lockout(self, listener: str, scope: str) -> None:
-        self.metrics.auth_lockouts.labels(listener, scope).inc()
+    # -- housekeeping -------------------------------------------------------
 
     async def _gauges(self) -> None:
-        """Queue gauges every few seconds; paused mail past its lifetime fails."""
+        """Queue gauges every few seconds."""
         while True:
             try:
                 counts = await asyncio.to_thread(store.queue_counts, self.engine)
                 for state, n in counts.items():
                     self.metrics.queue_messages.labels(state).set(n)
                 self.metrics.spool_healthy.set(1 if self.spool.healthy else 0)
-                expired = await asyncio.to_thread(held.expire, self.engine)
-                if expired:
-                    self._count_finished(expired, await asyncio.to_thread(self._account_names))
             except Exception as exc:
-                log.warning("queue housekeeping: %s", exc)
+                log.warning("queue gauges: %s", exc)
             await asyncio.sleep(5)
-
-    def _count_finished(self, rows: held.LedgerRows, names: dict[int, str]) -> None:
-        for _, account_id, kind, event, n in rows:
-            self.metrics.recipients.labels(names.get(account_id, ""), kind, event).inc(n)
-        for mid, account_id in sorted({(r[0], r[1]) for r in rows}):
-            log.info("%s: state=failed reason='expired while paused'", mid)
-            self.metrics.messages.labels(names.get(account_id, ""), "failed").inc()
-
-    def _account_names(self) -> dict[int, str]:
-        with self.engine.connect() as conn:
-            return {i: n for i, n in conn.execute(select(Account.id, Account.name)).all()}
 
     # -- stop -----------------------------------------------------------------
 
@@ -250,8 +202,9 @@ class Relay:
         await self.spool.aclose()
         if worker_stop is not None:
             await worker_stop
-        if self._gauge_task:
-            self._gauge_task.cancel()
+        for task in (self._gauge_task, self._sweeper_task):
+            if task:
+                task.cancel()
         if self._admin and self._admin_task:
             self._admin.stop()
             with contextlib.suppress(Exception):

@@ -11,9 +11,9 @@ import pytest
 from sqlalchemy import Engine, func, select
 
 from relay.core.errors import SpoolError
+from relay.core.outcomes import Attempt, Outcome
 from relay.queue import store
 from relay.queue.spool import Acceptance, Spool, new_queue_id, write_batch
-from relay.queue.store import AttemptRecord, Outcome
 from relay.store.engine import make_engine, migrate
 from relay.store.models import Account, Message, Recipient, Usage
 
@@ -108,7 +108,7 @@ def test_outcome_counts_once_and_partial_delivery_keeps_state(db: Engine) -> Non
     write_batch(db, [acceptance()], 3600)
     (msg,) = store.claim(db, "w1", 1, 60)
     to, cc, bcc = (rid for rid, _, _ in msg.recipients)
-    attempt = AttemptRecord("p", "api", "partial", 0.01, "250", "ok")
+    attempt = Attempt("p", "api", "partial", 0.01, "250", "ok")
     later = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
     assert store.record(
         db,

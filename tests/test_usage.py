@@ -16,13 +16,13 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, select, update
 
-from relay.billing import report as billing
-from relay.billing.report import AccountRef, LedgerSums, Report
+from relay.accounting import report as billing
+from relay.accounting.report import AccountRef, LedgerSums, Report
 from relay.cli import main
 from relay.core.errors import ConfigError, Invalid, NotFound
+from relay.core.outcomes import Attempt, Outcome
 from relay.queue import store
 from relay.queue.spool import Acceptance, write_batch
-from relay.queue.store import AttemptRecord, Outcome
 from relay.service.accounts import create_account
 from relay.service.usage import parse_period, usage_report
 from relay.store.engine import make_engine, migrate
@@ -87,7 +87,7 @@ def finish(engine: Engine, queue_id: str, state: str, fail: tuple[str, ...] = ()
     token = uuid.uuid4().hex
     tomorrow = dt.datetime.now(dt.UTC) + dt.timedelta(days=1)  # deferred ones are due too
     (msg,) = [m for m in store.claim(engine, token, 1000, 60, now=tomorrow) if m.id == queue_id]
-    attempt = AttemptRecord("outbox", "file", "delivered", 0.01, "250", "ok")
+    attempt = Attempt("outbox", "file", "delivered", 0.01, "250", "ok")
     outcome = Outcome(state, [attempt], reason=None if state == "delivered" else "refused")
     if state == "deferred":
         outcome.next_attempt_at = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
@@ -206,7 +206,7 @@ def test_a_partly_delivered_message_is_pending_until_it_ends(
     (msg,) = store.claim(db, token, 10, 60)
     to = next(rid for rid, _, kind in msg.recipients if kind == "to")
     later = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
-    attempt = AttemptRecord("outbox", "file", "partial", 0.01)
+    attempt = Attempt("outbox", "file", "partial", 0.01)
     assert store.record(db, msg, Outcome("deferred", [attempt], [to], next_attempt_at=later))
     assert line(usage_report(db, PRICE, "shop"), "shop").totals.pending == 2
     finish(db, qid, "delivered")

@@ -287,7 +287,7 @@ def usage(r: Remote, args: argparse.Namespace) -> None:
     params = {"account": args.account, "from": args.first, "to": args.last, "format": args.format}
     response = r.call("GET", "/usage", params={k: v for k, v in params.items() if v is not None})
     if args.format == "json":
-        # As relay.billing.report.render_json prints the same dict.
+        # As relay.accounting.report.render_json prints the same dict.
         sys.stdout.write(json.dumps(response.json(), indent=2) + "\n")
     else:
         sys.stdout.write(response.text)

@@ -10,7 +10,7 @@ from relay.core.settings import Settings
 
 
 def cmd_usage(args: argparse.Namespace, settings: Settings) -> int:
-    from relay.billing.report import price, render
+    from relay.accounting.report import price, render
     from relay.service.usage import usage_report
 
     report = usage_report(

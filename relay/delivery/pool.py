@@ -21,10 +21,10 @@ from sqlalchemy.orm import Session
 from relay.core.crypto import SecretBox
 from relay.core.errors import ConfigError, Invalid
 from relay.core.message import OutboundMessage
+from relay.core.outcomes import Attempt
 from relay.providers.base import Receipt
-from relay.providers.chain import Attempt, ProviderChain
+from relay.providers.chain import ProviderChain
 from relay.providers.registry import build_provider, make_http_client
-from relay.queue.store import AttemptRecord
 from relay.store.models import Provider as ProviderRow
 
 REFRESH = 5.0  # seconds between looks at a provider's row
@@ -98,28 +98,14 @@ class ProviderPool:
         self,
         provider: ProviderChain,
         message: OutboundMessage,
-        attempts: list[AttemptRecord],
+        attempts: list[Attempt],
         only: str | None = None,
     ) -> Receipt:
-        """Send through the chain, turning each of its attempts into an attempt row.
+        """Send through the chain, collecting each of its attempts (the attempt rows).
 
         ``only``: the one leg this pass may use (see ``ProviderChain.send``).
         """
-
-        def record(a: Attempt) -> None:
-            attempts.append(
-                AttemptRecord(
-                    a.provider,
-                    a.transport,
-                    a.result,
-                    a.duration,
-                    a.code,
-                    a.text,
-                    a.provider_message_id,
-                )
-            )
-
-        return await provider.send(message, on_attempt=record, only=only)
+        return await provider.send(message, on_attempt=attempts.append, only=only)
 
     async def aclose(self) -> None:
         for _, _, provider in self._live.values():

@@ -33,13 +33,13 @@ from sqlalchemy import Engine
 
 from relay.core.errors import ConfigError, PermanentError, ProviderError, TransientError
 from relay.core.message import OutboundMessage
+from relay.core.outcomes import Attempt, Claimed, MessageState, Outcome, Recorded, Result
 from relay.core.settings import QueueSettings, ServerSettings
 from relay.delivery.pool import ProviderPool
 from relay.providers.base import Receipt
 from relay.providers.chain import UNNAMED_RECIPIENTS, ProviderChain, result_of
 from relay.queue import store
 from relay.queue.batch import GroupCommit
-from relay.queue.store import AttemptRecord, Claimed, Outcome, Recorded
 
 log = logging.getLogger("relay.delivery")
 
@@ -89,7 +89,7 @@ class Deliverer:
         if now >= msg.expires_at:
             return self._expired(msg)
         if msg.provider_id is None:
-            return Outcome("paused", [], reason="no provider")
+            return Outcome(MessageState.PAUSED, [], reason="no provider")
         try:
             provider = await self._pool.get(msg.provider_id)
         except ConfigError as exc:
@@ -97,7 +97,7 @@ class Deliverer:
         return await self._send(msg, provider)
 
     async def _send(self, msg: Claimed, provider: ProviderChain) -> Outcome:
-        attempts: list[AttemptRecord] = []
+        attempts: list[Attempt] = []
         recipients = [(a, k) for _, a, k in msg.recipients]
         outbound = OutboundMessage(
             msg.id, msg.mail_from, recipients, msg.data, campaign=msg.campaign
@@ -106,7 +106,7 @@ class Deliverer:
         try:
             receipt = await self._pool.send(provider, outbound, attempts, only=msg.pinned)
         except asyncio.CancelledError:
-            if not attempts or attempts[-1].result != "unknown":
+            if not attempts or attempts[-1].result != Result.UNKNOWN:
                 raise  # nothing was sent: the claim is simply given back
             # Cancelled mid-send (shutdown past the grace): record it and retry
             # later by the same leg, like any outcome we do not know.
@@ -117,13 +117,14 @@ class Deliverer:
         except ProviderError as exc:
             if not attempts:  # the chain records its legs; this is for anything else
                 attempts.append(
-                    AttemptRecord(
+                    Attempt(
                         provider.name,
                         exc.transport or "api",
                         result_of(exc),
                         time.perf_counter() - started,
                         _code(exc.code),
                         exc.text,
+                        queue_id=msg.id,
                     )
                 )
             outcome = self._failure(msg, attempts, exc)
@@ -136,7 +137,7 @@ class Deliverer:
         )
         return outcome
 
-    def _success(self, msg: Claimed, attempts: list[AttemptRecord], receipt: Receipt) -> Outcome:
+    def _success(self, msg: Claimed, attempts: list[Attempt], receipt: Receipt) -> Outcome:
         rejected = {k.lower(): v for k, v in receipt.rejected.items()}
         unnamed = rejected.pop(UNNAMED_RECIPIENTS, None)
         delivered = [rid for rid, a, _ in msg.recipients if a.lower() not in rejected]
@@ -144,7 +145,7 @@ class Deliverer:
             # A provider that counts refusals without naming them (SparkPost):
             # nothing to retry per recipient; the count is kept as the reason.
             note = f"provider refused recipients it did not name: {unnamed}" if unnamed else None
-            return Outcome("delivered", attempts, delivered=delivered, reason=note)
+            return Outcome(MessageState.DELIVERED, attempts, delivered=delivered, reason=note)
         refused = {
             rid: rejected[a.lower()] for rid, a, _ in msg.recipients if a.lower() in rejected
         }
@@ -153,7 +154,7 @@ class Deliverer:
         failed = {r: t for r, t in refused.items() if _permanent(t, receipt.permanent)}
         later = [r for r in refused if r not in failed]
         if not later:
-            state = "delivered" if delivered else "failed"
+            state = MessageState.DELIVERED if delivered else MessageState.FAILED
             return Outcome(
                 state, attempts, delivered, failed, reason=f"{len(failed)} recipient(s) refused"
             )
@@ -162,7 +163,7 @@ class Deliverer:
         outcome.failed = failed
         return outcome
 
-    def _failure(self, msg: Claimed, attempts: list[AttemptRecord], exc: ProviderError) -> Outcome:
+    def _failure(self, msg: Claimed, attempts: list[Attempt], exc: ProviderError) -> Outcome:
         reason = f"{exc.transport or 'provider'}: {exc}"
         if isinstance(exc, PermanentError):
             if exc.recipients:  # only some recipients were refused
@@ -176,7 +177,7 @@ class Deliverer:
                     outcome.failed = failed
                     return outcome
             return Outcome(
-                "failed",
+                MessageState.FAILED,
                 attempts,
                 failed={rid: reason for rid, _, _ in msg.recipients},
                 reason=reason,
@@ -185,7 +186,7 @@ class Deliverer:
         return self._defer(msg, attempts, reason, retry_after)
 
     def _defer(
-        self, msg: Claimed, attempts: list[AttemptRecord], reason: str, retry_after: float | None
+        self, msg: Claimed, attempts: list[Attempt], reason: str, retry_after: float | None
     ) -> Outcome:
         delay = backoff(
             self._settings.retry_schedule, msg.attempts + max(len(attempts), 1), retry_after
@@ -195,13 +196,16 @@ class Deliverer:
             outcome = self._expired(msg, reason)
             outcome.attempts = attempts
             return outcome
-        return Outcome("deferred", attempts, reason=reason, next_attempt_at=at)
+        return Outcome(MessageState.DEFERRED, attempts, reason=reason, next_attempt_at=at)
 
     def _expired(self, msg: Claimed, last: str | None = None) -> Outcome:
         days = self._settings.lifetime / 86400
         reason = f"expired: undelivered after {days:g} day(s)" + (f"; last: {last}" if last else "")
         return Outcome(
-            "failed", [], failed={rid: reason for rid, _, _ in msg.recipients}, reason=reason
+            MessageState.FAILED,
+            [],
+            failed={rid: reason for rid, _, _ in msg.recipients},
+            reason=reason,
         )
 
 

@@ -35,9 +35,10 @@ message), chained to the API's, keeping the longer of their ``retry_after``
 Recording attempts
 ------------------
 
-Every leg tried produces one :class:`Attempt` (transport, result, the
-provider's code and text, duration, provider message id). Callbacks receive
-them synchronously, in order, as each leg finishes:
+Every leg tried produces one ``relay.core.outcomes.Attempt`` (transport,
+result, the provider's code and text, duration, provider message id): the
+same record the worker keeps and the queue writes as an attempt row.
+Callbacks receive them synchronously, in order, as each leg finishes:
 
 * ``ProviderChain(..., on_attempt=hook)`` for every message (metrics);
 * ``await chain.send(message, on_attempt=attempts.append)`` for one message
@@ -66,7 +67,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import NamedTuple
 
 from relay.core.errors import (
@@ -76,6 +76,7 @@ from relay.core.errors import (
     TransientError,
 )
 from relay.core.message import OutboundMessage
+from relay.core.outcomes import Attempt, Result
 from relay.providers.base import Health, Provider, Receipt
 
 log = logging.getLogger(__name__)
@@ -94,22 +95,6 @@ class OutcomeUnknown(TransientError):
     """
 
 
-@dataclass(frozen=True)
-class Attempt:
-    """One try of one provider by one transport (a row of the attempts table)."""
-
-    queue_id: str
-    provider: str
-    transport: str  # api | smtp | file
-    # delivered | partial | transient | permanent | payload | credentials | unknown
-    result: str
-    code: str | None
-    text: str
-    duration: float  # seconds, monotonic clock
-    provider_message_id: str | None = None
-    retry_after: float | None = None
-
-
 AttemptHook = Callable[[Attempt], None]
 
 
@@ -118,17 +103,17 @@ class Leg(NamedTuple):
     provider: Provider
 
 
-def result_of(exc: ProviderError) -> str:
+def result_of(exc: ProviderError) -> Result:
     """The attempt result an error stands for (the worker's and the metrics' label)."""
     if isinstance(exc, PayloadRejected):
-        return "payload"
+        return Result.PAYLOAD
     if isinstance(exc, CredentialsError):
-        return "credentials"
+        return Result.CREDENTIALS
     if isinstance(exc, OutcomeUnknown):
-        return "unknown"
+        return Result.UNKNOWN
     if isinstance(exc, TransientError):
-        return "transient"
-    return "permanent"
+        return Result.TRANSIENT
+    return Result.PERMANENT
 
 
 def falls_back(exc: ProviderError) -> bool:
@@ -250,12 +235,6 @@ class ProviderChain:
                 raise exc from first
             raise
 
-    async def send_recorded(
-        self, message: OutboundMessage, on_attempt: AttemptHook, only: str | None = None
-    ) -> Receipt:
-        """``send`` with a per-message attempt callback (the delivery pool's entry point)."""
-        return await self.send(message, on_attempt=on_attempt, only=only)
-
     async def _try_api(
         self, message: OutboundMessage, hooks: Sequence[AttemptHook], *, pinned: bool = False
     ) -> Receipt | ProviderError | None:
@@ -308,29 +287,29 @@ class ProviderChain:
     ) -> Attempt:
         code = None if exc.code is None else str(exc.code)
         return Attempt(
-            message.queue_id,
             self.name,
             exc.transport or leg.transport,
             result_of(exc),
+            elapsed,
             code,
             exc.text,
-            elapsed,
             retry_after=exc.retry_after,
+            queue_id=message.queue_id,
         )
 
     def _succeeded(
         self, leg: Leg, message: OutboundMessage, receipt: Receipt, elapsed: float
     ) -> Attempt:
-        result = "partial" if receipt.rejected else "delivered"
+        result = Result.PARTIAL if receipt.rejected else Result.DELIVERED
         return Attempt(
-            message.queue_id,
             self.name,
             receipt.transport or leg.transport,
             result,
+            elapsed,
             None,
             receipt.text,
-            elapsed,
             receipt.provider_message_id,
+            queue_id=message.queue_id,
         )
 
     @staticmethod

@@ -4,7 +4,8 @@ Paused messages are never claimed by workers. They leave the paused state
 only here, each move in one transaction guarded by ``state = 'paused'`` so two
 operators (or an operator and the expiry sweep) cannot both move one message.
 A discarded or expired message is finished like a delivered one: its
-recipients get a final state and the ledger its outcome rows.
+recipients get a final state and the ledger its outcome rows. The expiry runs
+on a timer in ``relay.queue.sweeper``.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from collections.abc import Callable, Iterable
 
 from sqlalchemy import Connection, Engine, select, update
 
-from relay.queue.store import now_utc, write_usage_outcome
+from relay.accounting import ledger
+from relay.core.outcomes import MessageState, RecipientState
+from relay.queue.store import now_utc
 from relay.store.models import Message, Recipient
 
 # (message id, account id, kind, event, n): what a finish added to the ledger
@@ -27,7 +30,7 @@ def paused(
     """(id, account, envelope sender, header From, reason) of paused messages."""
     query = select(
         Message.id, Message.account_id, Message.mail_from, Message.header_from, Message.reason
-    ).where(Message.state == "paused")
+    ).where(Message.state == MessageState.PAUSED)
     if account_id is not None:
         query = query.where(Message.account_id == account_id)
     with engine.connect() as conn:
@@ -53,8 +56,8 @@ def release(engine: Engine, ids: Iterable[str]) -> list[str]:
         for mid in ids:
             done = conn.execute(
                 update(Message)
-                .where(Message.id == mid, Message.state == "paused")
-                .values(state="queued", reason=None, next_attempt_at=now_utc())
+                .where(Message.id == mid, Message.state == MessageState.PAUSED)
+                .values(state=MessageState.QUEUED, reason=None, next_attempt_at=now_utc())
             )
             if done.rowcount == 1:
                 moved.append(mid)
@@ -75,7 +78,7 @@ def resume_verified(engine: Engine, account_id: int, verified: Callable[[str], b
 
 def discard(engine: Engine, ids: Iterable[str], reason: str) -> LedgerRows:
     """Finish paused messages as dropped (an operator's decision)."""
-    return _finish(engine, ids, "dropped", reason)
+    return _finish(engine, ids, MessageState.DROPPED, reason)
 
 
 def expire(engine: Engine, now: dt.datetime | None = None) -> LedgerRows:
@@ -84,13 +87,15 @@ def expire(engine: Engine, now: dt.datetime | None = None) -> LedgerRows:
     with engine.connect() as conn:
         ids = list(
             conn.execute(
-                select(Message.id).where(Message.state == "paused", Message.expires_at <= now)
+                select(Message.id).where(
+                    Message.state == MessageState.PAUSED, Message.expires_at <= now
+                )
             ).scalars()
         )
-    return _finish(engine, ids, "failed", "expired while paused")
+    return _finish(engine, ids, MessageState.FAILED, "expired while paused")
 
 
-def _finish(engine: Engine, ids: Iterable[str], state: str, reason: str) -> LedgerRows:
+def _finish(engine: Engine, ids: Iterable[str], state: MessageState, reason: str) -> LedgerRows:
     rows: LedgerRows = []
     with engine.begin() as conn:
         for mid in ids:
@@ -98,11 +103,11 @@ def _finish(engine: Engine, ids: Iterable[str], state: str, reason: str) -> Ledg
     return rows
 
 
-def _finish_one(conn: Connection, mid: str, state: str, reason: str) -> LedgerRows:
+def _finish_one(conn: Connection, mid: str, state: MessageState, reason: str) -> LedgerRows:
     now = now_utc()
     account_id = conn.execute(
         update(Message)
-        .where(Message.id == mid, Message.state == "paused")
+        .where(Message.id == mid, Message.state == MessageState.PAUSED)
         .values(state=state, reason=reason, finished_at=now)
         .returning(Message.account_id)
     ).scalar()
@@ -110,8 +115,8 @@ def _finish_one(conn: Connection, mid: str, state: str, reason: str) -> LedgerRo
         return []
     conn.execute(
         update(Recipient)
-        .where(Recipient.message_id == mid, Recipient.state == "pending")
-        .values(state=state, reply=reason)
+        .where(Recipient.message_id == mid, Recipient.state == RecipientState.PENDING)
+        .values(state=RecipientState(state), reply=reason)
     )
-    written = write_usage_outcome(conn, mid, account_id, now.date())
+    written = ledger.write_outcome(conn, mid, account_id, now.date())
     return [(mid, account_id, kind, event, n) for kind, event, n in written]

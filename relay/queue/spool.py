@@ -1,9 +1,10 @@
 """The spool: accepted messages written durably, with group commit.
 
 ``Spool.accept()`` returns the queue id only after the message, its
-recipients and its usage rows are committed in one transaction. The SMTP
-front says 250 after that and never before ("never accept what you cannot
-persist": a failed write raises ``SpoolError``, which carries 451 4.3.0).
+recipients and its usage rows (built by ``relay.accounting.ledger``) are
+committed in one transaction. The SMTP front says 250 after that and never
+before ("never accept what you cannot persist": a failed write raises
+``SpoolError``, which carries 451 4.3.0).
 
 Group commit (``relay.queue.batch``): acceptances that arrive while a write
 is in progress share the next transaction and its fsync.
@@ -21,7 +22,9 @@ from typing import Any
 
 from sqlalchemy import Engine, insert
 
+from relay.accounting import ledger
 from relay.core.errors import SpoolError
+from relay.core.outcomes import MessageState, RecipientState
 from relay.queue.batch import GroupCommit
 from relay.store.models import Message, MessageContent, Recipient, Usage
 
@@ -48,7 +51,7 @@ class Acceptance:
     mail_from: str
     recipients: list[tuple[str, str]]  # (address, kind)
     data: bytes
-    state: str = "queued"  # queued | paused | dropped
+    state: str = MessageState.QUEUED  # queued | paused | dropped
     credential_id: int | None = None
     header_from: str | None = None
     reason: str | None = None
@@ -56,25 +59,6 @@ class Acceptance:
     campaign: str | None = None
     account_name: str = ""  # for counters and logs; not stored with the message
     queue_id: str = field(default_factory=new_queue_id)
-
-
-def _usage_rows(acc: Acceptance, day: dt.date) -> list[dict[str, Any]]:
-    counts: dict[str, int] = {}
-    for _, kind in acc.recipients:
-        counts[kind] = counts.get(kind, 0) + 1
-    events = ["accepted"] + (["dropped"] if acc.state == "dropped" else [])
-    return [
-        {
-            "account_id": acc.account_id,
-            "day": day,
-            "message_id": acc.queue_id,
-            "kind": kind,
-            "event": event,
-            "recipients": n,
-        }
-        for event in events
-        for kind, n in sorted(counts.items())
-    ]
 
 
 def write_batch(engine: Engine, batch: list[Acceptance], lifetime: float) -> None:
@@ -86,7 +70,7 @@ def write_batch(engine: Engine, batch: list[Acceptance], lifetime: float) -> Non
     rcpts: list[dict[str, Any]] = []
     usage: list[dict[str, Any]] = []
     for acc in batch:
-        final = acc.state == "dropped"
+        final = acc.state == MessageState.DROPPED
         messages.append(
             {
                 "id": acc.queue_id,
@@ -112,11 +96,15 @@ def write_batch(engine: Engine, batch: list[Acceptance], lifetime: float) -> Non
                 "message_id": acc.queue_id,
                 "address": a,
                 "kind": k,
-                "state": "dropped" if final else "pending",
+                "state": RecipientState.DROPPED if final else RecipientState.PENDING,
             }
             for a, k in acc.recipients
         )
-        usage.extend(_usage_rows(acc, now.date()))
+        usage.extend(
+            ledger.accepted_rows(
+                acc.queue_id, acc.account_id, (k for _, k in acc.recipients), final, now.date()
+            )
+        )
     with engine.begin() as conn:
         conn.execute(insert(Message), messages)
         conn.execute(insert(MessageContent), contents)

@@ -12,7 +12,9 @@ keeps its rows until the lease runs out, or until a worker of the same
 identity starts again and takes them back at once (``take_back``). Results are
 written only while the claim is still ours (``locked_by`` matches), in one
 transaction with the attempt rows and, when the message is finished, its
-usage outcome rows.
+usage outcome rows (``relay.accounting.ledger``). The types it reads and
+writes (``Claimed``, ``Outcome``, ``Attempt``, the states) are
+``relay.core.outcomes``.
 """
 
 from __future__ import annotations
@@ -20,77 +22,27 @@ from __future__ import annotations
 import datetime as dt
 from collections import Counter
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass, field
 
 from sqlalchemy import Connection, Engine, and_, bindparam, func, insert, or_, select, text, update
 
-from relay.store.models import (
-    Account,
+from relay.accounting import ledger
+from relay.core.outcomes import (
+    DUE_STATES,
+    FINAL_STATES,
     Attempt,
-    Message,
-    MessageContent,
-    Recipient,
-    Usage,
-    UTCDateTime,
+    Claimed,
+    MessageState,
+    Outcome,
+    RecipientState,
+    Recorded,
+    Result,
 )
-
-DUE_STATES = ("queued", "deferred")
-# A recipient still pending when its message finishes has failed with it.
-_OUTCOME_OF_STATE = {
-    "delivered": "delivered",
-    "failed": "failed",
-    "dropped": "dropped",
-    "pending": "failed",
-}
-FINAL_STATES = ("delivered", "failed", "dropped")
+from relay.store.models import Account, Message, MessageContent, Recipient, UTCDateTime
+from relay.store.models import Attempt as AttemptRow
 
 
 def now_utc() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
-
-
-@dataclass
-class Claimed:
-    id: str
-    account_id: int
-    provider_id: int | None
-    mail_from: str
-    campaign: str | None
-    attempts: int
-    created_at: dt.datetime
-    expires_at: dt.datetime
-    token: str
-    account_name: str = ""
-    data: bytes = b""
-    # (recipient row id, address, kind) of recipients not yet delivered
-    recipients: list[tuple[int, str, str]] = field(default_factory=list)
-    # The transport whose last attempt had an unknown outcome: this pass may
-    # use that leg only (the provider may have the message already).
-    pinned: str | None = None
-
-
-@dataclass
-class AttemptRecord:
-    provider: str
-    transport: str
-    result: str  # delivered | partial | transient | permanent | credentials | unknown
-    duration: float
-    code: str | None = None
-    text: str | None = None
-    provider_message_id: str | None = None
-
-
-@dataclass
-class Outcome:
-    """What one delivery pass decided for a claimed message."""
-
-    state: str  # delivered | deferred | failed | paused
-    attempts: list[AttemptRecord]
-    delivered: list[int] = field(default_factory=list)  # recipient row ids
-    failed: dict[int, str] = field(default_factory=dict)  # row id -> reply
-    reason: str | None = None
-    next_attempt_at: dt.datetime | None = None
-    fell_back: bool = False  # went by SMTP although the provider has an API
 
 
 def claim(
@@ -168,17 +120,17 @@ def load_claimed(engine: Engine, token: str, ids: list[str]) -> list[Claimed]:
         out = {r[0]: Claimed(*r[:8], token=token, account_name=r[8], data=r[9]) for r in rows}
         rcpts = conn.execute(
             select(Recipient.message_id, Recipient.id, Recipient.address, Recipient.kind)
-            .where(Recipient.message_id.in_(list(out)), Recipient.state == "pending")
+            .where(Recipient.message_id.in_(list(out)), Recipient.state == RecipientState.PENDING)
             .order_by(Recipient.id)
         ).all()
         last = (
-            select(func.max(Attempt.id))
-            .where(Attempt.message_id.in_(list(out)))
-            .group_by(Attempt.message_id)
+            select(func.max(AttemptRow.id))
+            .where(AttemptRow.message_id.in_(list(out)))
+            .group_by(AttemptRow.message_id)
         )
         unknown = conn.execute(
-            select(Attempt.message_id, Attempt.transport).where(
-                Attempt.id.in_(last), Attempt.result == "unknown"
+            select(AttemptRow.message_id, AttemptRow.transport).where(
+                AttemptRow.id.in_(last), AttemptRow.result == Result.UNKNOWN
             )
         ).all()
     for mid, rid, address, kind in rcpts:
@@ -186,13 +138,6 @@ def load_claimed(engine: Engine, token: str, ids: list[str]) -> list[Claimed]:
     for mid, transport in unknown:
         out[mid].pinned = transport
     return [out[i] for i in ids if i in out]
-
-
-@dataclass(frozen=True)
-class Recorded:
-    """An outcome was written; ``usage`` holds the ledger rows it added (kind, event, n)."""
-
-    usage: list[tuple[str, str, int]]
 
 
 def record(engine: Engine, claimed: Claimed, outcome: Outcome) -> Recorded | None:
@@ -227,11 +172,7 @@ _FAIL_PENDING = text(
     "UPDATE recipients SET state = 'failed', reply = :reply "
     "WHERE message_id = :id AND state = 'pending'"
 )
-_COUNTS = text(
-    "SELECT kind, state, COUNT(*) FROM recipients WHERE message_id = :id GROUP BY kind, state"
-)
-_ATTEMPTS = insert(Attempt)
-_USAGE = insert(Usage)
+_ATTEMPTS = insert(AttemptRow)
 
 
 def _record(
@@ -252,11 +193,11 @@ def _record(
     _write_recipients(conn, claimed.id, outcome)
     if outcome.attempts:
         conn.execute(_ATTEMPTS, [_attempt_row(claimed.id, a, now) for a in outcome.attempts])
-    usage = write_usage_outcome(conn, claimed.id, claimed.account_id, now.date()) if final else []
+    usage = ledger.write_outcome(conn, claimed.id, claimed.account_id, now.date()) if final else []
     return Recorded(usage)
 
 
-def _attempt_row(message_id: str, a: AttemptRecord, now: dt.datetime) -> dict[str, object]:
+def _attempt_row(message_id: str, a: Attempt, now: dt.datetime) -> dict[str, object]:
     return {
         "message_id": message_id,
         "provider": a.provider,
@@ -275,36 +216,9 @@ def _write_recipients(conn: Connection, message_id: str, outcome: Outcome) -> No
         conn.execute(_DELIVERED, [{"id": rid} for rid in outcome.delivered])
     if outcome.failed:
         conn.execute(_FAILED, [{"id": r, "reply": t[:2000]} for r, t in outcome.failed.items()])
-    if outcome.state == "failed":
+    if outcome.state == MessageState.FAILED:
         # Whatever was still pending when the message failed (expiry) fails too.
         conn.execute(_FAIL_PENDING, {"id": message_id, "reply": outcome.reason})
-
-
-def write_usage_outcome(
-    conn: Connection, message_id: str, account_id: int, day: dt.date
-) -> list[tuple[str, str, int]]:
-    """Count each finished recipient once, by class and outcome (the ledger's key).
-
-    Runs in the transaction that finishes the message, under our lease; the
-    ledger's unique key turns a second finish into an error, never a double count.
-    """
-    counts: Counter[tuple[str, str]] = Counter()
-    for kind, state, n in conn.execute(_COUNTS, {"id": message_id}).all():
-        counts[(kind, _OUTCOME_OF_STATE[state])] += int(n)
-    written = sorted((kind, event, n) for (kind, event), n in counts.items())
-    rows = [
-        {
-            "account_id": account_id,
-            "day": day,
-            "message_id": message_id,
-            "kind": kind,
-            "event": event,
-            "recipients": n,
-        }
-        for kind, event, n in written
-    ]
-    conn.execute(_USAGE, rows)
-    return written
 
 
 def release_lease(engine: Engine, token: str, ids: Collection[str] | None = None) -> int:
@@ -344,7 +258,7 @@ def take_back(engine: Engine, identity: str, token: str) -> int:
 def queue_counts(engine: Engine) -> dict[str, int]:
     with engine.connect() as conn:
         rows = conn.execute(select(Message.state, func.count()).group_by(Message.state)).all()
-    counts: Counter[str] = Counter({s: 0 for s in (*DUE_STATES, "paused", *FINAL_STATES)})
+    counts: Counter[str] = Counter({str(s): 0 for s in MessageState})
     counts.update({state: n for state, n in rows})
     return dict(counts)
 

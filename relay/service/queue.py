@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from relay.core.addresses import check_sender
 from relay.core.errors import Conflict, Invalid, NotFound
+from relay.core.outcomes import DUE_STATES, MessageState
 from relay.queue import held
 from relay.queue.store import now_utc
 from relay.service import scope
@@ -24,7 +25,7 @@ from relay.service.pages import Page, check_limit, decode_cursor, encode_cursor
 from relay.service.scope import Scope
 from relay.store.models import Account, Attempt, Message, Recipient
 
-STATES = ("queued", "deferred", "paused", "delivered", "failed", "dropped")
+STATES = tuple(s.value for s in MessageState)
 
 
 @dataclass
@@ -81,7 +82,7 @@ def retry_message(engine: Engine, queue_id: str) -> None:
         msg = session.get(Message, queue_id)
         if msg is None:
             raise NotFound(f"message {queue_id} is not in the queue")
-        if msg.state not in ("queued", "deferred"):
+        if msg.state not in DUE_STATES:
             raise Conflict(
                 f"message {queue_id} is {msg.state}; only queued or deferred "
                 "messages can be retried"
@@ -89,7 +90,7 @@ def retry_message(engine: Engine, queue_id: str) -> None:
         session.execute(
             update(Message)
             .where(Message.id == queue_id)
-            .values(next_attempt_at=now_utc(), state="queued")
+            .values(next_attempt_at=now_utc(), state=MessageState.QUEUED)
         )
 
 
@@ -101,7 +102,7 @@ def _paused_ids(
             msg = session.get(Message, queue_id)
             if msg is None:
                 raise NotFound(f"message {queue_id} is not in the queue")
-            if msg.state != "paused":
+            if msg.state != MessageState.PAUSED:
                 raise Conflict(f"message {queue_id} is {msg.state}, not paused")
         return [queue_id]
     if not (sender or account):

@@ -2,7 +2,7 @@
 
 The ledger (``relay.store.models.Usage``) has one ``accepted`` row per message
 and class, written with the message, and at most one row per outcome when the
-message ends. This module only reads it; ``relay.billing.report`` does the
+message ends. This module only reads it; ``relay.accounting.report`` does the
 arithmetic and the formats.
 
 Which day a recipient counts on: the day it was **accepted**. Outcome rows
@@ -38,7 +38,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session, aliased
 
-from relay.billing.report import OUTCOMES, AccountRef, LedgerSums, Report, build_report
+from relay.accounting.report import OUTCOMES, AccountRef, LedgerSums, Report, build_report
 from relay.core.errors import Invalid
 from relay.service.accounts import get_account
 from relay.store.models import Account, Usage

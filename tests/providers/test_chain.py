@@ -7,8 +7,9 @@ import socket
 import pytest
 
 from relay.core.errors import CredentialsError, PermanentError, TransientError
+from relay.core.outcomes import Attempt
 from relay.emulator import Emulator
-from relay.providers.chain import Attempt, CircuitBreaker, OutcomeUnknown
+from relay.providers.chain import CircuitBreaker, OutcomeUnknown
 
 from . import corpus
 from .conftest import FakeClock, MakeProvider
@@ -255,15 +256,3 @@ async def test_check_covers_both_legs(emulator: Emulator, make_provider: MakePro
     assert health.ok and "api:" in health.detail and "smtp:" in health.detail
     broken = await make_provider("sendgrid", smtp_port=9, timeout=2).check()
     assert not broken.ok and "smtp:" in broken.detail
-
-
-async def test_send_recorded_is_send_with_a_callback(
-    emulator: Emulator, make_provider: MakeProvider
-):
-    emulator.sendgrid.fail(502)
-    attempts: list[Attempt] = []
-    receipt = await make_provider("sendgrid").send_recorded(
-        outbound(corpus.plain()), attempts.append
-    )
-    assert receipt.transport == "smtp"
-    assert summary(attempts) == [("api", "transient", "502"), ("smtp", "delivered", None)]

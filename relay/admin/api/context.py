@@ -10,9 +10,9 @@ from typing import Any
 import dns.resolver
 from sqlalchemy import Engine
 
+from relay.accounting.report import price
 from relay.auth.limiter import FailureLimiter
 from relay.auth.passwords import Hasher
-from relay.billing.report import price
 from relay.core.crypto import SecretBox
 from relay.core.settings import Settings
 from relay.service.dnsverify import make_resolver

@@ -7,10 +7,10 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
 
+from relay.accounting.report import as_dict, render
 from relay.admin.api import schemas as s
 from relay.admin.api.auth import Authenticated, Caller, context
 from relay.admin.api.errors import responses
-from relay.billing.report import as_dict, render
 from relay.service import audit, scope, usage
 
 router = APIRouter(responses=responses(401, 429))

@@ -18,7 +18,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from relay.billing.report import FORMATS
+from relay.accounting.report import FORMATS
 from relay.service.accounts import METHODS, POLICIES, PURPOSES, REVIEW
 from relay.service.pages import MAX_LIMIT
 from relay.service.queue import STATES

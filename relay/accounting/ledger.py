@@ -1,0 +1,92 @@
+"""The usage ledger's rows: built here, written inside the caller's transaction.
+
+The ledger (``relay.store.models.Usage``) is append-only, one row per
+(message, class, event), with a unique key: an event written twice fails
+instead of counting twice, whatever retries, restarts or nodes do. Two moments
+write it, and both call this module from their own transaction:
+
+- the spool (``relay.queue.spool``): ``accepted`` rows with the message, plus
+  ``dropped`` ones for a message dropped at once (``accepted_rows``);
+- the end of a message (``relay.queue.store`` for a delivery outcome,
+  ``relay.queue.held`` for paused mail discarded or expired): one outcome row
+  per class and outcome (``write_outcome``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import Counter
+from collections.abc import Iterable
+from typing import Any
+
+from sqlalchemy import Connection, insert, text
+
+from relay.core.outcomes import RecipientState
+from relay.store.models import Usage
+
+ACCEPTED, DELIVERED, FAILED, DROPPED = "accepted", "delivered", "failed", "dropped"
+# A recipient still pending when its message finishes has failed with it.
+_OUTCOME_OF_STATE = {
+    RecipientState.DELIVERED: DELIVERED,
+    RecipientState.FAILED: FAILED,
+    RecipientState.DROPPED: DROPPED,
+    RecipientState.PENDING: FAILED,
+}
+
+_COUNTS = text(
+    "SELECT kind, state, COUNT(*) FROM recipients WHERE message_id = :id GROUP BY kind, state"
+)
+_USAGE = insert(Usage)
+
+
+def accepted_events(dropped: bool) -> list[str]:
+    """The events of an acceptance: ``accepted``, and ``dropped`` when dropped at once."""
+    return [ACCEPTED, DROPPED] if dropped else [ACCEPTED]
+
+
+def accepted_rows(
+    message_id: str, account_id: int, kinds: Iterable[str], dropped: bool, day: dt.date
+) -> list[dict[str, Any]]:
+    """The rows the spool writes with a message: per class, ``accepted`` (and ``dropped``)."""
+    counts: dict[str, int] = {}
+    for kind in kinds:
+        counts[kind] = counts.get(kind, 0) + 1
+    return [
+        {
+            "account_id": account_id,
+            "day": day,
+            "message_id": message_id,
+            "kind": kind,
+            "event": event,
+            "recipients": n,
+        }
+        for event in accepted_events(dropped)
+        for kind, n in sorted(counts.items())
+    ]
+
+
+def write_outcome(
+    conn: Connection, message_id: str, account_id: int, day: dt.date
+) -> list[tuple[str, str, int]]:
+    """Count each finished recipient once, by class and outcome (the ledger's key).
+
+    Runs in the transaction that finishes the message, under our lease; the
+    ledger's unique key turns a second finish into an error, never a double count.
+    """
+    counts: Counter[tuple[str, str]] = Counter()
+    for kind, state, n in conn.execute(_COUNTS, {"id": message_id}).all():
+        counts[(kind, _OUTCOME_OF_STATE[state])] += int(n)
+    written = sorted((kind, event, n) for (kind, event), n in counts.items())
+    rows = [
+        {
+            "account_id": account_id,
+            "day": day,
+            "message_id": message_id,
+            "kind": kind,
+            "event": event,
+            "recipients": n,
+        }
+        for kind, event, n in written
+    ]
+    conn.execute(_USAGE, rows)
+    return written
