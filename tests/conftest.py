@@ -10,8 +10,11 @@ import pytest
 from sqlalchemy import Engine
 
 from relay.core.settings import Settings
+from relay.emulator import Emulator
+from tests.emulated import EmulatorThread
 from tests.pg_harness import drop_database, fresh_database, postgres_url
 from tests.support import RelayThread, Tenant, fresh_engine, make_settings, seed_tenant
+from tests.test_dns_verify import TinyDNS
 
 
 @pytest.fixture(params=["sqlite"])
@@ -62,3 +65,20 @@ def relay(settings: Settings, engine: Engine, tenant: Tenant) -> Iterator[RelayT
     thread = RelayThread(settings, engine).start()
     yield thread
     thread.stop()
+
+
+@pytest.fixture
+def emulator() -> Iterator[Emulator]:
+    """The provider emulator on loopback, in a thread of its own (tests/providers
+    has an in-loop one of the same name)."""
+    thread = EmulatorThread()
+    yield thread.start()
+    thread.stop()
+
+
+@pytest.fixture
+def dns() -> Iterator[TinyDNS]:
+    """A DNS server on loopback that answers the TXT records a test publishes."""
+    server = TinyDNS()
+    yield server
+    server.close()

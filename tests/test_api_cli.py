@@ -34,13 +34,6 @@ def db_url(any_db_url: str) -> str:
 
 
 @pytest.fixture
-def dns() -> Iterator[TinyDNS]:
-    server = TinyDNS()
-    yield server
-    server.close()
-
-
-@pytest.fixture
 def settings(tmp_path: Path, db_url: str, dns: TinyDNS) -> Settings:
     return api_settings(tmp_path / "var", db_url, dns={"port": dns.port, "timeout": 2})
 

@@ -10,7 +10,6 @@ import datetime as dt
 import logging
 import socket
 import time
-from collections.abc import Iterator
 from dataclasses import replace
 
 import pytest
@@ -21,15 +20,8 @@ from relay.delivery.worker import backoff
 from relay.emulator import Emulator
 from relay.service import providers
 from relay.store.models import Attempt, Message, Recipient
-from tests.emulated import API_KEY, EmulatorThread, add_emulated_provider
+from tests.emulated import API_KEY, add_emulated_provider
 from tests.support import RelayThread, Tenant, connect, message
-
-
-@pytest.fixture
-def emulator() -> Iterator[Emulator]:
-    thread = EmulatorThread()
-    yield thread.start()
-    thread.stop()
 
 
 def route_to(

@@ -4,7 +4,6 @@ that would break are refused, secrets stay masked, removal needs a replacement."
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,14 +15,7 @@ from relay.emulator import Emulator
 from relay.store.engine import make_engine
 from relay.store.models import Account, Message
 from relay.store.models import Provider as ProviderRow
-from tests.emulated import API_KEY, EmulatorThread
-
-
-@pytest.fixture
-def emulator() -> Iterator[Emulator]:
-    thread = EmulatorThread()
-    yield thread.start()
-    thread.stop()
+from tests.emulated import API_KEY
 
 
 @pytest.fixture

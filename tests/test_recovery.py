@@ -23,7 +23,7 @@ from relay.emulator import Emulator
 from relay.queue.spool import Acceptance, write_batch
 from relay.service import providers
 from relay.store.models import Attempt, Message
-from tests.emulated import EmulatorThread, add_emulated_provider
+from tests.emulated import add_emulated_provider
 from tests.support import Tenant, message
 from tests.test_nodes import node_config, start, states, stop
 
@@ -35,13 +35,6 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     from tests.conftest import _database
 
     yield from _database(request.param, tmp_path)
-
-
-@pytest.fixture
-def emulator() -> Iterator[Emulator]:
-    thread = EmulatorThread()
-    yield thread.start()
-    thread.stop()
 
 
 def queue_mail(

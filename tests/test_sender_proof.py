@@ -27,7 +27,7 @@ from relay.service import accounts, providers
 from relay.store.engine import make_engine, migrate
 from relay.store.models import Account, ApiToken, AuditEntry, Sender, SenderConfirmation
 from tests.api_support import Api, World, api_settings, build_world, error
-from tests.emulated import EmulatorThread, add_emulated_provider
+from tests.emulated import add_emulated_provider
 from tests.support import PASSWORD, RelayThread, connect, message
 from tests.test_dns_verify import TinyDNS
 
@@ -40,13 +40,6 @@ def db_url(any_db_url: str) -> str:
 
 
 @pytest.fixture
-def dns() -> Iterator[TinyDNS]:
-    server = TinyDNS()
-    yield server
-    server.close()
-
-
-@pytest.fixture
 def settings(tmp_path: Path, db_url: str, dns: TinyDNS) -> Settings:
     # Unverified senders are refused at the end of DATA, so a test sees them.
     return api_settings(
@@ -55,13 +48,6 @@ def settings(tmp_path: Path, db_url: str, dns: TinyDNS) -> Settings:
         policy={"default_unverified": "reject"},
         dns={"port": dns.port, "timeout": 2},
     )
-
-
-@pytest.fixture
-def emulator() -> Iterator[Emulator]:
-    thread = EmulatorThread()
-    yield thread.start()
-    thread.stop()
 
 
 @pytest.fixture

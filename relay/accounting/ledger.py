@@ -39,6 +39,19 @@ _COUNTS = text(
 _USAGE = insert(Usage)
 
 
+def _row(
+    account_id: int, day: dt.date, message_id: str, kind: str, event: str, n: int
+) -> dict[str, Any]:
+    return {
+        "account_id": account_id,
+        "day": day,
+        "message_id": message_id,
+        "kind": kind,
+        "event": event,
+        "recipients": n,
+    }
+
+
 def accepted_events(dropped: bool) -> list[str]:
     """The events of an acceptance: ``accepted``, and ``dropped`` when dropped at once."""
     return [ACCEPTED, DROPPED] if dropped else [ACCEPTED]
@@ -52,14 +65,7 @@ def accepted_rows(
     for kind in kinds:
         counts[kind] = counts.get(kind, 0) + 1
     return [
-        {
-            "account_id": account_id,
-            "day": day,
-            "message_id": message_id,
-            "kind": kind,
-            "event": event,
-            "recipients": n,
-        }
+        _row(account_id, day, message_id, kind, event, n)
         for event in accepted_events(dropped)
         for kind, n in sorted(counts.items())
     ]
@@ -77,16 +83,6 @@ def write_outcome(
     for kind, state, n in conn.execute(_COUNTS, {"id": message_id}).all():
         counts[(kind, _OUTCOME_OF_STATE[state])] += int(n)
     written = sorted((kind, event, n) for (kind, event), n in counts.items())
-    rows = [
-        {
-            "account_id": account_id,
-            "day": day,
-            "message_id": message_id,
-            "kind": kind,
-            "event": event,
-            "recipients": n,
-        }
-        for kind, event, n in written
-    ]
+    rows = [_row(account_id, day, message_id, kind, event, n) for kind, event, n in written]
     conn.execute(_USAGE, rows)
     return written
