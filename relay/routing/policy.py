@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from sqlalchemy import Connection, Engine, bindparam, select, text
 
 from relay.core.addresses import sender_matches
+from relay.core.outcomes import MessageState
 from relay.core.replies import SENDER_NOT_VERIFIED, Reply
 from relay.core.settings import PolicySettings
 from relay.store.models import Provider
@@ -31,7 +32,7 @@ POLICIES = ("reject", "drop", "pause")
 
 @dataclass(frozen=True)
 class Decision:
-    state: str  # queued | paused | dropped | rejected
+    state: str  # a MessageState (queued, paused, dropped), or rejected: nothing stored
     reason: str | None = None
     provider_id: int | None = None
     reply: Reply | None = None
@@ -127,8 +128,8 @@ class Policy:
         if bad:
             return self._unverified_decision(sub, ctx, bad)
         if ctx.route is None:
-            return Decision("paused", "no provider", None)
-        return Decision("queued", None, ctx.route)
+            return Decision(MessageState.PAUSED, "no provider", None)
+        return Decision(MessageState.QUEUED, None, ctx.route)
 
     @staticmethod
     def _unverified(senders: Sequence[str], patterns: list[str]) -> list[str]:
@@ -145,7 +146,8 @@ class Policy:
         if action == "reject":
             text = f"Sender {bad[0]} is not verified for this account (policy: reject)"
             return Decision("rejected", reason, reply=SENDER_NOT_VERIFIED.with_text(text))
-        return Decision("dropped" if action == "drop" else "paused", reason, ctx.route)
+        state = MessageState.DROPPED if action == "drop" else MessageState.PAUSED
+        return Decision(state, reason, ctx.route)
 
 
 def route_of(engine: Engine, settings: PolicySettings, account_id: int, sender: str) -> int | None:

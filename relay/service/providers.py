@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from relay.core.addresses import check_domain
 from relay.core.crypto import SecretBox, mask
 from relay.core.errors import ConfigError, Conflict, Invalid, NotFound
+from relay.core.outcomes import DUE_STATES, MessageState
 from relay.core.settings import PolicySettings
 from relay.providers.registry import KINDS, SECRETS, validate_options
 from relay.service import scope
@@ -202,7 +203,7 @@ def remove_provider(engine: Engine, name: str, replacement: str | None = None) -
         session.execute(
             update(Message)
             .where(
-                Message.provider_id == row.id, Message.state.in_(("queued", "deferred", "paused"))
+                Message.provider_id == row.id, Message.state.in_((*DUE_STATES, MessageState.PAUSED))
             )
             .values(provider_id=new_id)
         )
