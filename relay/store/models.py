@@ -101,6 +101,23 @@ class Account(Base):
     subaccount_provider_id: Mapped[int | None] = mapped_column(Integer)
     assigned_provider_id: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # -- the feedback loop (migration 0005) --
+    # Set while the account is suspended for its bounce or complaint rate.
+    suspended_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    suspended_reason: Mapped[str | None] = mapped_column(Text)
+    # Where notifications go: addresses (mail from the provider's test
+    # address) and a URL (JSON, signed with HMAC-SHA256 by notify_secret,
+    # sealed with RELAY_SECRET_KEY like provider secrets).
+    notify_addresses: Mapped[list[str]] = mapped_column(JSON, default=list)
+    notify_url: Mapped[str | None] = mapped_column(String(2000))
+    notify_secret: Mapped[str | None] = mapped_column(Text)
+    # An agency's suppression list also applies to its sub-accounts.
+    share_suppressions: Mapped[bool] = mapped_column(Boolean, default=False)
+    # RFC 8058 one-click unsubscribe on campaign mail.
+    unsubscribe: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Provider tracking; NULL leaves the provider's own setting.
+    open_tracking: Mapped[bool | None] = mapped_column(Boolean)
+    click_tracking: Mapped[bool | None] = mapped_column(Boolean)
 
     parent: Mapped[Account | None] = relationship(remote_side=[id])
 
@@ -192,6 +209,10 @@ class Provider(Base):
     secrets: Mapped[str | None] = mapped_column(Text)
     domain: Mapped[str | None] = mapped_column(String(253), index=True)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # The unguessable path segment of this provider's event webhook
+    # (``relay provider webhook NAME``); its signing key or basic-auth
+    # credentials are among the sealed secrets (``webhook_key``).
+    webhook_token: Mapped[str | None] = mapped_column(String(64), unique=True)
 
 
 class Message(Base):
@@ -330,3 +351,80 @@ class AuditEntry(Base):
     # pending | ok | invalid | not_found | conflict | forbidden | error
     result: Mapped[str] = mapped_column(String(20))
     detail: Mapped[str | None] = mapped_column(Text)
+
+
+class Event(Base):
+    """One provider event about one recipient, stored once per provider event id.
+
+    ``message_id`` and ``recipient_id`` come from the ids Relay sends along
+    with each delivery (SendGrid ``custom_args``, SparkPost ``metadata``), not
+    from the event's address alone; ``account_id`` is the message's account.
+    """
+
+    __tablename__ = "events"
+    __table_args__ = (
+        UniqueConstraint("provider_id", "provider_event_id", name="uq_events_provider_event"),
+        # Reputation reads an account's events by type over a window.
+        Index("ix_events_account_type_at", "account_id", "type", "at"),
+    )
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    provider_id: Mapped[int] = mapped_column(Integer)
+    provider_event_id: Mapped[str] = mapped_column(String(200))
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"))
+    message_id: Mapped[str | None] = mapped_column(String(32), index=True)
+    recipient_id: Mapped[int | None] = mapped_column(Integer)
+    address: Mapped[str] = mapped_column(String(320))
+    # delivered | deferred | bounce | dropped | complaint | unsubscribe | open | click
+    type: Mapped[str] = mapped_column(String(20))
+    bounce_class: Mapped[str | None] = mapped_column(String(10))  # hard | soft
+    detail: Mapped[str | None] = mapped_column(Text)
+    at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class WebhookBatch(Base):
+    """A batch of events already taken (SparkPost retries a batch by its id)."""
+
+    __tablename__ = "webhook_batches"
+    __table_args__ = (UniqueConstraint("provider_id", "batch_id", name="uq_webhook_batches"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    provider_id: Mapped[int] = mapped_column(Integer)
+    batch_id: Mapped[str] = mapped_column(String(200))
+    received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class Suppression(Base):
+    """An address an account does not send to, and why."""
+
+    __tablename__ = "suppressions"
+    __table_args__ = (UniqueConstraint("account_id", "address", name="uq_suppressions_address"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
+    address: Mapped[str] = mapped_column(String(320))  # as compared: see relay.core.addresses
+    # hard_bounce | soft_bounce | complaint | unsubscribe | manual
+    reason: Mapped[str] = mapped_column(String(20))
+    # event | unsubscribe | manual | import | sync
+    source: Mapped[str] = mapped_column(String(20))
+    detail: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    expires_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())  # soft bounces
+
+
+class Notification(Base):
+    """One thing an account was told (or is to be told), deduplicated by key."""
+
+    __tablename__ = "notifications"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
+    # campaign_paused | reputation_warning | suspended | provider_failed | circuit_open
+    kind: Mapped[str] = mapped_column(String(40))
+    # e.g. "campaign_paused:<account>:<campaign>:<day>": one notification per key.
+    dedupe_key: Mapped[str] = mapped_column(String(300), unique=True)
+    subject: Mapped[str] = mapped_column(String(300))
+    detail: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # pending | sent | failed | none (no address or URL set)
+    mail_state: Mapped[str] = mapped_column(String(10), default="pending")
+    mail_error: Mapped[str | None] = mapped_column(Text)
+    webhook_state: Mapped[str] = mapped_column(String(10), default="pending")
+    webhook_error: Mapped[str | None] = mapped_column(Text)
