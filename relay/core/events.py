@@ -60,3 +60,32 @@ class AccountEvent:
 
 # Called with the events just stored (after their commit), in a worker thread.
 EventSink = Callable[[Sequence[AccountEvent]], None]
+
+
+class NoticeKind(StrEnum):
+    """What an account is told about (``notifications.kind``)."""
+
+    CAMPAIGN_PAUSED = "campaign_paused"
+    REPUTATION_WARNING = "reputation_warning"
+    SUSPENDED = "suspended"
+    PROVIDER_FAILED = "provider_failed"
+    CIRCUIT_OPEN = "circuit_open"
+
+
+@dataclass(frozen=True)
+class Notice:
+    """Something to tell an account, raised wherever it happens (intake, reputation,
+    the provider chain, the live check) and delivered by the notifications service.
+
+    ``dedupe_key`` makes it once only: e.g. ``campaign_paused:<account id>:<campaign>:<day>``.
+    """
+
+    account_id: int
+    kind: NoticeKind
+    dedupe_key: str
+    subject: str
+    detail: str
+
+
+# Raising a notice never blocks and never fails the caller; the app wires the sender.
+Notify = Callable[[Notice], None]
