@@ -18,14 +18,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, insert, select, update
+from sqlalchemy import Engine, column, insert, select, table, update
 
 from relay.cli import main
 from relay.core.settings import Settings
 from relay.emulator import Emulator
 from relay.service import accounts, providers
 from relay.store.engine import make_engine, migrate
-from relay.store.models import Account, ApiToken, AuditEntry, Sender, SenderConfirmation
+from relay.store.models import ApiToken, AuditEntry, Sender, SenderConfirmation
 from tests.api_support import Api, World, api_settings, build_world, error
 from tests.emulated import add_emulated_provider
 from tests.support import PASSWORD, RelayThread, connect, message
@@ -470,7 +470,15 @@ def test_the_migration_marks_senders_verified_before_proof(db_url: str) -> None:
         said = dt.datetime(2026, 11, 30, 12, 0, tzinfo=dt.UTC)
         made = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
         with engine.begin() as conn:
-            conn.execute(insert(Account), [{"id": 1, "name": "shop"}, {"id": 2, "name": "other"}])
+            # The accounts table as it was at 0002 (the model has columns added since).
+            accounts_0002 = table("accounts", column("id"), column("name"), column("created_at"))
+            conn.execute(
+                insert(accounts_0002),
+                [
+                    {"id": 1, "name": "shop", "created_at": made},
+                    {"id": 2, "name": "other", "created_at": made},
+                ],
+            )
             conn.execute(
                 insert(ApiToken),
                 [
