@@ -40,8 +40,9 @@ MAX_CAMPAIGN_BYTES = 64
 _MAX_ID_DIGITS = 19  # a signed 64-bit id
 _MAX_RAW = 1 + _MAX_ID_DIGITS + 1 + MAX_RECIPIENT_BYTES + 1 + MAX_CAMPAIGN_BYTES + _TAG_BYTES
 MAX_TOKEN_LENGTH = (_MAX_RAW * 4 + 2) // 3
-# The decoder skips characters outside the alphabet: a token is checked
-# against it first, so that one token has exactly one spelling.
+# The decoder skips characters outside the alphabet and ignores the unused
+# bits of the last one: a token is checked against the alphabet, and against
+# its own re-encoding, so that one token has exactly one spelling.
 _ALPHABET = re.compile(r"[A-Za-z0-9_-]+")
 
 
@@ -93,6 +94,8 @@ def read_token(key: bytes, token: str) -> Unsubscribe | None:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
     except (binascii.Error, ValueError):
         return None
+    if base64.urlsafe_b64encode(raw).rstrip(b"=") != token.encode("ascii"):
+        return None  # stray bits in the last character: another spelling of a token
     payload, tag = raw[:-_TAG_BYTES], raw[-_TAG_BYTES:]
     if len(payload) < 2 or not hmac.compare_digest(tag, _tag(key, payload)):
         return None
