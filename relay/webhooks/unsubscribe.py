@@ -100,10 +100,14 @@ def _one_click(content_type: str, body: bytes) -> bool:
         form = BytesParser(policy=email_policy.HTTP).parsebytes(head + body)
         if not form.is_multipart():
             return False
-        for part in form.get_payload():
+        for part in form.walk():
             name = part.get_param("name", header="content-disposition")
-            value = part.get_payload(decode=True) or b""
-            if name == "List-Unsubscribe" and value.strip() == b"One-Click":
+            value = part.get_payload(decode=True)
+            if (
+                name == "List-Unsubscribe"
+                and isinstance(value, bytes)
+                and value.strip() == b"One-Click"
+            ):
                 return True
     return False
 
