@@ -26,10 +26,11 @@ from relay.admin.api.context import ApiContext
 from relay.admin.http import AdminServer, make_app
 from relay.auth.authenticator import Authenticator
 from relay.auth.passwords import make_hasher
-from relay.core.crypto import secret_box
+from relay.core.crypto import derive_key, secret_box, secret_key
 from relay.core.files import secure_var
 from relay.core.metrics import Metrics, scrape_registry
 from relay.core.settings import ListenerSettings, Settings, parse_hostport
+from relay.core.unsubscribe import UNSUBSCRIBE_LABEL
 from relay.delivery.pool import ProviderPool
 from relay.delivery.worker import Deliverer, Worker, node_identity
 from relay.intake import Intake, IntakeConfig
@@ -114,6 +115,8 @@ class Relay:
                 s.limits.max_header_bytes,
                 s.limits.max_headers,
                 observers=[self.counters.observe],
+                public_url=s.webhooks.public_url,
+                unsubscribe_key=derive_key(secret_key(s), UNSUBSCRIBE_LABEL),
             ),
             Policy(self.engine, s.policy),
             self.spool,

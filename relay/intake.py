@@ -11,7 +11,8 @@ reply that refuses the message, out. In order:
 2. policy and route (``relay.routing.policy``): reject, drop, pause or queue;
 3. the header rewrite (``relay.core.message``): Received on top with the queue
    id (RFC 5321 4.4), Bcc and X-Relay-Campaign gone, Message-ID and Date
-   added when missing (RFC 5322 3.6);
+   added when missing (RFC 5322 3.6), one-click unsubscribe on the campaign
+   mail of an account that asks for it (RFC 8058, ``unsubscribe_fields``);
 4. the spool, which answers only once the message is committed; a failed
    write is 451 4.3.0, never a 250 for what was not persisted.
 
@@ -32,12 +33,14 @@ from dataclasses import dataclass, field
 from relay.auth.authenticator import Identity
 from relay.core.errors import SpoolError
 from relay.core.message import (
+    UNSUBSCRIBE_FIELDS,
     DuplicateOriginator,
     MalformedMessage,
     ParsedMessage,
     UnreadableOriginator,
     classify,
     has_smuggling,
+    list_unsubscribe_fields,
     normalise_line_endings,
     parse,
     received_header,
@@ -53,6 +56,7 @@ from relay.core.replies import (
     header_section_too_big,
     too_many_headers,
 )
+from relay.core.unsubscribe import make_token
 from relay.queue.spool import Acceptance, Spool
 from relay.routing.policy import Policy, Submission
 
@@ -87,6 +91,10 @@ class IntakeConfig:
     max_header_bytes: int
     max_headers: int
     observers: list[Callable[[Accepted], None]] = field(default_factory=list)
+    # One-click unsubscribe: ``[webhooks] public_url`` (empty: never) and the
+    # key tokens are made with (``relay.core.crypto.derive_key``).
+    public_url: str = ""
+    unsubscribe_key: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -185,13 +193,9 @@ class Intake:
         parsed = reading.parsed
         campaign = (parsed.headers.get(CAMPAIGN_HEADER) or "").strip() or None
         senders = (mail_from, *reading.originators)
+        campaign_mail = campaign is not None or identity.purpose == "campaign"
         decision = await self._policy.decide(
-            Submission(
-                identity.account_id,
-                identity.policy,
-                campaign is not None or identity.purpose == "campaign",
-                tuple(senders),
-            )
+            Submission(identity.account_id, identity.policy, campaign_mail, tuple(senders))
         )
         classes = reading.recipients
         if decision.reply is not None:
@@ -222,6 +226,13 @@ class Intake:
             hostname=config.hostname,
             remove=("bcc", CAMPAIGN_HEADER),
             received=self._received(arrival, recipients, acc.queue_id),
+            add=self.unsubscribe_fields(
+                identity.account_id,
+                campaign,
+                classes,
+                parsed,
+                wanted=campaign_mail and decision.unsubscribe,
+            ),
         )
         acc.data = await asyncio.to_thread(rewrite) if big else rewrite()
         try:
@@ -249,6 +260,35 @@ class Intake:
         return queue_id
 
     # -- helpers -----------------------------------------------------------------
+
+    def unsubscribe_fields(
+        self,
+        account_id: int,
+        campaign: str | None,
+        recipients: Sequence[tuple[str, str]],
+        parsed: ParsedMessage,
+        wanted: bool,
+    ) -> str:
+        """List-Unsubscribe and List-Unsubscribe-Post for this message, or "".
+
+        ``wanted``: campaign mail of an account with unsubscribe on. Added
+        only when ``[webhooks] public_url`` is set, the message has neither
+        field of its own (the sender's list manager knows best, and a second
+        List-Unsubscribe is one too many, RFC 2369 3), and there is exactly
+        one envelope recipient: the token names one address, and a message
+        to several would let each of them unsubscribe the one it names.
+        Campaign engines send one message per recipient; a message to
+        several goes without the fields.
+        """
+        config = self._config
+        if not (wanted and config.public_url and config.unsubscribe_key) or len(recipients) != 1:
+            return ""
+        if any(parsed.headers.get(name) is not None for name in UNSUBSCRIBE_FIELDS):
+            return ""
+        token = make_token(config.unsubscribe_key, account_id, recipients[0][0], campaign)
+        if token is None:
+            return ""
+        return list_unsubscribe_fields(f"{config.public_url.rstrip('/')}/u/{token}") or ""
 
     def _received(self, arrival: Arrival, recipients: Sequence[str], queue_id: str) -> str:
         one = recipients[0] if len(recipients) == 1 else None

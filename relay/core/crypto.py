@@ -58,6 +58,16 @@ class SecretBox:
         return data
 
 
+def derive_key(key: str, label: str) -> bytes:
+    """A 32-byte key for one purpose, from ``RELAY_SECRET_KEY``: HMAC-SHA256 with
+    the label as the message (HKDF-Expand's single block, RFC 5869 2.3). A value
+    made with it (an unsubscribe token) shows nothing of the sealing key, and a
+    key for one purpose cannot stand in for another's."""
+    if not key:
+        raise ConfigError("RELAY_SECRET_KEY is empty")
+    return hmac.new(key.encode(), b"relay " + label.encode() + b"\x01", hashlib.sha256).digest()
+
+
 def mask(value: str | None) -> str:
     """Show that a secret is set without showing it: the last four characters at most."""
     if not value:
@@ -77,6 +87,11 @@ def load_or_create_key(configured: str, var_dir: Path) -> str:
     return key
 
 
+def secret_key(settings: Settings) -> str:
+    """``RELAY_SECRET_KEY``, or the key made once under var/."""
+    return load_or_create_key(settings.secrets.secret_key.reveal(), settings.var_path)
+
+
 def secret_box(settings: Settings) -> SecretBox:
     """The box for this relay's provider secrets, from ``[secrets]`` or the key under var/."""
-    return SecretBox(load_or_create_key(settings.secrets.secret_key.reveal(), settings.var_path))
+    return SecretBox(secret_key(settings))

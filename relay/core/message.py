@@ -283,9 +283,17 @@ def _drop_headers(head: bytes, names: set[bytes]) -> bytes:
 
 
 def rewrite_headers(
-    parsed: ParsedMessage, *, received: str, hostname: str, remove: Sequence[str] = ("bcc",)
+    parsed: ParsedMessage,
+    *,
+    received: str,
+    hostname: str,
+    remove: Sequence[str] = ("bcc",),
+    add: str = "",
 ) -> bytes:
     """The message as it is queued: Received on top, Bcc gone, Message-ID and Date present.
+
+    ``add``: whole fields of the relay's own making, each ending in CRLF
+    (``list_unsubscribe_fields``), put at the end of the header section.
 
     The body is copied once, by the final join (a 20 MB message was copied
     three times, holding the GIL each time).
@@ -301,8 +309,32 @@ def rewrite_headers(
         extra += f"Message-ID: {make_message_id(hostname)}\r\n".encode()
     if "date" not in present:
         extra += f"Date: {email.utils.formatdate(localtime=False)}\r\n".encode()
+    extra += add.encode("ascii")
     head = head.rstrip(b"\r\n") + b"\r\n" + extra
     return b"".join((received.encode("utf-8"), head, body))
+
+
+UNSUBSCRIBE_FIELDS = ("list-unsubscribe", "list-unsubscribe-post")
+# A URL that can stand between angle brackets in a field as it is: printable
+# ASCII, no space, no bracket or quote that would end it (RFC 2369 2).
+_HEADER_URL = re.compile(r"https?://[\x21-\x7e]+")
+_MAX_LINE = 998  # RFC 5322 2.1.1, without the CRLF
+
+
+def list_unsubscribe_fields(url: str) -> str | None:
+    """``List-Unsubscribe`` (RFC 2369 3.2) and ``List-Unsubscribe-Post`` (RFC 8058 3.1)
+    for a one-click ``url``, or None if ``url`` could break the header.
+
+    The URL is the relay's public URL and a base64url token: no client byte
+    reaches it as written, and it is refused whole (never cleaned) if it
+    holds anything that could end the field or start a new line.
+    """
+    if not _HEADER_URL.fullmatch(url) or any(c in url for c in '<>"'):
+        return None
+    line = f"List-Unsubscribe: <{url}>"
+    if len(line) > _MAX_LINE:
+        return None
+    return f"{line}\r\nList-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n"
 
 
 def is_helo_name(name: str) -> bool:

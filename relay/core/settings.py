@@ -182,6 +182,21 @@ class AdminSettings:
 
 
 @dataclass(frozen=True)
+class WebhookSettings:
+    listen: str = _doc(
+        "host:port of the public listener (provider webhooks, one-click unsubscribe); "
+        "empty turns it off.",
+        "",
+        check=_host_port_or_empty,
+    )
+    public_url: str = _doc(
+        "How providers and recipients reach that listener (https://relay.example.com); "
+        "empty: no webhook URLs, no List-Unsubscribe.",
+        "",
+    )
+
+
+@dataclass(frozen=True)
 class ServerSettings:
     hostname: str = _doc(
         "Name in the greeting, EHLO and Received (never looked up).",
@@ -326,6 +341,7 @@ class Settings:
     listeners: tuple[ListenerSettings, ...] = ()
     tls: TLSSettings = field(default_factory=TLSSettings)
     admin: AdminSettings = field(default_factory=AdminSettings)
+    webhooks: WebhookSettings = field(default_factory=WebhookSettings)
     server: ServerSettings = field(default_factory=ServerSettings)
     limits: LimitSettings = field(default_factory=LimitSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
@@ -345,6 +361,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "database": DatabaseSettings,
     "tls": TLSSettings,
     "admin": AdminSettings,
+    "webhooks": WebhookSettings,
     "server": ServerSettings,
     "limits": LimitSettings,
     "auth": AuthSettings,

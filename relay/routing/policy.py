@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from sqlalchemy import Connection, Engine, bindparam, select, text
 
@@ -36,6 +36,9 @@ class Decision:
     reason: str | None = None
     provider_id: int | None = None
     reply: Reply | None = None
+    # The account asks for one-click unsubscribe on its campaign mail (RFC 8058),
+    # read with the rest so intake needs no query of its own.
+    unsubscribe: bool = False
 
 
 @dataclass(frozen=True)
@@ -65,13 +68,14 @@ class _Context:
     unverified_policy: str | None
     route: int | None
     patterns: list[str]
+    unsubscribe: bool = False
 
 
 # The hot path's queries as plain SQL, prepared once: building and caching
 # SQLAlchemy statements per message cost more than running them (profiled).
 # Standard SQL, the same on SQLite and PostgreSQL.
 _CONTEXT = text("""
-SELECT a.name, a.unverified_policy,
+SELECT a.name, a.unverified_policy, a.unsubscribe,
        (SELECT id FROM providers WHERE domain = :domain AND account_id = a.id LIMIT 1),
        (SELECT id FROM providers WHERE domain = :domain AND account_id = a.parent_id LIMIT 1),
        a.assigned_provider_id, a.default_provider_id, p.subaccount_provider_id
@@ -101,7 +105,7 @@ class Policy:
     def _context(self, conn: Connection, sub: Submission) -> _Context:
         domain = sub.senders[0].rpartition("@")[2].lower() if sub.senders else ""
         params = {"account_id": sub.account_id, "domain": domain}
-        name, policy, *candidates = conn.execute(_CONTEXT, params).one()
+        name, policy, unsubscribe, *candidates = conn.execute(_CONTEXT, params).one()
         # In order: bound to the domain (own, then the agency's), assigned,
         # own default, the agency's default for sub-accounts.
         route = next((int(c) for c in candidates if c is not None), None)
@@ -112,7 +116,7 @@ class Policy:
                 _BY_NAME, {"name": name, "agency": agency, "short": short}
             ).scalar()
         patterns = list(conn.execute(_PATTERNS, params).scalars())
-        return _Context(name, policy, route, patterns)
+        return _Context(name, policy, route, patterns, bool(unsubscribe))
 
     def _decide(self, sub: Submission) -> Decision:
         with self._engine.connect() as conn:
@@ -126,10 +130,12 @@ class Policy:
                 if test_address:
                     bad = self._unverified(bad, [str(test_address)])
         if bad:
-            return self._unverified_decision(sub, ctx, bad)
-        if ctx.route is None:
-            return Decision(MessageState.PAUSED, "no provider", None)
-        return Decision(MessageState.QUEUED, None, ctx.route)
+            decision = self._unverified_decision(sub, ctx, bad)
+        elif ctx.route is None:
+            decision = Decision(MessageState.PAUSED, "no provider", None)
+        else:
+            decision = Decision(MessageState.QUEUED, None, ctx.route)
+        return replace(decision, unsubscribe=ctx.unsubscribe)
 
     @staticmethod
     def _unverified(senders: Sequence[str], patterns: list[str]) -> list[str]:

@@ -1,0 +1,1 @@
+"""The public listener: provider webhooks and one-click unsubscribe."""
