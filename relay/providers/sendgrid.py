@@ -259,7 +259,8 @@ def smtpapi_header(message: OutboundMessage) -> bytes:
 def smtpapi_filters(message: OutboundMessage) -> dict[str, Any]:
     """X-SMTPAPI ``filters`` for the tracking the account set (SMTP API, "Filters")."""
     filters: dict[str, Any] = {}
-    for name, enabled in (("opentrack", message.open_tracking), ("clicktrack", message.click_tracking)):
+    settings = (("opentrack", message.open_tracking), ("clicktrack", message.click_tracking))
+    for name, enabled in settings:
         if enabled is not None:
             filters[name] = {"settings": {"enable": int(enabled)}}
     return filters

@@ -163,7 +163,10 @@ def transmission(message: OutboundMessage) -> dict[str, Any]:
 
 
 def tracking_options(message: OutboundMessage) -> dict[str, bool]:
-    """``options.open_tracking`` / ``click_tracking`` the account set (none: SparkPost's default)."""
+    """``options.open_tracking`` / ``click_tracking`` as the account set them.
+
+    Unset (None) is left out: SparkPost's own account default applies.
+    """
     out: dict[str, bool] = {}
     if message.open_tracking is not None:
         out["open_tracking"] = message.open_tracking
