@@ -58,9 +58,8 @@ class Receiver:
             }
             body = await reader.readexactly(int(headers.get("content-length", "0")))
             self.posts.append(Post(path, headers, body))
-            writer.write(
-                f"HTTP/1.1 {self.status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".encode()
-            )
+            reply = f"HTTP/1.1 {self.status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            writer.write(reply.encode())
             await writer.drain()
         finally:
             writer.close()
