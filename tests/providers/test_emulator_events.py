@@ -11,10 +11,13 @@ import asyncio
 import base64
 import dataclasses
 import json
+import signal
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 import pytest
 from sendgrid.helpers.eventwebhook import EventWebhook
 
@@ -227,3 +230,61 @@ async def test_no_events_without_a_url_and_a_dead_receiver_fails_nothing(
     await emulator.flush_events()
     [posted] = emulator.events.posted
     assert posted.status == 0 and posted.error
+
+
+async def relay_emulate(*args: str) -> asyncio.subprocess.Process:
+    code = "import sys; from relay.emulator import main; sys.exit(main(sys.argv[1:]))"
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-W",
+        "error",
+        "-c",
+        code,
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+
+async def test_relay_emulate_posts_events_where_told(receiver: Receiver) -> None:
+    proc = await relay_emulate(
+        "--api-key",
+        "k",
+        "--sendgrid-events-url",
+        receiver.url("/sg"),
+        "--sparkpost-events-url",
+        receiver.url("/sp"),
+        "--sparkpost-events-auth",
+        "hook:pw",
+    )
+    assert proc.stdout is not None
+    lines: list[str] = []
+    while not lines or "verification key" not in lines[-1]:
+        lines.append((await asyncio.wait_for(proc.stdout.readline(), 20)).decode())
+    assert f"sendgrid events -> {receiver.url('/sg')}\n" in lines
+    assert f"sparkpost events -> {receiver.url('/sp')}\n" in lines
+    sparkpost_url = lines[1].split()[-1]
+    transmission = {
+        "recipients": [{"address": {"email": "a@example.org"}}],
+        "content": {"email_rfc822": "From: s@example.com\r\nSubject: x\r\n\r\nhi\r\n"},
+        "metadata": {"relay_message_id": "Q1"},
+    }
+    async with httpx.AsyncClient(trust_env=False) as client:
+        response = await client.post(
+            sparkpost_url + "/api/v1/transmissions",
+            json=transmission,
+            headers={"Authorization": "k"},
+        )
+    assert response.status_code == 200
+    proc.send_signal(signal.SIGTERM)  # the emulator waits for its posts as it closes
+    _, stderr = await asyncio.wait_for(proc.communicate(), 20)
+    assert proc.returncode == 0, stderr.decode()
+    [post] = receiver.posts
+    assert post.path == "/sp"
+    assert post.headers["authorization"] == "Basic " + base64.b64encode(b"hook:pw").decode()
+
+
+async def test_relay_emulate_refuses_auth_without_a_password() -> None:
+    proc = await relay_emulate("--sparkpost-events-auth", "justuser")
+    _, stderr = await asyncio.wait_for(proc.communicate(), 20)
+    assert proc.returncode == 2 and b"USER:PASS" in stderr
