@@ -12,10 +12,11 @@ headers as the To recipients. ``options.ip_pool`` carries the IP pool,
 ``campaign_id`` the campaign (cut to SparkPost's 64 bytes: it is a reporting
 label, and a longer one would fail the message), substitutions are off so a
 ``{{`` in the message stays as written. Relay's ids ride in ``metadata``:
-``relay_message_id`` for the transmission and, per recipient,
-``relay_recipient_id`` too; SparkPost returns both merged in each event's
-``rcpt_meta``. ``options.open_tracking`` / ``click_tracking`` carry the
-account's tracking settings when it has set them.
+``relay_message_id`` for the transmission and, per recipient, both it and
+``relay_recipient_id`` (so each event's ``rcpt_meta`` has both whether or not
+SparkPost merges the transmission's metadata into it).
+``options.open_tracking`` / ``click_tracking`` carry the account's tracking
+settings when it has set them.
 
 Statuses and SparkPost's error codes (``{"errors": [{"message", "code",
 "description"}]}``) become our errors in :data:`SPARKPOST_STATUS`, refined by
@@ -180,9 +181,11 @@ def _recipient(message: OutboundMessage, address: str, to: str | None) -> dict[s
     if to:
         entry["header_to"] = to
     item: dict[str, Any] = {"address": entry}
-    rid = message.recipient_ids.get(address)
-    if rid is not None:  # merged over the transmission's metadata in rcpt_meta
-        item["metadata"] = {RECIPIENT_ID_KEY: str(rid)}
+    ids = message.delivery_ids([address])
+    if RECIPIENT_ID_KEY in ids:
+        # Both ids, not only the recipient's: rcpt_meta then holds them
+        # whether or not SparkPost merges the transmission's metadata in.
+        item["metadata"] = ids
     return item
 
 

@@ -96,8 +96,8 @@ async def test_sparkpost_metadata_per_recipient_and_tracking_options(
     first, second = emulator.sparkpost.accepted()
     assert first["metadata"] == {"relay_message_id": "Q5"}
     assert [(r["address"]["email"], r["metadata"]) for r in first["recipients"]] == [
-        ("to@example.org", {"relay_recipient_id": "11"}),
-        ("hidden@example.org", {"relay_recipient_id": "13"}),
+        ("to@example.org", {"relay_message_id": "Q5", "relay_recipient_id": "11"}),
+        ("hidden@example.org", {"relay_message_id": "Q5", "relay_recipient_id": "13"}),
     ]
     assert first["options"] == {"perform_substitutions": False, "click_tracking": False}
     # Not set: SparkPost's own default, so nothing is sent.
