@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import json
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -65,13 +64,6 @@ def receiver() -> Iterator[Receiver]:
     server.server_close()
 
 
-def wait_until(check: Callable[[], bool], timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "never happened"
-        time.sleep(0.05)
-
-
 def recipient_ids(engine: Engine, queue_id: str) -> dict[str, str]:
     with engine.connect() as conn:
         rows = conn.execute(
@@ -111,8 +103,8 @@ def test_sparkpost_gets_row_ids_and_tracking_and_its_events_carry_them_back(
         r["address"]["email"]: r["metadata"]["relay_recipient_id"] for r in body["recipients"]
     } == ids
     assert body["options"]["open_tracking"] is False and body["options"]["click_tracking"] is True
-    wait_until(lambda: len(receiver.posts) == 1)
-    _, _, raw = receiver.posts[0]
+    emulator.wait_for_events()
+    [(_, _, raw)] = receiver.posts
     events = [item["msys"]["message_event"] for item in json.loads(raw)]
     assert {e["rcpt_to"]: (e["type"], e["rcpt_meta"]["relay_recipient_id"]) for e in events} == {
         "bob@example.org": ("delivery", ids["bob@example.org"]),
@@ -145,8 +137,8 @@ def test_sendgrid_without_tracking_settings_sends_none(
         "relay_message_id": queue_id,
         "relay_recipient_id": rid,
     }
-    wait_until(lambda: len(receiver.posts) == 1)
-    _, headers, raw = receiver.posts[0]
+    emulator.wait_for_events()
+    [(_, headers, raw)] = receiver.posts
     assert "X-Twilio-Email-Event-Webhook-Signature" in headers
     events = json.loads(raw)
     assert [(e["event"], e["relay_message_id"], e["relay_recipient_id"]) for e in events] == [

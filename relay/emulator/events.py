@@ -229,6 +229,7 @@ class EventPoster:
     _targets: dict[str, _Target] = field(default_factory=dict)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set, repr=False)
     _client: httpx.AsyncClient | None = field(default=None, repr=False)
+    loop: asyncio.AbstractEventLoop | None = field(default=None, repr=False)  # where posts run
 
     @property
     def sendgrid_public_key(self) -> str:
@@ -270,7 +271,8 @@ class EventPoster:
         target = self._targets[kind]
         record = Posted(kind, target.url, events)
         self.posted.append(record)
-        task = asyncio.get_running_loop().create_task(self._send(target, record))
+        self.loop = asyncio.get_running_loop()
+        task = self.loop.create_task(self._send(target, record))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

@@ -107,6 +107,12 @@ class Emulator:
         """Wait for the event posts under way (tests: then look at the receiver)."""
         await self.events.flush()
 
+    def wait_for_events(self, timeout: float = 20.0) -> None:
+        """From another thread (the emulator in a thread of its own): wait for the posts."""
+        loop = self.events.loop
+        if loop is not None:
+            asyncio.run_coroutine_threadsafe(self.events.flush(), loop).result(timeout)
+
     def _wire_events(self) -> None:
         suppressed = self.sparkpost.suppressed
         self.sendgrid.on_accepted = lambda body, mid: self.events.sendgrid(
