@@ -118,7 +118,7 @@ class EmulatorThread:
         for r in list(self.emulator.sendgrid.received):
             if 200 <= r.status < 300 and r.message_id and r.body:
                 for p in r.body.get("personalizations", []):
-                    out[str(p.get("custom_args", {}).get("relay_queue_id"))] += 1
+                    out[str(p.get("custom_args", {}).get("relay_message_id"))] += 1
         return out
 
 

@@ -132,7 +132,7 @@ def test_sigkill_mid_delivery_loses_nothing(
     finally:
         emu_thread.stop()
     ids = {
-        p.get("custom_args", {}).get("relay_queue_id")
+        p.get("custom_args", {}).get("relay_message_id")
         for body in emulator.sendgrid.accepted()
         for p in body["personalizations"]
     }

@@ -105,7 +105,7 @@ def test_restarted_node_takes_back_its_claims_at_once(
     finally:
         stop(second)
     sent = Counter(
-        p.get("custom_args", {}).get("relay_queue_id")
+        p.get("custom_args", {}).get("relay_message_id")
         for r in emulator.sendgrid.received
         if r.body
         for p in r.body["personalizations"]

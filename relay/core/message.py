@@ -110,6 +110,35 @@ class OutboundMessage:
     ip_pool: str | None = None
     campaign: str | None = None
     metadata: dict[str, str] = field(default_factory=dict)
+    # address -> recipient row id, sent to the provider so its events name
+    # the recipient (:func:`delivery_ids`); empty outside the queue.
+    recipient_ids: dict[str, int] = field(default_factory=dict)
+    open_tracking: bool | None = None  # None: the provider's default
+    click_tracking: bool | None = None
+
+    def delivery_ids(self, recipients: Sequence[str] = ()) -> dict[str, str]:
+        """The ids a provider carries back in its events for these recipients.
+
+        Always :data:`MESSAGE_ID_KEY` (the queue id); :data:`RECIPIENT_ID_KEY`
+        only when ``recipients`` is one address with a row id: where a
+        provider groups several recipients under one set of values (a
+        SendGrid personalization, an SMTP leg's header), the receiver
+        matches the event's address within the message instead. Strings,
+        as SendGrid's ``custom_args`` require.
+        """
+        ids = {MESSAGE_ID_KEY: self.queue_id}
+        if len(recipients) == 1:
+            rid = self.recipient_ids.get(recipients[0])
+            if rid is not None:
+                ids[RECIPIENT_ID_KEY] = str(rid)
+        return ids
+
+
+# The keys under which a delivery carries Relay's ids to the provider
+# (SendGrid custom_args / unique_args, SparkPost metadata); the webhook reads
+# them back from each event.
+MESSAGE_ID_KEY = "relay_message_id"
+RECIPIENT_ID_KEY = "relay_recipient_id"
 
 
 def has_smuggling(data: bytes) -> bool:

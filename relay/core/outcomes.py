@@ -94,6 +94,9 @@ class Claimed:
     # The transport whose last attempt had an unknown outcome: this pass may
     # use that leg only (the provider may have the message already).
     pinned: str | None = None
+    # The account's tracking settings (None: the provider's own default).
+    open_tracking: bool | None = None
+    click_tracking: bool | None = None
 
 
 @dataclass

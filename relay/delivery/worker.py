@@ -100,7 +100,14 @@ class Deliverer:
         attempts: list[Attempt] = []
         recipients = [(a, k) for _, a, k in msg.recipients]
         outbound = OutboundMessage(
-            msg.id, msg.mail_from, recipients, msg.data, campaign=msg.campaign
+            msg.id,
+            msg.mail_from,
+            recipients,
+            msg.data,
+            campaign=msg.campaign,
+            recipient_ids={a: rid for rid, a, _ in msg.recipients},
+            open_tracking=msg.open_tracking,
+            click_tracking=msg.click_tracking,
         )
         started = time.perf_counter()
         try:

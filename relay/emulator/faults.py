@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,6 +64,9 @@ class ApiState:
     received: list[Received] = field(default_factory=list)
     suppressed: set[str] = field(default_factory=set)
     faults: list[Fault] = field(default_factory=list)
+    # Called with (request body, message id) for each accepted message: the
+    # emulator posts its events from there (relay.emulator.events).
+    on_accepted: Callable[[Any, str], None] | None = field(default=None, repr=False)
     _closing: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
     # -- the Python API ------------------------------------------------------

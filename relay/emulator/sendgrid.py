@@ -338,4 +338,6 @@ async def _mail_send(state: ApiState, request: Request, raw: bytes, seen: Receiv
     if _sandbox(seen.body):
         return Response(status_code=200)
     seen.message_id = secrets.token_urlsafe(16)
+    if state.on_accepted is not None:
+        state.on_accepted(seen.body, seen.message_id)
     return Response(status_code=202, headers={"X-Message-Id": seen.message_id})

@@ -24,7 +24,8 @@ from typing import Any
 
 import uvicorn
 
-from relay.emulator import sendgrid, sparkpost
+from relay.emulator import events, sendgrid, sparkpost
+from relay.emulator.events import EventPoster
 from relay.emulator.faults import ApiState
 from relay.emulator.smtp import HOSTNAME, SmtpSink, start_sink
 
@@ -59,6 +60,7 @@ class Emulator:
     smtp_port: int = 0
     smtps_port: int | None = None
     ca_pem: bytes | None = field(default=None, repr=False)
+    events: EventPoster = field(default_factory=EventPoster)
     _http: list[_Http] = field(default_factory=list, repr=False)
     _smtp_servers: list[asyncio.Server] = field(default_factory=list, repr=False)
 
@@ -86,6 +88,43 @@ class Emulator:
             options["api_url"] = self.sparkpost_url
         return options
 
+    def set_events_url(
+        self, kind: str, url: str | None, auth: tuple[str, str] | None = None
+    ) -> None:
+        """Post ``kind``'s events (sendgrid | sparkpost) to ``url`` after each delivery.
+
+        ``auth``: the (user, password) SparkPost's webhook sends as basic auth.
+        SendGrid's are signed with :attr:`sendgrid_events_key`'s private half.
+        """
+        self.events.set_url(kind, url, auth)
+
+    @property
+    def sendgrid_events_key(self) -> str:
+        """The Event Webhook verification key, as SendGrid's console shows it."""
+        return self.events.sendgrid_public_key
+
+    async def flush_events(self) -> None:
+        """Wait for the event posts under way (tests: then look at the receiver)."""
+        await self.events.flush()
+
+    def wait_for_events(self, timeout: float = 20.0) -> None:
+        """From another thread (the emulator in a thread of its own): wait for the posts."""
+        loop = self.events.loop
+        if loop is not None:
+            asyncio.run_coroutine_threadsafe(self.events.flush(), loop).result(timeout)
+
+    def _wire_events(self) -> None:
+        suppressed = self.sparkpost.suppressed
+        self.sendgrid.on_accepted = lambda body, mid: self.events.sendgrid(
+            events.sendgrid_recipients(body), mid, categories=body.get("categories") or []
+        )
+        self.sparkpost.on_accepted = lambda body, tid: self.events.sparkpost(
+            events.sparkpost_recipients(body, suppressed),
+            tid,
+            campaign_id=str(body.get("campaign_id") or ""),
+        )
+        self.smtp.on_message = lambda message: events.smtp_delivery(self.events, message)
+
     def describe(self) -> str:
         lines = [
             f"SendGrid API   {self.sendgrid_url}",
@@ -95,6 +134,11 @@ class Emulator:
         ]
         if self.smtps_port is not None:
             lines.append(f"SMTPS          {self.host}:{self.smtps_port} (implicit TLS)")
+        for kind in events.KINDS:
+            url = self.events.url(kind)
+            if url:
+                lines.append(f"{kind} events -> {url}")
+        lines.append(f"SendGrid Event Webhook verification key  {self.sendgrid_events_key}")
         return "\n".join(lines)
 
     async def aclose(self) -> None:
@@ -108,6 +152,7 @@ class Emulator:
         self.smtp.disconnect_all()
         for server in self._smtp_servers:
             await server.wait_closed()
+        await self.events.aclose()
 
 
 def _url_host(host: str) -> str:
@@ -203,6 +248,7 @@ async def serve_emulator(
         SmtpSink(users=users, tls_context=tls_context),
         ca_pem=ca_pem,
     )
+    emulator._wire_events()
     try:
         await _start(emulator, sendgrid_port, sparkpost_port, smtp_port, smtps_port)
     except BaseException:
@@ -261,6 +307,21 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--starttls", action="store_true", help="offer STARTTLS on SMTP")
     parser.add_argument(
+        "--sendgrid-events-url",
+        metavar="URL",
+        help="post SendGrid's Event Webhook events (signed) here after each delivery",
+    )
+    parser.add_argument(
+        "--sparkpost-events-url",
+        metavar="URL",
+        help="post SparkPost's webhook batches here after each delivery",
+    )
+    parser.add_argument(
+        "--sparkpost-events-auth",
+        metavar="USER:PASS",
+        help="the basic auth SparkPost's webhook sends",
+    )
+    parser.add_argument(
         "--ca-file",
         type=Path,
         default=None,
@@ -279,6 +340,12 @@ async def _run(args: argparse.Namespace) -> None:
         api_key=args.api_key,
         starttls=args.starttls,
     )
+    if args.sendgrid_events_url:
+        emulator.set_events_url("sendgrid", args.sendgrid_events_url)
+    if args.sparkpost_events_url:
+        user, _, password = (args.sparkpost_events_auth or "").partition(":")
+        auth = (user, password) if args.sparkpost_events_auth else None
+        emulator.set_events_url("sparkpost", args.sparkpost_events_url, auth)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -302,5 +369,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _require_loopback(args.host)
     except ValueError as exc:
         _parser().error(str(exc))
+    if args.sparkpost_events_auth and ":" not in args.sparkpost_events_auth:
+        _parser().error("--sparkpost-events-auth is USER:PASS")
     asyncio.run(_run(args))
     return 0

@@ -19,6 +19,7 @@ import json
 import logging
 import secrets
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.parser import BytesHeaderParser
 from email.policy import SMTPUTF8
@@ -70,6 +71,8 @@ class SmtpSink:
     mechanisms_used: list[str] = field(default_factory=list)
     rejections: dict[str, str] = field(default_factory=dict)
     faults: list[SmtpFault] = field(default_factory=list)
+    # Called for each accepted message (the emulator posts its events from there).
+    on_message: Callable[[SinkMessage], None] | None = field(default=None, repr=False)
     _per_connection: dict[int, int] = field(default_factory=dict)
     _live: set[SMTP] = field(default_factory=set)
 
@@ -160,17 +163,18 @@ class SmtpSink:
             return "550 5.6.0 JSON parsing error in X-MSYS-API"
         connection = getattr(server, "connection_number", 0)
         self._per_connection[connection] = self._per_connection.get(connection, 0) + 1
-        self.messages.append(
-            SinkMessage(
-                envelope.mail_from or "",
-                list(envelope.rcpt_tos),
-                data,
-                list(envelope.mail_options),
-                session.auth_data if session.authenticated else None,
-                session.ssl is not None or getattr(server, "implicit_tls", False),
-                connection,
-            )
+        message = SinkMessage(
+            envelope.mail_from or "",
+            list(envelope.rcpt_tos),
+            data,
+            list(envelope.mail_options),
+            session.auth_data if session.authenticated else None,
+            session.ssl is not None or getattr(server, "implicit_tls", False),
+            connection,
         )
+        self.messages.append(message)
+        if self.on_message is not None:
+            self.on_message(message)
         return f"250 2.0.0 Ok: queued as {secrets.token_hex(6).upper()}"
 
     async def handle_RSET(self, server: SMTP, session: Session, envelope: Envelope) -> str:

@@ -152,6 +152,8 @@ def _results(state: ApiState, body: dict[str, Any], seen: Received) -> Response:
         "total_accepted_recipients": len(addresses) - rejected,
         "id": seen.message_id,
     }
+    if state.on_accepted is not None:
+        state.on_accepted(body, seen.message_id)
     return JSONResponse({"results": results})
 
 

@@ -30,8 +30,10 @@ sent in ``rejected`` with ``permanent=False`` so the worker retries only them.
 
 SMTP relay: smtp.sendgrid.net, 587 STARTTLS (465 implicit TLS), user
 ``apikey``, the API key as password. The message goes as received plus an
-``X-SMTPAPI`` header carrying the IP pool and categories, unless the client
-wrote its own ``X-SMTPAPI``, which then wins.
+``X-SMTPAPI`` header carrying the IP pool, categories, Relay's ids
+(``unique_args``, returned in the events as the API's ``custom_args`` are) and
+the account's tracking settings (``filters.opentrack`` / ``filters.clicktrack``),
+unless the client wrote its own ``X-SMTPAPI``, which then wins.
 """
 
 from __future__ import annotations
@@ -235,15 +237,33 @@ def _unfinished(rest: list[sendgrid_json.Json], exc: ProviderError, ids: list[st
 
 
 def smtpapi_header(message: OutboundMessage) -> bytes:
-    """SendGrid's X-SMTPAPI field: what the API would have taken as JSON fields."""
-    value: dict[str, Any] = {"unique_args": {"relay_queue_id": message.queue_id}}
+    """SendGrid's X-SMTPAPI field: what the API would have taken as JSON fields.
+
+    ``unique_args`` apply to the whole message (the SMTP leg has no
+    per-recipient ones): the recipient id only when there is one recipient.
+    """
+    rcpts = [a for a, _ in message.recipients]
+    value: dict[str, Any] = {"unique_args": message.delivery_ids(rcpts)}
     with contextlib.suppress(PermanentError, MalformedMessage):
         categories = sendgrid_json.categories(parse(message.data).headers)
         if categories:
             value["category"] = categories
     if message.ip_pool:
         value["ip_pool"] = message.ip_pool
+    filters = smtpapi_filters(message)
+    if filters:
+        value["filters"] = filters
     return header_field("X-SMTPAPI", json.dumps(value))
+
+
+def smtpapi_filters(message: OutboundMessage) -> dict[str, Any]:
+    """X-SMTPAPI ``filters`` for the tracking the account set (SMTP API, "Filters")."""
+    filters: dict[str, Any] = {}
+    settings = (("opentrack", message.open_tracking), ("clicktrack", message.click_tracking))
+    for name, enabled in settings:
+        if enabled is not None:
+            filters[name] = {"settings": {"enable": int(enabled)}}
+    return filters
 
 
 def prepare_smtp(message: OutboundMessage) -> bytes:

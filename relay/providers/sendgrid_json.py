@@ -33,8 +33,18 @@ SMTP, untouched. A request over SendGrid's limits that SMTP would not cure
 
 Top-level ``custom_args`` is not used: the published OpenAPI description types
 it as a string while the API wants an object, so no value of it is valid for
-both. The queue id goes in ``personalizations[].custom_args``, an object in
-both.
+both. Relay's ids go in ``personalizations[].custom_args``, an object in both,
+and SendGrid returns them as top-level keys of every event of that
+personalization's recipients: ``relay_message_id`` (the queue id) always, and
+``relay_recipient_id`` (the recipient row) when the personalization has one
+recipient. One personalization per recipient would change what recipients see
+(each copy's To and Cc are written from its personalization), so a shared one
+carries only the message id and the webhook matches the event's ``email``
+within that message.
+
+``tracking_settings``: ``open_tracking.enable`` and ``click_tracking.enable``
+from the account's settings; absent when the account leaves them to the
+SendGrid account's own default.
 """
 
 from __future__ import annotations
@@ -82,8 +92,18 @@ def convert(message: OutboundMessage) -> list[Json]:
     mime = _parse(message.data)
     base = _message_fields(mime, message)
     names = _display_names(mime)
-    groups = _requests(personalizations(message.recipients, names, message.queue_id))
+    groups = _requests(personalizations(message.recipients, names, message))
     return [{"personalizations": group, **base} for group in groups]
+
+
+def tracking_settings(message: OutboundMessage) -> Json:
+    """mail/send ``tracking_settings`` for what the account set (empty: SendGrid's default)."""
+    out: Json = {}
+    if message.open_tracking is not None:
+        out["open_tracking"] = {"enable": message.open_tracking}
+    if message.click_tracking is not None:
+        out["click_tracking"] = {"enable": message.click_tracking}
+    return out
 
 
 def encode(payload: Json) -> bytes:
@@ -123,6 +143,9 @@ def _message_fields(mime: EmailMessage, message: OutboundMessage) -> Json:
         fields["categories"] = found
     if message.ip_pool:
         fields["ip_pool_name"] = message.ip_pool
+    tracking = tracking_settings(message)
+    if tracking:
+        fields["tracking_settings"] = tracking
     return fields
 
 
@@ -310,7 +333,9 @@ def categories(mime: Message) -> list[str]:
 
 
 def personalizations(
-    recipients: Sequence[tuple[str, str]], names: dict[str, str], queue_id: str = ""
+    recipients: Sequence[tuple[str, str]],
+    names: dict[str, str],
+    message: OutboundMessage | None = None,
 ) -> list[Json]:
     """The envelopes of a message, each a personalization SendGrid accepts.
 
@@ -329,15 +354,22 @@ def personalizations(
     An address appears once across to, cc and bcc (SendGrid refuses repeats,
     compared case-insensitively). More than :data:`MAX_RECIPIENTS` are cut in
     slices, each following the rules above.
+
+    With ``message``, each personalization carries its ids in ``custom_args``
+    (:meth:`~relay.core.message.OutboundMessage.delivery_ids`).
     """
     unique = _unique(recipients)
     out: list[Json] = []
     for start in range(0, len(unique), MAX_RECIPIENTS):
         out.extend(_envelopes(unique[start : start + MAX_RECIPIENTS], names))
-    if queue_id:
+    if message is not None:
         for item in out:
-            item["custom_args"] = {"relay_queue_id": queue_id}
+            item["custom_args"] = message.delivery_ids(_addresses_of(item))
     return out
+
+
+def _addresses_of(personalization: Json) -> list[str]:
+    return [e["email"] for kind in ("to", "cc", "bcc") for e in personalization.get(kind, [])]
 
 
 def _unique(recipients: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:

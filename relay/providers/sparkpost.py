@@ -11,7 +11,12 @@ to the To header as written, so a Cc or Bcc recipient gets the same visible
 headers as the To recipients. ``options.ip_pool`` carries the IP pool,
 ``campaign_id`` the campaign (cut to SparkPost's 64 bytes: it is a reporting
 label, and a longer one would fail the message), substitutions are off so a
-``{{`` in the message stays as written.
+``{{`` in the message stays as written. Relay's ids ride in ``metadata``:
+``relay_message_id`` for the transmission and, per recipient, both it and
+``relay_recipient_id`` (so each event's ``rcpt_meta`` has both whether or not
+SparkPost merges the transmission's metadata into it).
+``options.open_tracking`` / ``click_tracking`` carry the account's tracking
+settings when it has set them.
 
 Statuses and SparkPost's error codes (``{"errors": [{"message", "code",
 "description"}]}``) become our errors in :data:`SPARKPOST_STATUS`, refined by
@@ -65,7 +70,7 @@ from relay.core.errors import (
     ProviderError,
     TransientError,
 )
-from relay.core.message import OutboundMessage, split_header
+from relay.core.message import RECIPIENT_ID_KEY, OutboundMessage, split_header
 from relay.providers.base import Health, Receipt
 from relay.providers.chain import UNNAMED_RECIPIENTS
 from relay.providers.headers import has_field, header_field
@@ -146,22 +151,42 @@ def transmission(message: OutboundMessage) -> dict[str, Any]:
     options: dict[str, Any] = {"perform_substitutions": False}
     if message.ip_pool:
         options["ip_pool"] = message.ip_pool
+    options.update(tracking_options(message))
     body: dict[str, Any] = {
-        "recipients": [_recipient(address, to) for address, _ in message.recipients],
+        "recipients": [_recipient(message, address, to) for address, _ in message.recipients],
         "content": {"email_rfc822": rfc822},
         "options": options,
-        "metadata": {"relay_queue_id": message.queue_id},
+        "metadata": message.delivery_ids(),
     }
     if message.campaign:
         body["campaign_id"] = campaign_id(message.campaign)
     return body
 
 
-def _recipient(address: str, to: str | None) -> dict[str, Any]:
+def tracking_options(message: OutboundMessage) -> dict[str, bool]:
+    """``options.open_tracking`` / ``click_tracking`` as the account set them.
+
+    Unset (None) is left out: SparkPost's own account default applies.
+    """
+    out: dict[str, bool] = {}
+    if message.open_tracking is not None:
+        out["open_tracking"] = message.open_tracking
+    if message.click_tracking is not None:
+        out["click_tracking"] = message.click_tracking
+    return out
+
+
+def _recipient(message: OutboundMessage, address: str, to: str | None) -> dict[str, Any]:
     entry: dict[str, str] = {"email": address}
     if to:
         entry["header_to"] = to
-    return {"address": entry}
+    item: dict[str, Any] = {"address": entry}
+    ids = message.delivery_ids([address])
+    if RECIPIENT_ID_KEY in ids:
+        # Both ids, not only the recipient's: rcpt_meta then holds them
+        # whether or not SparkPost merges the transmission's metadata in.
+        item["metadata"] = ids
+    return item
 
 
 def _errors(data: Any) -> list[dict[str, Any]]:
@@ -247,12 +272,20 @@ class SparkPostApi(HttpApi):
 
 
 def msys_api_header(message: OutboundMessage) -> bytes:
-    """SparkPost's X-MSYS-API field (SMTP API): campaign and IP pool."""
-    value: dict[str, Any] = {"metadata": {"relay_queue_id": message.queue_id}}
+    """SparkPost's X-MSYS-API field (SMTP API): ids, campaign, IP pool, tracking.
+
+    The metadata applies to every recipient (no per-recipient metadata on SMTP):
+    the recipient id only when there is one recipient.
+    """
+    rcpts = [a for a, _ in message.recipients]
+    value: dict[str, Any] = {"metadata": message.delivery_ids(rcpts)}
     if message.campaign:
         value["campaign_id"] = campaign_id(message.campaign)
+    options: dict[str, Any] = tracking_options(message)
     if message.ip_pool:
-        value["options"] = {"ip_pool": message.ip_pool}
+        options["ip_pool"] = message.ip_pool
+    if options:
+        value["options"] = options
     return header_field("X-MSYS-API", json.dumps(value))
 
 

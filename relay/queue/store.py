@@ -112,12 +112,24 @@ def load_claimed(engine: Engine, token: str, ids: list[str]) -> list[Claimed]:
                 Message.expires_at,
                 Account.name,
                 MessageContent.data,
+                Account.open_tracking,
+                Account.click_tracking,
             )
             .join(MessageContent, MessageContent.message_id == Message.id)
             .join(Account, Account.id == Message.account_id)
             .where(Message.id.in_(ids), Message.locked_by == token)
         ).all()
-        out = {r[0]: Claimed(*r[:8], token=token, account_name=r[8], data=r[9]) for r in rows}
+        out = {
+            r[0]: Claimed(
+                *r[:8],
+                token=token,
+                account_name=r[8],
+                data=r[9],
+                open_tracking=r[10],
+                click_tracking=r[11],
+            )
+            for r in rows
+        }
         rcpts = conn.execute(
             select(Recipient.message_id, Recipient.id, Recipient.address, Recipient.kind)
             .where(Recipient.message_id.in_(list(out)), Recipient.state == RecipientState.PENDING)

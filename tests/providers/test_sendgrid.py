@@ -215,7 +215,7 @@ async def test_smtp_relay_gets_x_smtpapi_and_the_message_as_received(
     header = sent.data[: len(sent.data) - len(msg.data)].decode()
     value = json.loads(header.split(":", 1)[1].replace("\r\n", ""))
     assert value == {
-        "unique_args": {"relay_queue_id": "Q42"},
+        "unique_args": {"relay_message_id": "Q42"},
         "category": ["news"],
         "ip_pool": "pool1",
     }

@@ -53,7 +53,7 @@ def test_plain_text_field_by_field():
     assert payload["headers"] == {"Message-ID": "<m1@example.com>", "X-Mailer": "Tests 1.0"}
     assert "attachments" not in payload and "reply_to" not in payload
     assert payload["personalizations"] == [
-        {"to": [{"email": "to@example.org"}], "custom_args": {"relay_queue_id": "Q1"}}
+        {"to": [{"email": "to@example.org"}], "custom_args": {"relay_message_id": "Q1"}}
     ]
 
 

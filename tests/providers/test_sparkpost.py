@@ -178,7 +178,7 @@ async def test_smtp_relay_logs_in_with_auth_login_and_sends_x_msys_api(
     assert "Bcc:" not in head
     field = head.split("X-MSYS-API:", 1)[1].split("\r\nFrom:", 1)[0]
     assert json.loads(field.replace("\r\n", "")) == {
-        "metadata": {"relay_queue_id": "Q7"},
+        "metadata": {"relay_message_id": "Q7"},
         "campaign_id": "spring",
         "options": {"ip_pool": "pool1"},
     }
