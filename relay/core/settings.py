@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from relay.core.errors import ConfigError
 
@@ -181,6 +182,27 @@ class AdminSettings:
     )
 
 
+def _http_url_or_empty(value: str) -> None:
+    if value:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError("is not an absolute http(s) URL")
+
+
+@dataclass(frozen=True)
+class WebhookSettings:
+    listen: str = _doc(
+        "host:port of the public webhook listener (provider events); empty turns it off.",
+        "",
+        check=_host_port_or_empty,
+    )
+    public_url: str = _doc(
+        "Absolute http(s) URL at which providers and recipients reach that listener.",
+        "",
+        check=_http_url_or_empty,
+    )
+
+
 @dataclass(frozen=True)
 class ServerSettings:
     hostname: str = _doc(
@@ -326,6 +348,7 @@ class Settings:
     listeners: tuple[ListenerSettings, ...] = ()
     tls: TLSSettings = field(default_factory=TLSSettings)
     admin: AdminSettings = field(default_factory=AdminSettings)
+    webhooks: WebhookSettings = field(default_factory=WebhookSettings)
     server: ServerSettings = field(default_factory=ServerSettings)
     limits: LimitSettings = field(default_factory=LimitSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
@@ -345,6 +368,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "database": DatabaseSettings,
     "tls": TLSSettings,
     "admin": AdminSettings,
+    "webhooks": WebhookSettings,
     "server": ServerSettings,
     "limits": LimitSettings,
     "auth": AuthSettings,
