@@ -457,3 +457,72 @@ def test_parsers_read_the_documented_formats() -> None:
         (EventType.CLICK, None),
     ]
     assert sp[3].at.year == 2024
+
+
+# -- the command line and the API -------------------------------------------------------
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    from relay.cli import main
+
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_provider_webhook_prints_the_url_and_webhook_key_is_sealed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], keys: Keys
+) -> None:
+    monkeypatch.setenv("RELAY_DATABASE_URL", f"sqlite:///{tmp_path}/cli.db")
+    monkeypatch.setenv("RELAY_SERVER_VAR_DIR", str(tmp_path / "var"))
+    monkeypatch.delenv("RELAY_CONFIG", raising=False)
+    assert run(capsys, "account", "create", "agency")[0] == 0
+    for name, kind in (("sg", "sendgrid"), ("sp", "sparkpost"), ("box", "outbox")):
+        extra = ["--directory", str(tmp_path / "out")] if kind == "outbox" else ["--api-key", "k"]
+        argv = ("provider", "add", name, "--account", "agency", "--kind", kind, *extra)
+        assert run(capsys, *argv, "--no-check")[0] == 0
+    code, _, err = run(capsys, "provider", "webhook", "sg")
+    assert code == 1 and "[webhooks] public_url is not set" in err
+    monkeypatch.setenv("RELAY_WEBHOOKS_PUBLIC_URL", "https://hooks.example.net/")
+    code, out, _ = run(capsys, "provider", "webhook", "sg")
+    assert code == 0
+    first = out.splitlines()[0]
+    assert first.startswith("URL: https://hooks.example.net/hooks/")
+    assert "Signed Event Webhook" in out and "No webhook key is set yet" in out
+    # The token is made once: the same URL the second time.
+    assert run(capsys, "provider", "webhook", "sg")[1].splitlines()[0] == first
+    code, _, err = run(capsys, "provider", "webhook", "box")
+    assert code == 1 and "no event webhook" in err
+    # The key alone needs no live check; it is checked for its shape and never shown.
+    code, _, err = run(capsys, "provider", "edit", "sg", "--webhook-key", "not a key")
+    assert code == 1 and "Verification Key" in err
+    assert run(capsys, "provider", "edit", "sg", "--webhook-key", keys.public)[0] == 0
+    code, _, err = run(capsys, "provider", "edit", "sp", "--webhook-key", "nocolon")
+    assert code == 1 and "USER:PASSWORD" in err
+    assert run(capsys, "provider", "edit", "sp", "--webhook-key", SPARKPOST_KEY)[0] == 0
+    code, out, _ = run(capsys, "provider", "show", "sp")
+    assert SPARKPOST_KEY not in out and "s3cret" not in out and "webhook_key" in out
+    code, out, _ = run(capsys, "provider", "webhook", "sp")
+    assert "Basic Auth" in out and "No webhook key" not in out
+    assert keys.public not in run(capsys, "provider", "show", "sg")[1]
+
+
+def test_api_webhook_url_and_key(
+    relay_with_sinks: RelayThread, hook_engine: Engine, keys: Keys
+) -> None:
+    from relay.service import tokens
+
+    token = tokens.create_token(hook_engine, None, operator=True).token
+    assert relay_with_sinks.relay is not None
+    base = f"http://127.0.0.1:{relay_with_sinks.relay.admin_port}/api/v1"
+    auth = {"Authorization": f"Bearer {token}"}
+    with httpx.Client(base_url=base, headers=auth, timeout=10) as api:
+        shown = api.get("/providers/sp/webhook").json()
+        assert shown["url"] == "https://hooks.relay.test/hooks/tok-sp"
+        assert shown["key_set"] is True and shown["kind"] == "sparkpost"
+        bad = api.patch("/providers/sp", json={"webhook_key": "nocolon"})
+        assert bad.status_code == 422 and bad.json()["error"]["field"] == "webhook_key"
+        ok = api.patch("/providers/sp", json={"webhook_key": "new:password-2"})
+        assert ok.status_code == 200 and ok.json()["checked"] is False
+        detail = api.get("/providers/sp").json()
+        assert "password-2" not in json.dumps(detail)
