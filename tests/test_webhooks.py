@@ -526,3 +526,46 @@ def test_api_webhook_url_and_key(
         assert ok.status_code == 200 and ok.json()["checked"] is False
         detail = api.get("/providers/sp").json()
         assert "password-2" not in json.dumps(detail)
+
+
+def test_queue_show_and_the_api_list_a_messages_events(
+    relay_with_sinks: RelayThread,
+    hook_settings: Settings,
+    hook_engine: Engine,
+    tenants: dict[str, Tenant],
+    keys: Keys,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from relay.service import tokens
+
+    relay = relay_with_sinks
+    queue_id = send(relay, tenants["acme"], "gone@example.org")
+    events = [
+        sendgrid_event(
+            "q1",
+            "bounce",
+            "gone@example.org",
+            type="bounce",
+            reason="no such user",
+            relay_message_id=queue_id,
+        )
+    ]
+    assert post_sendgrid(relay, keys, events).json()["stored"] == 1
+    monkeypatch.setenv("RELAY_DATABASE_URL", hook_settings.database.url)
+    monkeypatch.setenv("RELAY_SERVER_VAR_DIR", str(hook_settings.var_path))
+    monkeypatch.delenv("RELAY_CONFIG", raising=False)
+    code, out, _ = run(capsys, "queue", "show", queue_id)
+    assert code == 0
+    shown = json.loads(out)["events"]
+    assert [
+        (e["type"], e["address"], e["bounce_class"], e["detail"], e["provider"]) for e in shown
+    ] == [("bounce", "gone@example.org", "hard", "no such user", "sg")]
+    token = tokens.create_token(hook_engine, None, operator=True).token
+    assert relay.relay is not None
+    base = f"http://127.0.0.1:{relay.relay.admin_port}/api/v1"
+    with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}) as api:
+        detail = api.get(f"/queue/{queue_id}").json()
+    assert [(e["type"], e["bounce_class"], e["provider"]) for e in detail["events"]] == [
+        ("bounce", "hard", "sg")
+    ]

@@ -252,6 +252,7 @@ def queue_show(r: Remote, args: argparse.Namespace) -> None:
         "history": [
             {**a, "at": _iso(a["at"]), "duration": round(a["duration"], 4)} for a in m["history"]
         ],
+        "events": [{**e, "at": _iso(e["at"])} for e in m.get("events", [])],
     }
     print(json.dumps(out, indent=2))
 
