@@ -569,3 +569,22 @@ def test_queue_show_and_the_api_list_a_messages_events(
     assert [(e["type"], e["bounce_class"], e["provider"]) for e in detail["events"]] == [
         ("bounce", "hard", "sg")
     ]
+
+
+def test_webhook_settings_are_checked() -> None:
+    from relay.core.errors import ConfigError
+    from relay.core.settings import load_settings
+
+    ok = load_settings(
+        None,
+        env={"RELAY_WEBHOOKS_PUBLIC_URL": "https://relay.example.net"},
+        overrides={"webhooks": {"listen": "0.0.0.0:8443"}},
+    )
+    assert ok.webhooks.listen == "0.0.0.0:8443"
+    assert ok.webhooks.public_url == "https://relay.example.net"
+    assert load_settings(None, env={}).webhooks.listen == ""  # off by default
+    with pytest.raises(ConfigError, match=r"\[webhooks\] listen: '8443' is not host:port"):
+        load_settings(None, env={}, overrides={"webhooks": {"listen": "8443"}})
+    for bad in ("relay.example.net", "ftp://relay.example.net", "https://"):
+        with pytest.raises(ConfigError, match="is not an absolute http"):
+            load_settings(None, env={}, overrides={"webhooks": {"public_url": bad}})
