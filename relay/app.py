@@ -19,6 +19,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 from sqlalchemy import Engine, text
+from starlette.routing import BaseRoute
 
 from relay.accounting.counters import Counters
 from relay.admin.api import make_api
@@ -27,6 +28,7 @@ from relay.admin.http import AdminServer, make_app
 from relay.auth.authenticator import Authenticator
 from relay.auth.passwords import make_hasher
 from relay.core.crypto import derive_key, secret_box, secret_key
+from relay.core.events import EventSink
 from relay.core.files import secure_var
 from relay.core.metrics import Metrics, scrape_registry
 from relay.core.settings import ListenerSettings, Settings, parse_hostport
@@ -45,6 +47,7 @@ from relay.smtp.listeners import Listener, bind_socket
 from relay.smtp.protocol import ConnectionTracker, quiet_aiosmtpd
 from relay.smtp.tls import server_context
 from relay.store.engine import make_engine, migrate
+from relay.webhooks.app import make_webhook_app
 
 log = logging.getLogger("relay")
 
@@ -81,6 +84,13 @@ class Relay:
         self._gauge_task: asyncio.Task[None] | None = None
         self._sweeper_task: asyncio.Task[None] | None = None
         self.admin_port: int | None = None
+        # What stored provider events go to (suppression, reputation), and the
+        # public routes served beside the webhooks (one-click unsubscribe).
+        self.event_sinks: list[EventSink] = []
+        self.webhook_routes: list[BaseRoute] = []
+        self._webhooks: AdminServer | None = None
+        self._webhooks_task: asyncio.Task[None] | None = None
+        self.webhooks_port: int | None = None
 
     # -- start ----------------------------------------------------------------
 
@@ -134,6 +144,7 @@ class Relay:
         sweeper = PausedExpiry(self.engine, on_expired=self.counters.count_expired)
         self._sweeper_task = asyncio.create_task(sweeper.run())
         await self._start_admin()
+        await self._start_webhooks()
 
     def _socket(self, item: ListenerSettings) -> Any:
         if item.name in self._presockets:
@@ -152,6 +163,22 @@ class Relay:
         api = make_api(ApiContext(self.engine, s, make_hasher(s), secret_box(s), self.ready))
         self._admin = AdminServer(make_app(self.registry, self.ready, api), sock)
         self._admin_task = asyncio.create_task(self._admin.serve())
+
+    async def _start_webhooks(self) -> None:
+        """The public listener for provider events, apart from the private admin one."""
+        s = self.settings
+        if not s.webhooks.listen:
+            return
+        host, port = parse_hostport("[webhooks] listen", s.webhooks.listen)
+        sock = self._presockets.get("webhooks") or bind_socket(
+            ListenerSettings("webhooks", host, port), reuse_port=s.server.processes > 1
+        )
+        self.webhooks_port = int(sock.getsockname()[1])
+        app = make_webhook_app(
+            self.engine, secret_box(s), self.metrics, self.event_sinks, self.webhook_routes
+        )
+        self._webhooks = AdminServer(app, sock)
+        self._webhooks_task = asyncio.create_task(self._webhooks.serve())
 
     def registry(self) -> CollectorRegistry:
         return scrape_registry(self.metrics)
@@ -208,10 +235,14 @@ class Relay:
         for task in (self._gauge_task, self._sweeper_task):
             if task:
                 task.cancel()
-        if self._admin and self._admin_task:
-            self._admin.stop()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._admin_task, max(deadline - loop.time(), 0.5))
+        for server, task in (
+            (self._admin, self._admin_task),
+            (self._webhooks, self._webhooks_task),
+        ):
+            if server and task:
+                server.stop()
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(task, max(deadline - loop.time(), 0.5))
         await self.pool.aclose()
         self.engine.dispose()
         log.info("stopped")

@@ -51,7 +51,11 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _secrets(args: argparse.Namespace) -> dict[str, str]:
-    return {"api_key": args.api_key or "", "smtp_password": args.smtp_password or ""}
+    return {
+        "api_key": args.api_key or "",
+        "smtp_password": args.smtp_password or "",
+        "webhook_key": args.webhook_key or "",
+    }
 
 
 def _print_legs(result: checks.CheckResult | None) -> None:
@@ -101,6 +105,25 @@ def cmd_edit(args: argparse.Namespace, settings: Settings) -> int:
     )
     _checked(call)
     print(f"updated provider {args.name}")
+    return 0
+
+
+def print_webhook(setup: dict[str, Any]) -> None:
+    """What ``relay provider webhook`` prints, locally and remotely."""
+    print(f"URL: {setup['url']}")
+    print(setup["setup"])
+    if not setup["key_set"]:
+        print("No webhook key is set yet: events are refused until it is.")
+
+
+def cmd_webhook(args: argparse.Namespace, settings: Settings) -> int:
+    import dataclasses
+
+    from relay.service import providers as service
+
+    engine, box = _env(settings)
+    found = service.webhook(engine, box, args.name, settings.webhooks.public_url)
+    print_webhook(dataclasses.asdict(found))
     return 0
 
 
@@ -203,6 +226,10 @@ def _connection_options(s: argparse.ArgumentParser) -> None:
     s.add_argument("--domain", help="bind the provider to this sending domain")
     s.add_argument("--test-address", help="an address the provider accepts as a sender")
     s.add_argument("--directory", help="outbox: where .eml files go")
+    s.add_argument(
+        "--webhook-key",
+        help="event webhook: SendGrid's verification key; SparkPost's USER:PASSWORD",
+    )
     s.add_argument("--no-check", action="store_true", help="skip the live check")
 
 
@@ -223,6 +250,8 @@ def register(sub: Verbs) -> None:
         ("ips", cmd_ips, "the addresses the relay connects from"),
     ):
         add_verb(prov, verb, handler, what).add_argument("name")
+    s = add_verb(prov, "webhook", cmd_webhook, "the URL and steps for the provider's event webhook")
+    s.add_argument("name")
     s = add_verb(prov, "test", cmd_test, "send a test message now through each transport")
     s.add_argument("name")
     s.add_argument("--to", required=True)

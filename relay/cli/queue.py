@@ -63,6 +63,17 @@ def cmd_queue_show(args: argparse.Namespace, settings: Settings) -> int:
             }
             for a in view.attempts
         ],
+        "events": [
+            {
+                "at": e.at.isoformat(),
+                "type": e.type,
+                "address": e.address,
+                "bounce_class": e.bounce_class,
+                "detail": e.detail,
+                "provider": e.provider,
+            }
+            for e in view.events
+        ],
     }
     print(json.dumps(out, indent=2))
     return 0
@@ -101,7 +112,7 @@ def register(sub: Verbs) -> None:
     s = add_verb(q, "list", cmd_queue_list, "list messages, newest first")
     s.add_argument("--state", help="queued, deferred, paused, delivered, failed or dropped")
     s.add_argument("--limit", type=int, default=100)
-    s = add_verb(q, "show", cmd_queue_show, "one message with its recipients and attempts")
+    s = add_verb(q, "show", cmd_queue_show, "one message with its recipients, attempts and events")
     s.add_argument("id")
     s = add_verb(q, "retry", cmd_queue_retry, "deliver a queued or deferred message now")
     s.add_argument("id")

@@ -21,6 +21,7 @@ from urllib.parse import quote
 import httpx
 
 from relay.cli._common import print_rows
+from relay.cli.providers import print_webhook
 from relay.cli.senders import SENDER_COLUMNS, check_review, code_sent, sender_row
 from relay.cli.tokens import print_audit
 from relay.core.errors import RelayError
@@ -251,6 +252,7 @@ def queue_show(r: Remote, args: argparse.Namespace) -> None:
         "history": [
             {**a, "at": _iso(a["at"]), "duration": round(a["duration"], 4)} for a in m["history"]
         ],
+        "events": [{**e, "at": _iso(e["at"])} for e in m.get("events", [])],
     }
     print(json.dumps(out, indent=2))
 
@@ -318,6 +320,10 @@ def provider_test(r: Remote, args: argparse.Namespace) -> int:
     return 0 if result["ok"] else 1
 
 
+def provider_webhook(r: Remote, args: argparse.Namespace) -> None:
+    print_webhook(r.json("GET", f"/providers/{part(args.name)}/webhook"))
+
+
 def provider_ips(r: Remote, args: argparse.Namespace) -> None:
     for row in r.json("GET", f"/providers/{part(args.name)}/egress"):
         print(f"{row['transport']}\t{row['address']}")
@@ -376,6 +382,7 @@ VERBS: dict[tuple[str, str | None], Verb] = {
     ("provider", "show"): provider_show,
     ("provider", "test"): provider_test,
     ("provider", "ips"): provider_ips,
+    ("provider", "webhook"): provider_webhook,
     ("provider", "remove"): provider_remove,
     ("provider", "default"): provider_default,
     ("provider", "assign"): provider_assign,

@@ -51,6 +51,18 @@ class Invalid(RelayError):
         self.field = field
 
 
+class WebhookRefused(RelayError):
+    """A provider's webhook request failed its authentication: nothing of it is stored.
+
+    ``status`` is 401 when credentials are missing or malformed, 403 when they
+    are present and wrong (bad signature, stale timestamp, wrong password).
+    """
+
+    def __init__(self, message: str, status: int = 403) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 class SpoolError(RelayError):
     def __init__(self, message: str) -> None:
         super().__init__(message)

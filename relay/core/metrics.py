@@ -88,6 +88,15 @@ class Metrics:
             ["provider"],
             registry=r,
         )
+        # result: stored | duplicate (an event id already stored, or a batch
+        # already taken) | unmatched (no message of this provider's accounts)
+        # | refused (authentication failed; type "none").
+        self.webhook_events = Counter(
+            "relay_webhook_events",
+            "Provider webhook events by provider kind, type and result",
+            ["provider_kind", "type", "result"],
+            registry=r,
+        )
 
 
 def scrape_registry(metrics: Metrics) -> CollectorRegistry:

@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from relay.core.errors import ConfigError
 
@@ -181,6 +182,13 @@ class AdminSettings:
     )
 
 
+def _http_url_or_empty(value: str) -> None:
+    if value:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError("is not an absolute http(s) URL")
+
+
 @dataclass(frozen=True)
 class WebhookSettings:
     listen: str = _doc(
@@ -190,9 +198,10 @@ class WebhookSettings:
         check=_host_port_or_empty,
     )
     public_url: str = _doc(
-        "How providers and recipients reach that listener (https://relay.example.com); "
-        "empty: no webhook URLs, no List-Unsubscribe.",
+        "Absolute http(s) URL at which providers and recipients reach that listener "
+        "(https://relay.example.com); empty: no webhook URLs, no List-Unsubscribe.",
         "",
+        check=_http_url_or_empty,
     )
 
 

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 import httpx
 
 from relay.core.errors import ProviderError
+from relay.core.events import ProviderEvent
 from relay.core.message import OutboundMessage
 from relay.core.settings import Secret
 from relay.providers.base import Provider
@@ -71,6 +72,25 @@ class SmtpRelay:
 
 
 @dataclass(frozen=True)
+class Webhook:
+    """How a kind's event webhook is authenticated and read (its module says all of it).
+
+    ``authenticate(key, headers, body, now)`` raises ``WebhookRefused`` (headers
+    with lower-case names, ``now`` in Unix seconds); ``parse(body)`` returns the
+    events it knows, raising ``Invalid`` on a body that is not the documented
+    format; ``batch_id(headers)`` is the id of a retried batch, if the provider
+    sends one; ``check_key`` refuses a ``webhook_key`` of the wrong shape
+    (``Invalid``); ``setup`` is what the operator does in the provider's console.
+    """
+
+    authenticate: Callable[[str, Mapping[str, str], bytes, float], None]
+    parse: Callable[[bytes], list[ProviderEvent]]
+    check_key: Callable[[str], None]
+    setup: str
+    batch_id: Callable[[Mapping[str, str]], str | None] = lambda _headers: None
+
+
+@dataclass(frozen=True)
 class ProviderKind:
     """One kind of provider: its legs in order (API, then SMTP; or a file) and its rules."""
 
@@ -86,3 +106,5 @@ class ProviderKind:
     # The API's statuses and the errors they become (None: accepted), as the
     # provider's module maps them.
     statuses: Mapping[int, type[ProviderError] | None] = field(default_factory=dict)
+    # The provider's event webhook, if it has one Relay reads.
+    webhook: Webhook | None = None

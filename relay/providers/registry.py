@@ -65,7 +65,7 @@ OPTIONS: dict[str, tuple[tuple[type, ...], str]] = {
     "domain": ((str,), "sending domain the provider is bound to (used by routing)"),
     "directory": ((str,), "outbox only: where the .eml files go (default outbox_dir)"),
 }
-SECRETS = ("api_key", "smtp_password")
+SECRETS = ("api_key", "smtp_password", "webhook_key")
 
 
 def make_http_client(
@@ -161,6 +161,10 @@ def _check_secrets(record: ProviderKind, secrets: Mapping[str, Any]) -> None:
             raise Invalid(f"unknown secret {key!r}", key)
     if record.api is not None and not secrets.get("api_key"):
         raise Invalid(f"a {record.name} provider needs api_key", "api_key")
+    if secrets.get("webhook_key"):
+        if record.webhook is None:
+            raise Invalid(f"a {record.name} provider has no event webhook", "webhook_key")
+        record.webhook.check_key(secrets["webhook_key"])
 
 
 # -- building ----------------------------------------------------------------

@@ -55,11 +55,11 @@ from relay.core.errors import (
     TransientError,
 )
 from relay.core.message import MalformedMessage, OutboundMessage, parse
-from relay.providers import sendgrid_json
+from relay.providers import sendgrid_events, sendgrid_json
 from relay.providers.base import Health, Receipt
 from relay.providers.headers import has_field, header_field
 from relay.providers.http import HttpApi
-from relay.providers.kind import ProviderKind, SmtpRelay
+from relay.providers.kind import ProviderKind, SmtpRelay, Webhook
 
 API_URL = "https://api.sendgrid.com"
 EU_API_URL = "https://api.eu.sendgrid.com"
@@ -279,4 +279,10 @@ KIND = ProviderKind(
     api_url=API_URL,
     smtp=SmtpRelay(SMTP_HOST, SMTP_PORT, SMTP_USER, prepare=prepare_smtp),
     statuses=SENDGRID_STATUS,
+    webhook=Webhook(
+        sendgrid_events.authenticate,
+        sendgrid_events.parse_events,
+        sendgrid_events.check_key,
+        sendgrid_events.SETUP,
+    ),
 )

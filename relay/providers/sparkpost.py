@@ -71,11 +71,12 @@ from relay.core.errors import (
     TransientError,
 )
 from relay.core.message import RECIPIENT_ID_KEY, OutboundMessage, split_header
+from relay.providers import sparkpost_events
 from relay.providers.base import Health, Receipt
 from relay.providers.chain import UNNAMED_RECIPIENTS
 from relay.providers.headers import has_field, header_field
 from relay.providers.http import HttpApi
-from relay.providers.kind import ProviderKind, SmtpRelay
+from relay.providers.kind import ProviderKind, SmtpRelay, Webhook
 
 API_URL = "https://api.sparkpost.com"
 EU_API_URL = "https://api.eu.sparkpost.com"
@@ -309,4 +310,11 @@ KIND = ProviderKind(
         prepare=prepare_smtp,
     ),
     statuses=SPARKPOST_STATUS,
+    webhook=Webhook(
+        sparkpost_events.authenticate,
+        sparkpost_events.parse_events,
+        sparkpost_events.check_key,
+        sparkpost_events.SETUP,
+        sparkpost_events.batch_id,
+    ),
 )

@@ -79,9 +79,17 @@ async def edit_checked(
     not break every account that sends through it."""
     current = await asyncio.to_thread(providers.load_config, engine, box, name)
     config = providers.edited(current, options, secrets, domain)
+    check = check and not _only_webhook_key(options, secrets, domain)
     result = await _passes(config, hostname, "the edit was not applied") if check else None
     await asyncio.to_thread(providers.save_edit, engine, box, config)
     return config, result
+
+
+def _only_webhook_key(options: dict[str, Any], secrets: dict[str, str], domain: str | None) -> bool:
+    """An edit of the webhook key alone changes nothing the live check sends with."""
+    given = {k for k, v in secrets.items() if v}
+    unchanged = domain is None and all(v is None or v == "" for v in options.values())
+    return unchanged and given == {"webhook_key"}
 
 
 async def _passes(config: ProviderConfig, hostname: str, what: str) -> CheckResult:

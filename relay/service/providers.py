@@ -10,6 +10,7 @@ check (``--no-check``).
 
 from __future__ import annotations
 
+import secrets as tokens
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +23,7 @@ from relay.core.crypto import SecretBox, mask
 from relay.core.errors import ConfigError, Conflict, Invalid, NotFound
 from relay.core.outcomes import DUE_STATES, MessageState
 from relay.core.settings import PolicySettings
-from relay.providers.registry import KINDS, SECRETS, validate_options
+from relay.providers.registry import KINDS, SECRETS, kind_of, validate_options
 from relay.service import scope
 from relay.service.accounts import check_name, get_account
 from relay.service.audit import arg, audited
@@ -167,6 +168,46 @@ def show_provider(engine: Engine, box: SecretBox, name: str) -> dict[str, Any]:
         "secrets": {k: mask(config.secrets.get(k)) for k in SECRETS if config.secrets.get(k)},
         "used_by": users,
     }
+
+
+@dataclass(frozen=True)
+class WebhookSetup:
+    """What the operator pastes into the provider's console, and what else to do there."""
+
+    url: str
+    kind: str
+    key_set: bool  # a webhook_key is stored: events can be authenticated
+    setup: str  # the provider's own steps (events to enable, where its key is)
+
+
+@audited("provider.webhook", arg("name"), scope.of_provider("name"))
+def webhook(engine: Engine, box: SecretBox, name: str, public_url: str) -> WebhookSetup:
+    """The provider's event webhook URL, making its unguessable token the first time.
+
+    The token is the only thing that tells one provider's posts from another's
+    before they are authenticated; 32 random bytes (RFC 4086 strength) in the
+    path, since some consoles take a URL and nothing else.
+    """
+    if not public_url:
+        raise Invalid(
+            "[webhooks] public_url is not set: set it (and [webhooks] listen) to the "
+            "address providers reach the relay at",
+            "public_url",
+        )
+    with Session(engine) as session, session.begin():
+        row = get_provider(session, name)
+        record = kind_of(row.kind)
+        if record.webhook is None:
+            raise Invalid(f"a {row.kind} provider has no event webhook", "kind")
+        if not row.webhook_token:
+            row.webhook_token = tokens.token_urlsafe(32)
+        key_set = bool(box.open(row.secrets).get("webhook_key"))
+        return WebhookSetup(
+            f"{public_url.rstrip('/')}/hooks/{row.webhook_token}",
+            row.kind,
+            key_set,
+            record.webhook.setup,
+        )
 
 
 def _routed_accounts(session: Session, provider_id: int) -> list[str]:

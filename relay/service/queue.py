@@ -8,7 +8,7 @@ key of the last row shown (see ``relay.service.pages``).
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy import ColumnElement, Engine, and_, func, or_, select, update
 from sqlalchemy.orm import Session
@@ -23,9 +23,21 @@ from relay.service.accounts import get_account
 from relay.service.audit import arg, audited, held_mail
 from relay.service.pages import Page, check_limit, decode_cursor, encode_cursor
 from relay.service.scope import Scope
-from relay.store.models import Account, Attempt, Message, Recipient
+from relay.store.models import Account, Attempt, Event, Message, Provider, Recipient
 
 STATES = tuple(s.value for s in MessageState)
+
+
+@dataclass(frozen=True)
+class EventView:
+    """What a provider reported about one recipient (``relay.webhooks``), oldest first."""
+
+    at: dt.datetime
+    type: str
+    address: str
+    bounce_class: str | None
+    detail: str | None
+    provider: str | None  # None once the provider row is removed
 
 
 @dataclass
@@ -34,6 +46,7 @@ class MessageView:
     account: str
     recipients: list[Recipient]
     attempts: list[Attempt]
+    events: list[EventView] = field(default_factory=list)
 
 
 def list_messages(
@@ -72,7 +85,16 @@ def show_message(engine: Engine, queue_id: str) -> MessageView:
                 select(Attempt).where(Attempt.message_id == queue_id).order_by(Attempt.id)
             )
         )
-        return MessageView(row[0], row[1], rcpts, attempts)
+        found = session.execute(
+            select(Event, Provider.name)
+            .outerjoin(Provider, Provider.id == Event.provider_id)
+            .where(Event.message_id == queue_id)
+            .order_by(Event.at, Event.id)
+        ).all()
+        events = [
+            EventView(e.at, e.type, e.address, e.bounce_class, e.detail, name) for e, name in found
+        ]
+        return MessageView(row[0], row[1], rcpts, attempts, events)
 
 
 @audited("message.retry", arg("queue_id"), scope.of_message("queue_id"))

@@ -57,6 +57,11 @@ class ConnectionIn(s.Request):
     source_address: Annotated[str | None, s.text(64)] = None
     domain: Annotated[str | None, s.text(253)] = None
     test_address: Annotated[str | None, s.text(320)] = None
+    webhook_key: Annotated[str | None, s.text(500)] = Field(
+        None,
+        description="Event webhook: SendGrid's verification key, SparkPost's USER:PASSWORD "
+        "(stored sealed, shown masked)",
+    )
     check: bool = Field(True, description="Run the live check first (false: save unchecked)")
 
     def options(self) -> dict[str, Any]:
@@ -74,7 +79,11 @@ class ConnectionIn(s.Request):
         return {k: getattr(self, k) for k in keys}
 
     def secrets(self) -> dict[str, str]:
-        return {"api_key": self.api_key or "", "smtp_password": self.smtp_password or ""}
+        return {
+            "api_key": self.api_key or "",
+            "smtp_password": self.smtp_password or "",
+            "webhook_key": self.webhook_key or "",
+        }
 
 
 class ProviderIn(ConnectionIn):
@@ -122,6 +131,13 @@ class AssignIn(s.Request):
 class Assignment(BaseModel):
     account: str
     provider: str | None
+
+
+class WebhookOut(BaseModel):
+    url: str = Field(description="Paste into the provider's console; the token in it is secret")
+    kind: str
+    key_set: bool = Field(description="A webhook key is stored (events are refused until it is)")
+    setup: str = Field(description="The steps in the provider's console")
 
 
 class Egress(BaseModel):
@@ -230,6 +246,18 @@ async def test_provider(name: ProviderName, body: TestIn, caller: Authenticated)
     result = await provider_checks.test_send(config, body.to, hostname)
     legs = [Leg(transport=g.transport, ok=g.ok, detail=g.detail) for g in result.legs]
     return TestResult(ok=result.ok, legs=legs)
+
+
+@router.get(
+    "/providers/{name}/webhook",
+    summary="The provider's event webhook URL (made the first time) and its setup steps",
+    responses=responses(404, 422),
+)
+def webhook(name: ProviderName, caller: Authenticated) -> WebhookOut:
+    caller.run(scope.require, caller.engine, scope.of_provider(), name=name)
+    public_url = caller.ctx.settings.webhooks.public_url
+    found = caller.run(providers.webhook, caller.engine, caller.ctx.box, name, public_url)
+    return WebhookOut(url=found.url, kind=found.kind, key_set=found.key_set, setup=found.setup)
 
 
 @router.get(

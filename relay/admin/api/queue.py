@@ -50,7 +50,7 @@ def list_messages(caller: Authenticated, q: Annotated[s.QueueQuery, Query()]) ->
 
 @router.get(
     "/{queue_id}",
-    summary="One message with its recipients and every attempt",
+    summary="One message with its recipients, every attempt and the providers' events",
     responses=responses(404, 422),
 )
 def show_message(queue_id: QueueId, caller: Authenticated) -> s.MessageDetail:
@@ -78,6 +78,17 @@ def show_message(queue_id: QueueId, caller: Authenticated) -> s.MessageDetail:
                 duration=a.duration,
             )
             for a in view.attempts
+        ],
+        events=[
+            s.EventOut(
+                at=e.at,
+                type=e.type,
+                address=e.address,
+                bounce_class=e.bounce_class,
+                detail=e.detail,
+                provider=e.provider,
+            )
+            for e in view.events
         ],
     )
 

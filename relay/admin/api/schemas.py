@@ -209,6 +209,19 @@ class AttemptOut(BaseModel):
     duration: float
 
 
+class EventOut(BaseModel):
+    """What a provider reported about one recipient, from its event webhook."""
+
+    at: dt.datetime
+    type: str = Field(
+        description="delivered, deferred, bounce, dropped, complaint, unsubscribe, open or click"
+    )
+    address: str
+    bounce_class: str | None = Field(description="hard or soft, for a bounce")
+    detail: str | None
+    provider: str | None
+
+
 class MessageDetail(MessageOut):
     header_from: str | None
     campaign: str | None
@@ -216,6 +229,7 @@ class MessageDetail(MessageOut):
     finished_at: dt.datetime | None
     recipients: list[RecipientOut]
     history: list[AttemptOut]
+    events: list[EventOut] = Field(default_factory=list)
 
 
 class HeldIn(Request):
