@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import ssl
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -37,6 +38,7 @@ from relay.queue import store
 from relay.queue.spool import Spool
 from relay.queue.sweeper import PausedExpiry
 from relay.routing.policy import Policy
+from relay.service.notifications import Notifier
 from relay.service.providers import check_references
 from relay.smtp import listeners as smtp_listeners
 from relay.smtp.handler import HandlerConfig, SessionHandler
@@ -79,6 +81,11 @@ class Relay:
         self._admin_task: asyncio.Task[None] | None = None
         self._gauge_task: asyncio.Task[None] | None = None
         self._sweeper_task: asyncio.Task[None] | None = None
+        self._notifier_task: asyncio.Task[None] | None = None
+        self.notifier: Notifier | None = None
+        # Trust for the notifier's provider and POST connections (None: the
+        # system store; tests put the emulator's CA here).
+        self.notify_tls: ssl.SSLContext | None = None
         self.admin_port: int | None = None
 
     # -- start ----------------------------------------------------------------
@@ -92,7 +99,19 @@ class Relay:
         tls = server_context(s)
         box = secret_box(s)
         self.spool = Spool(self.engine, s.queue.lifetime)
-        self.pool = ProviderPool(self.engine, box, s.var_path / "outbox", s.server.hostname)
+        # Notices (campaign paused, circuit open; reputation's, once wired) are
+        # recorded and sent by one task with a bounded queue, off the hot path.
+        self.notifier = Notifier(
+            self.engine, box, s.policy, s.server.hostname, tls_context=self.notify_tls
+        )
+        self._notifier_task = self.notifier.start()
+        self.pool = ProviderPool(
+            self.engine,
+            box,
+            s.var_path / "outbox",
+            s.server.hostname,
+            on_circuit_open=self.notifier.circuit_open,
+        )
         if s.queue.workers:
             self.worker = Worker(
                 self.engine,
@@ -114,6 +133,7 @@ class Relay:
                 s.limits.max_header_bytes,
                 s.limits.max_headers,
                 observers=[self.counters.observe],
+                notify=self.notifier.notify,
             ),
             Policy(self.engine, s.policy),
             self.spool,
@@ -209,6 +229,8 @@ class Relay:
             self._admin.stop()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._admin_task, max(deadline - loop.time(), 0.5))
+        if self.notifier is not None:
+            await self.notifier.aclose(max(deadline - loop.time(), 0.5))
         await self.pool.aclose()
         self.engine.dispose()
         log.info("stopped")
