@@ -56,7 +56,10 @@ class Edited:
 
 
 def check_notify_address(address: str) -> str:
-    pattern = check_sender(address)
+    try:
+        pattern = check_sender(address)
+    except Invalid as exc:
+        raise Invalid(f"notification address {address!r}: {exc}", "notify") from exc
     if "@" not in pattern or "*" in pattern or pattern.startswith("@"):
         raise Invalid(f"{address!r} is not an email address", "notify")
     return pattern
@@ -102,7 +105,8 @@ def _guard_actor(account: Account) -> None:
     actor = scope.current()
     if actor.scope.everything or actor.account_id is None:
         return
-    if actor.account_id != account.id and actor.account_id != account.parent_id:
+    agency = account.id if account.parent_id is None else account.parent_id
+    if actor.account_id != agency:
         raise OperatorOnly("only an operator or the account's agency may edit its settings")
 
 
