@@ -166,7 +166,16 @@ class Relay:
         )
         self.admin_port = int(sock.getsockname()[1])
         s = self.settings
-        api = make_api(ApiContext(self.engine, s, make_hasher(s), secret_box(s), self.ready))
+        api = make_api(
+            ApiContext(
+                self.engine,
+                s,
+                make_hasher(s),
+                secret_box(s),
+                self.ready,
+                notify=self.notifier.notify if self.notifier else None,
+            )
+        )
         self._admin = AdminServer(make_app(self.registry, self.ready, api), sock)
         self._admin_task = asyncio.create_task(self._admin.serve())
 

@@ -366,3 +366,21 @@ def test_account_edit_cli_and_api_round_trip(
     assert main(["account", "edit", "a-two", "--notify-url", "ftp://x.example/"]) == 1
     assert "must use https" in capsys.readouterr().err
     assert main(["account", "edit", "a-two"]) == 1
+
+
+def test_a_failed_provider_test_tells_its_owner_once(
+    served: RelayThread, world: World, engine: Engine, api: Any
+) -> None:
+    """a-one's and a-two's SMTP providers point at a closed port: the test fails."""
+    a_one = api(world["a-one"].token)
+    for _ in range(2):
+        answer = a_one.post("/providers/a-one-smtp/test", json={"to": "x@example.org"})
+        assert answer.status_code == 200 and not answer.json()["ok"], answer.text
+    (note,) = settled(engine, account_id(engine, "a-one"))
+    assert (note.kind, note.mail_state, note.webhook_state) == ("provider_failed", "none", "none")
+    assert note.subject == "Provider a-one-smtp: it failed its live check"
+    # The command line, where no relay runs a notifier, records and sends it at once.
+    for _ in range(2):
+        assert main(["provider", "test", "a-two-smtp", "--to", "x@example.org"]) == 1
+    (note,) = rows(engine, account_id(engine, "a-two"))
+    assert note.kind == "provider_failed" and note.mail_state == "none"

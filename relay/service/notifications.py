@@ -132,6 +132,35 @@ def provider_notice(
     )
 
 
+def check_failed(engine: Engine, provider: str, detail: str) -> Notice | None:
+    """The notice for a saved provider that failed its live check (``relay provider
+    test``), for its owner; the name resolves as the current actor sees it."""
+    with Session(engine) as session:
+        provider_id = scope.find_provider(session, provider)
+    if provider_id is None:
+        return None
+    return provider_notice(engine, provider_id, NoticeKind.PROVIDER_FAILED, detail)
+
+
+def send_now(
+    engine: Engine,
+    box: SecretBox,
+    policy: PolicySettings,
+    hostname: str,
+    notice: Notice,
+    tls_context: ssl.SSLContext | None = None,
+) -> int | None:
+    """Record and send one notice now, where no relay runs a notifier (the command
+    line). Blocking; failures are recorded, never raised."""
+
+    async def go() -> int | None:
+        async with httpx.AsyncClient(timeout=POST_TIMEOUT) as http:
+            notifier = Notifier(engine, box, policy, hostname, tls_context=tls_context, http=http)
+            return await notifier.deliver(notice)
+
+    return asyncio.run(go())
+
+
 def record(engine: Engine, notice: Notice) -> int | None:
     """Insert the notice; its row id, or None when its dedupe key is there already."""
     row = Notification(
