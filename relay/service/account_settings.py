@@ -82,7 +82,7 @@ def check_notify_url(url: str) -> str:
         host = parts.hostname or ""
         parts.port  # noqa: B018 - a bad port raises here
     except ValueError as exc:
-        raise Invalid(f"notify URL {url!r} is not a URL: {exc}", "notify_url") from exc
+        raise Invalid(f"notify URL is not a URL: {exc}", "notify_url") from exc
     if len(url) > 2000 or not host or parts.username or parts.password:
         raise Invalid(
             "notify URL must be an http(s) URL with a host, no user or password, "
