@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import ssl
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -40,6 +41,7 @@ from relay.queue import store
 from relay.queue.spool import Spool
 from relay.queue.sweeper import PausedExpiry
 from relay.routing.policy import Policy
+from relay.service.notifications import Notifier
 from relay.service.providers import check_references
 from relay.smtp import listeners as smtp_listeners
 from relay.smtp.handler import HandlerConfig, SessionHandler
@@ -83,6 +85,11 @@ class Relay:
         self._admin_task: asyncio.Task[None] | None = None
         self._gauge_task: asyncio.Task[None] | None = None
         self._sweeper_task: asyncio.Task[None] | None = None
+        self._notifier_task: asyncio.Task[None] | None = None
+        self.notifier: Notifier | None = None
+        # Trust for the notifier's provider and POST connections (None: the
+        # system store; tests put the emulator's CA here).
+        self.notify_tls: ssl.SSLContext | None = None
         self.admin_port: int | None = None
         # What stored provider events go to (suppression, reputation), and the
         # public routes served beside the webhooks (one-click unsubscribe).
@@ -103,7 +110,19 @@ class Relay:
         tls = server_context(s)
         box = secret_box(s)
         self.spool = Spool(self.engine, s.queue.lifetime)
-        self.pool = ProviderPool(self.engine, box, s.var_path / "outbox", s.server.hostname)
+        # Notices (campaign paused, circuit open; reputation's, once wired) are
+        # recorded and sent by one task with a bounded queue, off the hot path.
+        self.notifier = Notifier(
+            self.engine, box, s.policy, s.server.hostname, tls_context=self.notify_tls
+        )
+        self._notifier_task = self.notifier.start()
+        self.pool = ProviderPool(
+            self.engine,
+            box,
+            s.var_path / "outbox",
+            s.server.hostname,
+            on_circuit_open=self.notifier.circuit_open,
+        )
         if s.queue.workers:
             self.worker = Worker(
                 self.engine,
@@ -127,6 +146,7 @@ class Relay:
                 observers=[self.counters.observe],
                 public_url=s.webhooks.public_url,
                 unsubscribe_key=derive_key(secret_key(s), UNSUBSCRIBE_LABEL),
+                notify=self.notifier.notify,
             ),
             Policy(self.engine, s.policy),
             self.spool,
@@ -160,7 +180,16 @@ class Relay:
         )
         self.admin_port = int(sock.getsockname()[1])
         s = self.settings
-        api = make_api(ApiContext(self.engine, s, make_hasher(s), secret_box(s), self.ready))
+        api = make_api(
+            ApiContext(
+                self.engine,
+                s,
+                make_hasher(s),
+                secret_box(s),
+                self.ready,
+                notify=self.notifier.notify if self.notifier else None,
+            )
+        )
         self._admin = AdminServer(make_app(self.registry, self.ready, api), sock)
         self._admin_task = asyncio.create_task(self._admin.serve())
 
@@ -243,6 +272,8 @@ class Relay:
                 server.stop()
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(task, max(deadline - loop.time(), 0.5))
+        if self.notifier is not None:
+            await self.notifier.aclose(max(deadline - loop.time(), 0.5))
         await self.pool.aclose()
         self.engine.dispose()
         log.info("stopped")

@@ -24,6 +24,7 @@ still to come (suppression, quotas) belong here, between policy and spool.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import functools
 import logging
 import time
@@ -32,6 +33,7 @@ from dataclasses import dataclass, field
 
 from relay.auth.authenticator import Identity
 from relay.core.errors import SpoolError
+from relay.core.events import Notice, NoticeKind, Notify
 from relay.core.message import (
     UNSUBSCRIBE_FIELDS,
     DuplicateOriginator,
@@ -46,6 +48,7 @@ from relay.core.message import (
     received_header,
     rewrite_headers,
 )
+from relay.core.outcomes import MessageState
 from relay.core.replies import (
     DUPLICATE_ORIGINATOR,
     MALFORMED_MESSAGE,
@@ -95,6 +98,8 @@ class IntakeConfig:
     # key tokens are made with (``relay.core.crypto.derive_key``).
     public_url: str = ""
     unsubscribe_key: bytes = b""
+    # Told when campaign mail is paused (the notifications service, wired by the app).
+    notify: Notify | None = None
 
 
 @dataclass(frozen=True)
@@ -257,7 +262,28 @@ class Intake:
             f" reason={acc.reason!r}" if acc.reason else "",
         )
         self._observe(queue_id, identity, acc.state, classes, len(acc.data), started)
+        if acc.state == MessageState.PAUSED and (campaign or identity.purpose == "campaign"):
+            self._paused(identity, campaign, acc.reason)
         return queue_id
+
+    def _paused(self, identity: Identity, campaign: str | None, reason: str | None) -> None:
+        """Tell the account its campaign mail is paused: once per campaign a day
+        (the dedupe key), however many messages of it are paused."""
+        if self._config.notify is None:
+            return
+        name = campaign or "(no campaign header)"
+        day = dt.datetime.now(dt.UTC).date().isoformat()
+        self._config.notify(
+            Notice(
+                identity.account_id,
+                NoticeKind.CAMPAIGN_PAUSED,
+                f"campaign_paused:{identity.account_id}:{name}:{day}",
+                f"Campaign mail paused: {name}"[:300],
+                f"Mail of campaign {name} from account {identity.account_name} is held "
+                f"(paused): {reason or 'the account policy pauses it'}. It is sent once "
+                "the sender is verified, or released by the operator.",
+            )
+        )
 
     # -- helpers -----------------------------------------------------------------
 

@@ -29,6 +29,57 @@ def cmd_account_list(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _switch(value: bool | None) -> str:
+    return "default" if value is None else ("on" if value else "off")
+
+
+def print_edited(name: str, changed: list[str], view: dict[str, Any], secret: str | None) -> None:
+    """What ``account edit`` prints, locally and remotely (``view``: the API's fields)."""
+    print(f"edited account {name}: {', '.join(changed)}")
+    print(f"notify: {', '.join(view['notify']) or '-'}")
+    print(f"notify-url: {view['notify_url'] or '-'}")
+    if secret:
+        print(f"notify-secret: {secret}")
+        print("(shown once: it signs the POSTs, X-Relay-Signature; keep it with your receiver)")
+    print(
+        f"share-suppressions: {_switch(view['share_suppressions'])}  "
+        f"unsubscribe: {_switch(view['unsubscribe'])}  "
+        f"open-tracking: {_switch(view['open_tracking'])}  "
+        f"click-tracking: {_switch(view['click_tracking'])}"
+    )
+
+
+def cmd_account_edit(args: argparse.Namespace, settings: Settings) -> int:
+    from relay.core.crypto import secret_box
+    from relay.service.account_settings import AccountChanges, edit_account
+
+    notify = [] if args.no_notify else args.notify
+    changes = AccountChanges(
+        notify=notify,
+        notify_url=args.notify_url,
+        share_suppressions=args.share_suppressions,
+        unsubscribe=args.unsubscribe,
+        open_tracking=args.open_tracking,
+        click_tracking=args.click_tracking,
+    )
+    edited = edit_account(open_db(settings), secret_box(settings), args.name, changes)
+    a = edited.account
+    print_edited(
+        a.name,
+        edited.changed,
+        {
+            "notify": list(a.notify_addresses or []),
+            "notify_url": a.notify_url,
+            "share_suppressions": a.share_suppressions,
+            "unsubscribe": a.unsubscribe,
+            "open_tracking": a.open_tracking,
+            "click_tracking": a.click_tracking,
+        },
+        edited.notify_secret,
+    )
+    return 0
+
+
 def cmd_domain_add(args: argparse.Namespace, settings: Settings) -> int:
     from relay.service.accounts import add_domain
 
@@ -108,6 +159,27 @@ def register(sub: Verbs) -> None:
         help="what to do with mail from unverified senders",
     )
     add_verb(acc, "list", cmd_account_list, "list accounts")
+    s = add_verb(acc, "edit", cmd_account_edit, "notifications, unsubscribe, tracking...")
+    s.add_argument("name")
+    s.add_argument(
+        "--notify",
+        action="append",
+        metavar="ADDRESS",
+        help="mail notifications here (repeat for more; replaces the list; '' clears)",
+    )
+    s.add_argument("--no-notify", action="store_true", help="no notification mail")
+    s.add_argument(
+        "--notify-url",
+        metavar="URL",
+        help="POST signed JSON notifications here (https; a new secret is printed once; '' clears)",
+    )
+    on_off = ("on", "off")
+    s.add_argument(
+        "--share-suppressions", choices=on_off, help="an agency's list applies to its sub-accounts"
+    )
+    s.add_argument("--unsubscribe", choices=on_off, help="RFC 8058 one-click unsubscribe")
+    s.add_argument("--open-tracking", choices=(*on_off, "default"))
+    s.add_argument("--click-tracking", choices=(*on_off, "default"))
 
     dom = add_group(sub, "domain", "sending domains")
     s = add_verb(dom, "add", cmd_domain_add, "add a sending domain to a sub-account")

@@ -144,6 +144,12 @@ def cmd_test(args: argparse.Namespace, settings: Settings) -> int:
     result = asyncio.run(checks.test_send(config, args.to, settings.server.hostname))
     for leg in result.legs:
         print(f"{leg.transport}: {'ok' if leg.ok else 'FAILED'}: {leg.detail}")
+    if not result.ok:  # the provider's owner is told (once a day)
+        from relay.service import notifications
+
+        notice = notifications.check_failed(engine, args.name, result.detail)
+        if notice is not None:
+            notifications.send_now(engine, box, settings.policy, settings.server.hostname, notice)
     return 0 if result.ok else 1
 
 

@@ -21,6 +21,7 @@ from urllib.parse import quote
 import httpx
 
 from relay.cli._common import print_rows
+from relay.cli.accounts import print_edited
 from relay.cli.providers import print_webhook
 from relay.cli.senders import SENDER_COLUMNS, check_review, code_sent, sender_row
 from relay.cli.tokens import print_audit
@@ -96,6 +97,20 @@ def account_list(r: Remote, args: argparse.Namespace) -> None:
         for a in r.json("GET", "/accounts")
     ]
     print_rows(rows, ("ACCOUNT", "AGENCY", "UNVERIFIED-POLICY"))
+
+
+def account_edit(r: Remote, args: argparse.Namespace) -> None:
+    body = {
+        "notify": [] if args.no_notify else args.notify,
+        "notify_url": args.notify_url,
+        "share_suppressions": args.share_suppressions,
+        "unsubscribe": args.unsubscribe,
+        "open_tracking": args.open_tracking,
+        "click_tracking": args.click_tracking,
+    }
+    body = {key: value for key, value in body.items() if value is not None}
+    a = r.json("PATCH", f"/accounts/{part(args.name)}", json=body)
+    print_edited(a["name"], a["changed"], a, a["notify_secret"])
 
 
 def domain_add(r: Remote, args: argparse.Namespace) -> None:
@@ -360,6 +375,7 @@ Verb = Callable[[Remote, argparse.Namespace], int | None]
 VERBS: dict[tuple[str, str | None], Verb] = {
     ("account", "create"): account_create,
     ("account", "list"): account_list,
+    ("account", "edit"): account_edit,
     ("domain", "add"): domain_add,
     ("credential", "create"): credential_create,
     ("credential", "reset"): credential_reset,

@@ -12,6 +12,7 @@ import hashlib
 import json
 import ssl
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from relay.core.errors import ConfigError, Invalid
 from relay.core.message import OutboundMessage
 from relay.core.outcomes import Attempt
 from relay.providers.base import Receipt
-from relay.providers.chain import ProviderChain
+from relay.providers.chain import CircuitBreaker, ProviderChain
 from relay.providers.registry import build_provider, make_http_client
 from relay.store.models import Provider as ProviderRow
 
@@ -38,8 +39,11 @@ class ProviderPool:
         outbox_dir: Path,
         hostname: str = "relay.localhost",
         tls_context: ssl.SSLContext | None = None,
+        on_circuit_open: Callable[[int], None] | None = None,
     ) -> None:
         self._engine = engine
+        # Told the provider id when a provider's circuit opens (a notice to its owner).
+        self._on_circuit_open = on_circuit_open
         self._box = box
         self._outbox_dir = outbox_dir
         self._hostname = hostname
@@ -86,6 +90,7 @@ class ProviderPool:
                     http=self._http,
                     outbox_dir=self._outbox_dir,
                     tls_context=self._tls_context,
+                    breaker=self._breaker(provider_id),
                 )
             except Invalid as exc:
                 raise ConfigError(f"provider {name}: {exc}") from exc
@@ -93,6 +98,12 @@ class ProviderPool:
         if live is not None:
             await live[2].aclose()
         return provider
+
+    def _breaker(self, provider_id: int) -> CircuitBreaker | None:
+        if self._on_circuit_open is None:
+            return None  # the chain's default
+        hook = self._on_circuit_open
+        return CircuitBreaker(on_open=lambda: hook(provider_id))
 
     async def send(
         self,

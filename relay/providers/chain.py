@@ -135,8 +135,12 @@ class CircuitBreaker:
         cooldown: float = 30.0,
         *,
         clock: Callable[[], float] = time.monotonic,
+        on_open: Callable[[], None] | None = None,
     ) -> None:
         self.threshold = threshold
+        # Called when the circuit opens from closed (not when a failed probe
+        # reopens it): the app tells the provider's owner (a notice).
+        self._on_open = on_open
         self.cooldown = cooldown
         self._clock = clock
         self._failures = 0
@@ -171,11 +175,17 @@ class CircuitBreaker:
     def failure(self) -> None:
         self._failures += 1
         if self._probing or self._failures >= self.threshold:
-            if self._opened_at is None or self._probing:
+            opening = self._opened_at is None
+            if opening or self._probing:
                 log.warning(
                     "circuit open for %.0f s after %d API failures", self.cooldown, self._failures
                 )
             self._opened_at = self._clock()
+            if opening and self._on_open is not None:
+                try:
+                    self._on_open()
+                except Exception:  # a notice must never fail a delivery
+                    log.exception("circuit open callback failed")
         self._probing = False
 
     def release(self) -> None:

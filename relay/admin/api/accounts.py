@@ -9,14 +9,14 @@ checked or filtered here with the same resolvers (``relay.service.scope``).
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Response
 
 from relay.admin.api import schemas as s
 from relay.admin.api.auth import Authenticated, Caller
 from relay.admin.api.errors import responses
-from relay.service import accounts, confirmations, scope
+from relay.service import account_settings, accounts, confirmations, notifications, scope
 from relay.store.models import Account, Credential, Sender
 
 router = APIRouter(responses=responses(401, 429))
@@ -34,7 +34,22 @@ def _account(row: Account, agency: str | None) -> s.AccountOut:
         kind="sub-account" if agency else "agency",
         unverified_policy=row.unverified_policy,
         created_at=row.created_at,
+        **_settings(row),
     )
+
+
+def _settings(row: Account) -> dict[str, Any]:
+    """The feedback-loop settings, as the view shows them (never the secret)."""
+    return {
+        "notify": list(row.notify_addresses or []),
+        "notify_url": row.notify_url,
+        "share_suppressions": bool(row.share_suppressions),
+        "unsubscribe": bool(row.unsubscribe),
+        "open_tracking": row.open_tracking,
+        "click_tracking": row.click_tracking,
+        "suspended_at": row.suspended_at,
+        "suspended_reason": row.suspended_reason,
+    }
 
 
 @router.get("/accounts", tags=["accounts"], summary="List the accounts this token sees")
@@ -62,6 +77,50 @@ def show_account(name: AccountName, caller: Authenticated) -> s.AccountOut:
     account_id = caller.run(scope.require, caller.engine, scope.of_account(), account=name)
     rows = {a.id: (a, parent) for a, parent in accounts.list_accounts(caller.engine)}
     return _account(*rows[account_id])  # accounts are never deleted
+
+
+@router.patch(
+    "/accounts/{name}",
+    tags=["accounts"],
+    summary="Change notifications, suppression sharing, unsubscribe and tracking "
+    "(operator, or the account's agency)",
+    responses=responses(403, 404, 422),
+)
+def edit_account(name: AccountName, body: s.AccountPatch, caller: Authenticated) -> s.AccountEdited:
+    changes = account_settings.AccountChanges(**body.model_dump())
+    edited = caller.run(account_settings.edit_account, caller.engine, caller.ctx.box, name, changes)
+    base = _account(edited.account, scope.account_name(caller.engine, edited.account.parent_id))
+    return s.AccountEdited(
+        **base.model_dump(), changed=edited.changed, notify_secret=edited.notify_secret
+    )
+
+
+@router.get(
+    "/accounts/{name}/notifications",
+    tags=["accounts"],
+    summary="What the account was told (newest first), and whether it reached it",
+    responses=responses(404, 422),
+)
+def list_notifications(
+    name: AccountName,
+    caller: Authenticated,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+) -> list[s.NotificationOut]:
+    rows = caller.run(notifications.visible_notifications, caller.engine, name, limit)
+    return [
+        s.NotificationOut(
+            id=n.id,
+            kind=n.kind,
+            subject=n.subject,
+            detail=n.detail,
+            created_at=n.created_at,
+            mail_state=n.mail_state,
+            mail_error=n.mail_error,
+            webhook_state=n.webhook_state,
+            webhook_error=n.webhook_error,
+        )
+        for n in rows
+    ]
 
 
 # -- domains ----------------------------------------------------------------------

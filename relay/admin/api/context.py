@@ -28,6 +28,8 @@ class ApiContext:
     ready: Callable[[], Awaitable[dict[str, bool]]]
     # Live provider operations (check, test) the relay offers, if any.
     providers: Any = None
+    # The relay's Notify (``relay.service.notifications.Notifier.notify``), if any.
+    notify: Any = None
     limiter: FailureLimiter = field(init=False)
 
     def __post_init__(self) -> None:

@@ -17,7 +17,7 @@ from relay.admin.api import schemas as s
 from relay.admin.api.auth import Authenticated
 from relay.admin.api.errors import responses
 from relay.providers.registry import KINDS
-from relay.service import provider_checks, providers, scope
+from relay.service import notifications, provider_checks, providers, scope
 from relay.service.accounts import list_accounts
 
 router = APIRouter(tags=["providers"], responses=responses(401, 429))
@@ -244,6 +244,12 @@ async def test_provider(name: ProviderName, body: TestIn, caller: Authenticated)
     )
     hostname = caller.ctx.settings.server.hostname
     result = await provider_checks.test_send(config, body.to, hostname)
+    if not result.ok and caller.ctx.notify is not None:  # the owner is told (once a day)
+        notice = await anyio.to_thread.run_sync(
+            lambda: caller.run(notifications.check_failed, caller.engine, name, result.detail)
+        )
+        if notice is not None:
+            caller.ctx.notify(notice)
     legs = [Leg(transport=g.transport, ok=g.ok, detail=g.detail) for g in result.legs]
     return TestResult(ok=result.ok, legs=legs)
 

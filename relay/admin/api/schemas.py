@@ -8,7 +8,8 @@ credential limit) live in ``relay.service`` and come back as 422 with the
 field named; they are not repeated here.
 
 Secrets appear in exactly two places: ``NewPassword.password`` (once, at
-create or reset) and nowhere else. No response carries a hash.
+create or reset) and ``AccountEdited.notify_secret`` (once, when a notify URL
+is set), and nowhere else. No response carries a hash.
 """
 
 from __future__ import annotations
@@ -69,6 +70,50 @@ class AccountOut(BaseModel):
     kind: str = Field(json_schema_extra={"enum": ["agency", "sub-account"]})
     unverified_policy: str | None
     created_at: dt.datetime
+    notify: list[str] = Field(default_factory=list, description="Notification addresses")
+    notify_url: str | None = Field(None, description="Signed JSON notifications (never the secret)")
+    share_suppressions: bool = False
+    unsubscribe: bool = False
+    open_tracking: bool | None = Field(None, description="null: the provider's own setting")
+    click_tracking: bool | None = None
+    suspended_at: dt.datetime | None = None
+    suspended_reason: str | None = None
+
+
+Switch = Annotated[str, choice(("on", "off"))]
+Tracking = Annotated[str, choice(("on", "off", "default"))]
+
+
+class AccountPatch(Request):
+    """Only the fields given change; ``notify: []`` and ``notify_url: ""`` clear."""
+
+    notify: list[Annotated[str, text()]] | None = Field(None, max_length=100)
+    notify_url: Annotated[str, text(2000, 0)] | None = Field(
+        None, description="https (http to loopback); a new signing secret is returned once"
+    )
+    share_suppressions: Switch | None = Field(None, description="Agencies only")
+    unsubscribe: Switch | None = None
+    open_tracking: Tracking | None = None
+    click_tracking: Tracking | None = None
+
+
+class AccountEdited(AccountOut):
+    changed: list[str]
+    notify_secret: str | None = Field(
+        None, description="The new secret that signs notification POSTs, shown this once"
+    )
+
+
+class NotificationOut(BaseModel):
+    id: int
+    kind: str
+    subject: str
+    detail: str | None
+    created_at: dt.datetime
+    mail_state: str = Field(json_schema_extra={"enum": ["pending", "sent", "failed", "none"]})
+    mail_error: str | None
+    webhook_state: str = Field(json_schema_extra={"enum": ["pending", "sent", "failed", "none"]})
+    webhook_error: str | None
 
 
 class DomainIn(Request):
