@@ -34,6 +34,8 @@ def _account(row: Account, agency: str | None) -> s.AccountOut:
         kind="sub-account" if agency else "agency",
         unverified_policy=row.unverified_policy,
         created_at=row.created_at,
+        suspended_at=row.suspended_at,
+        suspended_reason=row.suspended_reason,
     )
 
 
@@ -62,6 +64,19 @@ def show_account(name: AccountName, caller: Authenticated) -> s.AccountOut:
     account_id = caller.run(scope.require, caller.engine, scope.of_account(), account=name)
     rows = {a.id: (a, parent) for a, parent in accounts.list_accounts(caller.engine)}
     return _account(*rows[account_id])  # accounts are never deleted
+
+
+@router.post(
+    "/accounts/{name}/resume",
+    tags=["accounts"],
+    summary="Lift a suspension for bounce or complaint rates (operator, or the agency)",
+    responses=responses(403, 404, 422),
+)
+def resume_account(name: AccountName, caller: Authenticated) -> s.ResumeOut:
+    done = caller.run(accounts.resume_account, caller.engine, name)
+    return s.ResumeOut(
+        account=done.account, was_suspended=done.was_suspended, released=done.released
+    )
 
 
 # -- domains ----------------------------------------------------------------------

@@ -69,6 +69,16 @@ class AccountOut(BaseModel):
     kind: str = Field(json_schema_extra={"enum": ["agency", "sub-account"]})
     unverified_policy: str | None
     created_at: dt.datetime
+    suspended_at: dt.datetime | None = Field(
+        None, description="Set while suspended for its bounce or complaint rate"
+    )
+    suspended_reason: str | None = Field(None, description="The rate, window and limit")
+
+
+class ResumeOut(BaseModel):
+    account: str
+    was_suspended: bool
+    released: list[str] = Field(description="Messages held while suspended, now queued")
 
 
 class DomainIn(Request):
