@@ -71,7 +71,7 @@ def _delivered(
     )
     if account_ids is not None:
         query = query.where(Usage.account_id.in_(account_ids))
-    return {int(a): int(n) for a, n in conn.execute(query)}
+    return {int(a): int(n) for a, n in conn.execute(query).all()}
 
 
 def _events(
@@ -88,7 +88,7 @@ def _events(
     )
     if account_ids is not None:
         query = query.where(Event.account_id.in_(account_ids))
-    return {int(a): (int(b or 0), int(c or 0)) for a, b, c in conn.execute(query)}
+    return {int(a): (int(b or 0), int(c or 0)) for a, b, c in conn.execute(query).all()}
 
 
 def account_rates(
@@ -109,10 +109,10 @@ def all_rates(conn: Connection, now: dt.datetime) -> dict[str, list[Rates]]:
     (for the gauges). Two grouped queries per window, whatever the number of accounts."""
     since = {
         int(a): s
-        for a, s in conn.execute(select(Account.id, Account.reputation_since))
+        for a, s in conn.execute(select(Account.id, Account.reputation_since)).all()
         if s is not None
     }
-    names = dict(conn.execute(select(Account.id, Account.name)).tuples())
+    names = {int(a): str(n) for a, n in conn.execute(select(Account.id, Account.name)).all()}
     counted: dict[int, list[Rates]] = {}
     for window in WINDOWS:
         start = now - WINDOWS[window]
