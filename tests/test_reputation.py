@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
-import smtplib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -249,9 +248,8 @@ def suspend(engine: Engine, name: str, reason: str = "hard-bounce rate 12.00% ov
         )
 
 
-@pytest.mark.parametrize("db_url", ["sqlite"], indirect=False)
 def test_a_suspended_account_is_refused_at_mail_from(tmp_path: Path, db_url: str) -> None:
-    settings = make_settings(tmp_path / "var", f"sqlite:///{tmp_path}/relay.db")
+    settings = make_settings(tmp_path / "var", db_url)
     engine = fresh_engine(settings)
     tenant = seed_tenant(settings, engine)
     relay = RelayThread(settings, engine).start()
@@ -273,11 +271,10 @@ def test_a_suspended_account_is_refused_at_mail_from(tmp_path: Path, db_url: str
         engine.dispose()
 
 
-@pytest.mark.parametrize("db_url", ["sqlite"], indirect=False)
 def test_pause_mode_holds_the_mail_and_resume_releases_it(tmp_path: Path, db_url: str) -> None:
     settings = make_settings(
         tmp_path / "var",
-        f"sqlite:///{tmp_path}/relay.db",
+        db_url,
         reputation={"suspend_action": "pause"},
         queue={"workers": False},
     )
