@@ -184,7 +184,9 @@ class Relay:
 
     async def _gauges(self) -> None:
         """Queue gauges every few seconds; reputation gauges every minute."""
-        reputation = ReputationGauges(self.engine, self.metrics)
+        reputation = ReputationGauges(
+            self.engine, self.metrics, self.settings.reputation.min_volume
+        )
         rounds = 0
         while True:
             if rounds % REPUTATION_EVERY == 0:

@@ -412,15 +412,16 @@ def test_gauges_show_rates_and_suspension(world_engine: tuple[Settings, Engine, 
     _, engine, tenant = world_engine
     acme = account_id(engine, tenant.account)
     delivered(engine, acme, 1000, dt.timedelta(hours=1))
+    delivered(engine, acme, 400, dt.timedelta(days=3))
     events(engine, acme, 60, dt.timedelta(minutes=5))
-    events(engine, acme, 2, dt.timedelta(days=2), EventType.COMPLAINT, None)
+    events(engine, acme, 7, dt.timedelta(days=2), EventType.COMPLAINT, None)
     metrics = Metrics()
-    gauges = ReputationGauges(engine, metrics)
+    gauges = ReputationGauges(engine, metrics, min_volume=1200)  # 24h: 1000, not judged
     gauges.refresh()
     text = generate_latest(metrics.registry).decode()
-    assert 'relay_account_bounce_rate{account="acme",window="24h"} 0.06' in text
-    assert 'relay_account_complaint_rate{account="acme",window="24h"} 0.0' in text
-    assert 'relay_account_complaint_rate{account="acme",window="7d"} 0.002' in text
+    assert 'relay_account_bounce_rate{account="acme",window="24h"} 0.0' in text
+    assert 'relay_account_bounce_rate{account="acme",window="7d"} 0.042857' in text
+    assert 'relay_account_complaint_rate{account="acme",window="7d"} 0.005' in text
     assert 'relay_account_suspended{account="acme"} 0.0' in text
     suspend(engine, "acme")
     gauges.refresh()
