@@ -106,6 +106,7 @@ CHANGES = [
     "sender verify boss@example.org --account shop-{n}",
     "sender remove boss@example.org --account shop-{n}",
     "sender verify-dns brand-{n}.test --account shop-{n}",
+    "account resume shop-{n}",
     # and the errors, word for word
     "account create shop-{n}",
     "account create x-{n} --agency shop-{n}",
@@ -118,10 +119,12 @@ CHANGES = [
     "sender remove boss@example.org --account shop-{n}",
     "queue retry MISSING-{n}",
     "queue release --account nobody-{n}",
+    "account resume nobody-{n}",
 ]
 
 READS = [
     "account list",
+    "account list --suspended",
     "credential list shop-l.test",
     "credential list shop-r.test",
     "credential list nowhere.test",

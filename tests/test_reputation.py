@@ -427,3 +427,34 @@ def test_gauges_show_rates_and_suspension(world_engine: tuple[Settings, Engine, 
     gauges.refresh()
     text = generate_latest(metrics.registry).decode()
     assert 'relay_account_suspended{account="acme"} 1.0' in text
+
+
+def test_resume_prints_the_same_locally_and_remotely(
+    served: tuple[RelayThread, World, Engine],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    relay, world, engine = served
+    assert relay.relay is not None
+    settings = relay.settings
+    monkeypatch.setenv("RELAY_DATABASE_URL", settings.database.url)
+    monkeypatch.setenv("RELAY_SERVER_VAR_DIR", str(settings.var_path))
+    for key in ("RELAY_CONFIG", "RELAY_URL", "RELAY_TOKEN"):
+        monkeypatch.delenv(key, raising=False)
+    remote = ["--url", f"http://127.0.0.1:{relay.relay.admin_port}", "--token", world.operator]
+    suspend(engine, "a-one")
+    suspend(engine, "a-two")
+
+    def run(*argv: str) -> tuple[int, str, str]:
+        code = main(list(argv))
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    assert run("account", "list", "--suspended") == run(*remote, "account", "list", "--suspended")
+    local = run("account", "resume", "a-one")
+    assert local == (0, "resumed account a-one: new mail is accepted\n", "")
+    assert run(*remote, "account", "resume", "a-two") == (
+        0,
+        "resumed account a-two: new mail is accepted\n",
+        "",
+    )
