@@ -206,6 +206,7 @@ def test_warning_then_suspension_each_raised_once(
         (NoticeKind.REPUTATION_WARNING, ["bounce", "7d"]),
     ]
     assert all(n.account_id == acme for n in raised)
+    assert raised[0].subject == "Warning: hard-bounce rate over 24h"
     raised.clear()
     sink(events(engine, acme, 40, dt.timedelta(minutes=5)))  # 10.1%: suspended
     sink(events(engine, acme, 5, dt.timedelta(minutes=5)))

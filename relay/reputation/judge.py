@@ -23,10 +23,14 @@ class Breach:
     limit: float
     delivered: int
 
+    @property
+    def name(self) -> str:
+        return _NAMES[self.metric]
+
     def describe(self) -> str:
         """Names the rate, the window and the limit: the SMTP reply and the notice say it."""
         return (
-            f"{_NAMES[self.metric]} {self.rate:.2%} over {self.window} "
+            f"{self.name} {self.rate:.2%} over {self.window} "
             f"({self.delivered} delivered) reached the limit of {self.limit:.2%}"
         )
 

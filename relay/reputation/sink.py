@@ -99,7 +99,7 @@ class Reviewer:
                 NoticeKind.SUSPENDED,
                 f"suspended:{account_id}:{now.isoformat()}",
                 "Sending suspended",
-                f"New mail is refused until the operator resumes the account: {reason}.",
+                f"New mail is refused or held until the account is resumed: {reason}.",
             )
         )
 
@@ -117,7 +117,7 @@ class Reviewer:
                 account_id,
                 NoticeKind.REPUTATION_WARNING,
                 key,
-                f"Warning: {breach.metric} rate over {breach.window}",
+                f"Warning: {breach.name} over {breach.window}",
                 f"Your {breach.describe()}; past "
                 f"{getattr(self._settings, breach.metric + '_suspend'):.2%} sending is suspended.",
             )
