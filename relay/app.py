@@ -40,6 +40,8 @@ from relay.intake import Intake, IntakeConfig
 from relay.queue import store
 from relay.queue.spool import Spool
 from relay.queue.sweeper import PausedExpiry
+from relay.reputation.gauges import ReputationGauges
+from relay.reputation.suspension import SuspensionCheck
 from relay.routing.policy import Policy
 from relay.service.notifications import Notifier
 from relay.service.providers import check_references
@@ -56,6 +58,9 @@ log = logging.getLogger("relay")
 SHUTDOWN_GRACE = 30.0
 # Of the grace, what is kept for writing the last outcomes and closing down.
 CLOSING_SHARE, CLOSING_MAX = 0.1, 2.0
+# Reputation gauges every this many rounds of the 5 s gauge loop: their
+# queries scan a week of the ledger and events.
+REPUTATION_EVERY = 12
 
 
 class Relay:
@@ -137,6 +142,11 @@ class Relay:
             s.limits.max_recipients,
             on_auth_failure=[self.counters.count_auth_failure],
             on_lockout=[self.counters.count_lockout],
+            suspension=(
+                SuspensionCheck(self.engine).refusal
+                if s.reputation.suspend_action == "reject"
+                else None
+            ),
         )
         intake = Intake(
             IntakeConfig(
@@ -148,7 +158,7 @@ class Relay:
                 unsubscribe_key=derive_key(secret_key(s), UNSUBSCRIBE_LABEL),
                 notify=self.notifier.notify,
             ),
-            Policy(self.engine, s.policy),
+            Policy(self.engine, s.policy, s.reputation.suspend_action),
             self.spool,
         )
         handler = SessionHandler(config, Authenticator(self.engine, s.auth, make_hasher(s)), intake)
@@ -232,8 +242,18 @@ class Relay:
     # -- housekeeping -------------------------------------------------------
 
     async def _gauges(self) -> None:
-        """Queue gauges every few seconds."""
+        """Queue gauges every few seconds; reputation gauges every minute."""
+        reputation = ReputationGauges(
+            self.engine, self.metrics, self.settings.reputation.min_volume
+        )
+        rounds = 0
         while True:
+            if rounds % REPUTATION_EVERY == 0:
+                try:
+                    await asyncio.to_thread(reputation.refresh)
+                except Exception as exc:
+                    log.warning("reputation gauges: %s", exc)
+            rounds += 1
             try:
                 counts = await asyncio.to_thread(store.queue_counts, self.engine)
                 for state, n in counts.items():

@@ -106,6 +106,7 @@ CHANGES = [
     "sender verify boss@example.org --account shop-{n}",
     "sender remove boss@example.org --account shop-{n}",
     "sender verify-dns brand-{n}.test --account shop-{n}",
+    "account resume shop-{n}",
     # and the errors, word for word
     "account create shop-{n}",
     "account create x-{n} --agency shop-{n}",
@@ -118,10 +119,12 @@ CHANGES = [
     "sender remove boss@example.org --account shop-{n}",
     "queue retry MISSING-{n}",
     "queue release --account nobody-{n}",
+    "account resume nobody-{n}",
 ]
 
 READS = [
     "account list",
+    "account list --suspended",
     "credential list shop-l.test",
     "credential list shop-r.test",
     "credential list nowhere.test",
@@ -207,7 +210,7 @@ def test_token_verbs(capsys: pytest.CaptureFixture[str], served: RelayThread) ->
     assert code == 0 and token and "sees account a-one" in out
     cli.remote_args[3] = token.group(1)
     code, out, _ = cli.remote("account", "list")
-    assert code == 0 and out.split()[3:4] == ["a-one"] and "a-two" not in out
+    assert code == 0 and out.split()[4:5] == ["a-one"] and "a-two" not in out
     code, out, _ = cli.local("token", "list")
     assert token.group(1) not in out and token.group(1)[:12] + "..." in out
     row = next(line for line in out.splitlines() if " ci" in line).split()

@@ -22,10 +22,11 @@ def cmd_account_list(args: argparse.Namespace, settings: Settings) -> int:
     from relay.service.accounts import list_accounts
 
     rows = [
-        (a.name, parent or "-", a.unverified_policy or "default")
+        (a.name, parent or "-", a.unverified_policy or "default", suspension(a.suspended_reason))
         for a, parent in list_accounts(open_db(settings))
+        if a.suspended_at is not None or not args.suspended
     ]
-    print_rows(rows, ("ACCOUNT", "AGENCY", "UNVERIFIED-POLICY"))
+    print_rows(rows, ACCOUNT_COLUMNS)
     return 0
 
 
@@ -78,6 +79,29 @@ def cmd_account_edit(args: argparse.Namespace, settings: Settings) -> int:
         edited.notify_secret,
     )
     return 0
+
+
+ACCOUNT_COLUMNS = ("ACCOUNT", "AGENCY", "UNVERIFIED-POLICY", "SUSPENDED")
+
+
+def suspension(reason: str | None) -> str:
+    """The SUSPENDED column: "-" or why (also for `relay --remote`)."""
+    return "-" if reason is None else reason
+
+
+def cmd_account_resume(args: argparse.Namespace, settings: Settings) -> int:
+    from relay.service.accounts import resume_account
+
+    done = resume_account(open_db(settings), args.name)
+    print(print_resumed(done.account, done.was_suspended, len(done.released)))
+    return 0
+
+
+def print_resumed(name: str, was_suspended: bool, released: int) -> str:
+    if not was_suspended:
+        return f"account {name} was not suspended; its rates count afresh from now"
+    held = f"; {released} held message(s) queued" if released else ""
+    return f"resumed account {name}: new mail is accepted{held}"
 
 
 def cmd_domain_add(args: argparse.Namespace, settings: Settings) -> int:
@@ -158,7 +182,12 @@ def register(sub: Verbs) -> None:
         choices=("reject", "drop", "pause"),
         help="what to do with mail from unverified senders",
     )
-    add_verb(acc, "list", cmd_account_list, "list accounts")
+    s = add_verb(acc, "list", cmd_account_list, "list accounts (and why any is suspended)")
+    s.add_argument("--suspended", action="store_true", help="only suspended accounts")
+    s = add_verb(
+        acc, "resume", cmd_account_resume, "lift a suspension for bounce or complaint rates"
+    )
+    s.add_argument("name")
     s = add_verb(acc, "edit", cmd_account_edit, "notifications, unsubscribe, tracking...")
     s.add_argument("name")
     s.add_argument(

@@ -21,7 +21,7 @@ from urllib.parse import quote
 import httpx
 
 from relay.cli._common import print_rows
-from relay.cli.accounts import print_edited
+from relay.cli.accounts import ACCOUNT_COLUMNS, print_edited, print_resumed, suspension
 from relay.cli.providers import print_webhook
 from relay.cli.senders import SENDER_COLUMNS, check_review, code_sent, sender_row
 from relay.cli.tokens import print_audit
@@ -93,10 +93,21 @@ def account_create(r: Remote, args: argparse.Namespace) -> None:
 
 def account_list(r: Remote, args: argparse.Namespace) -> None:
     rows = [
-        (a["name"], a["agency"] or "-", a["unverified_policy"] or "default")
+        (
+            a["name"],
+            a["agency"] or "-",
+            a["unverified_policy"] or "default",
+            suspension(a["suspended_reason"]),
+        )
         for a in r.json("GET", "/accounts")
+        if a["suspended_at"] is not None or not args.suspended
     ]
-    print_rows(rows, ("ACCOUNT", "AGENCY", "UNVERIFIED-POLICY"))
+    print_rows(rows, ACCOUNT_COLUMNS)
+
+
+def account_resume(r: Remote, args: argparse.Namespace) -> None:
+    done = r.json("POST", f"/accounts/{part(args.name)}/resume")
+    print(print_resumed(done["account"], done["was_suspended"], len(done["released"])))
 
 
 def account_edit(r: Remote, args: argparse.Namespace) -> None:
@@ -376,6 +387,7 @@ VERBS: dict[tuple[str, str | None], Verb] = {
     ("account", "create"): account_create,
     ("account", "list"): account_list,
     ("account", "edit"): account_edit,
+    ("account", "resume"): account_resume,
     ("domain", "add"): domain_add,
     ("credential", "create"): credential_create,
     ("credential", "reset"): credential_reset,

@@ -97,6 +97,30 @@ class Metrics:
             ["provider_kind", "type", "result"],
             registry=r,
         )
+        # Reputation (relay.reputation): refreshed from the database by the gauge
+        # loop of each process, so every process holds the same values;
+        # "mostrecent" shows the latest write instead of summing the processes.
+        self.account_bounce_rate = Gauge(
+            "relay_account_bounce_rate",
+            "Hard bounces over delivered recipients, by rolling window",
+            ["account", "window"],
+            registry=r,
+            multiprocess_mode="mostrecent",
+        )
+        self.account_complaint_rate = Gauge(
+            "relay_account_complaint_rate",
+            "Complaints over delivered recipients, by rolling window",
+            ["account", "window"],
+            registry=r,
+            multiprocess_mode="mostrecent",
+        )
+        self.account_suspended = Gauge(
+            "relay_account_suspended",
+            "1 while the account is suspended for its bounce or complaint rate",
+            ["account"],
+            registry=r,
+            multiprocess_mode="mostrecent",
+        )
 
 
 def scrape_registry(metrics: Metrics) -> CollectorRegistry:

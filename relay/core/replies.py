@@ -69,6 +69,16 @@ SPOOL_UNAVAILABLE = Reply(451, "4.3.0", "Queue unavailable, message not accepted
 INTERNAL_ERROR = Reply(451, "4.3.0", "Temporary server error; try again later")
 SENDER_NOT_VERIFIED = Reply(550, "5.7.1", "Sender not verified for this account")
 CROSS_TENANT = Reply(550, "5.7.1", "Sender domain belongs to another account")
+# RFC 3463 5.7.1 "delivery not authorized": the account is suspended for its
+# bounce or complaint rate (relay.reputation); the text names the rate and limit.
+ACCOUNT_SUSPENDED = Reply(550, "5.7.1", "Account suspended")
+
+
+def account_suspended(reason: str | None) -> Reply:
+    """``550 5.7.1`` naming the rate, the window and the limit (the stored reason)."""
+    return ACCOUNT_SUSPENDED.with_text(
+        f"Account suspended: {reason or 'by the operator'}; contact your provider"
+    )
 
 
 def queued(queue_id: str) -> Reply:

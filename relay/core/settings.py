@@ -322,6 +322,27 @@ class PolicySettings:
 
 
 @dataclass(frozen=True)
+class ReputationSettings:
+    """Per-account bounce and complaint rates (relay.reputation). SendGrid and
+    SparkPost review accounts at about 5% bounces and 0.1% complaints; Gmail's
+    sender guidelines ask for spam reports under 0.3%. Warn below, suspend at."""
+
+    min_volume: int = _doc(
+        "Delivered recipients a window needs before its rates are judged.", 500, ge=1
+    )
+    bounce_warn: float = _doc("Hard-bounce rate that warns the account.", 0.05, gt=0, le=1)
+    bounce_suspend: float = _doc("Hard-bounce rate that suspends the account.", 0.10, gt=0, le=1)
+    complaint_warn: float = _doc("Complaint rate that warns the account.", 0.001, gt=0, le=1)
+    complaint_suspend: float = _doc("Complaint rate that suspends the account.", 0.003, gt=0, le=1)
+    suspend_action: str = _doc(
+        "A suspended account's new mail: 'reject' (550 5.7.1 at MAIL FROM) or "
+        "'pause' (accepted and held).",
+        "reject",
+        choices=("reject", "pause"),
+    )
+
+
+@dataclass(frozen=True)
 class DNSSettings:
     nameservers: tuple[str, ...] = _doc(
         "Resolvers for domain verification (IP addresses); empty: the system's.",
@@ -356,6 +377,7 @@ class Settings:
     auth: AuthSettings = field(default_factory=AuthSettings)
     queue: QueueSettings = field(default_factory=QueueSettings)
     policy: PolicySettings = field(default_factory=PolicySettings)
+    reputation: ReputationSettings = field(default_factory=ReputationSettings)
     billing: BillingSettings = field(default_factory=BillingSettings)
     dns: DNSSettings = field(default_factory=DNSSettings)
     secrets: SecretSettings = field(default_factory=SecretSettings)
@@ -376,6 +398,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "auth": AuthSettings,
     "queue": QueueSettings,
     "policy": PolicySettings,
+    "reputation": ReputationSettings,
     "billing": BillingSettings,
     "dns": DNSSettings,
     "secrets": SecretSettings,
@@ -491,6 +514,10 @@ def load_settings(
     listeners = _listeners(data.get("listeners", {}), env)
     if bool(sections["tls"].cert) != bool(sections["tls"].key):
         raise ConfigError("[tls] cert and key go together: set both, or neither")
+    rep = sections["reputation"]
+    for what in ("bounce", "complaint"):
+        if getattr(rep, f"{what}_warn") > getattr(rep, f"{what}_suspend"):
+            raise ConfigError(f"[reputation] {what}_warn must not be above {what}_suspend")
     return Settings(listeners=listeners, source=str(path or ""), **sections)
 
 

@@ -23,7 +23,7 @@ from sqlalchemy import Connection, Engine, bindparam, select, text
 
 from relay.core.addresses import sender_matches
 from relay.core.outcomes import MessageState
-from relay.core.replies import SENDER_NOT_VERIFIED, Reply
+from relay.core.replies import SENDER_NOT_VERIFIED, Reply, account_suspended
 from relay.core.settings import PolicySettings
 from relay.store.models import Provider
 
@@ -69,13 +69,14 @@ class _Context:
     route: int | None
     patterns: list[str]
     unsubscribe: bool = False
+    suspended: str | None = None  # the reason, while the account is suspended
 
 
 # The hot path's queries as plain SQL, prepared once: building and caching
 # SQLAlchemy statements per message cost more than running them (profiled).
 # Standard SQL, the same on SQLite and PostgreSQL.
 _CONTEXT = text("""
-SELECT a.name, a.unverified_policy, a.unsubscribe,
+SELECT a.name, a.unverified_policy, a.unsubscribe, a.suspended_at, a.suspended_reason,
        (SELECT id FROM providers WHERE domain = :domain AND account_id = a.id LIMIT 1),
        (SELECT id FROM providers WHERE domain = :domain AND account_id = a.parent_id LIMIT 1),
        a.assigned_provider_id, a.default_provider_id, p.subaccount_provider_id
@@ -95,9 +96,14 @@ _OPTIONS = select(Provider.options).where(Provider.id == bindparam("provider_id"
 
 
 class Policy:
-    def __init__(self, engine: Engine, settings: PolicySettings) -> None:
+    def __init__(
+        self, engine: Engine, settings: PolicySettings, suspend_action: str = "reject"
+    ) -> None:
         self._engine = engine
         self._settings = settings
+        # [reputation] suspend_action: a suspended account's mail is refused
+        # (MAIL FROM refuses it first; this catches a suspension since) or held.
+        self._suspend_action = suspend_action
 
     async def decide(self, sub: Submission) -> Decision:
         return await asyncio.to_thread(self._decide, sub)
@@ -105,7 +111,9 @@ class Policy:
     def _context(self, conn: Connection, sub: Submission) -> _Context:
         domain = sub.senders[0].rpartition("@")[2].lower() if sub.senders else ""
         params = {"account_id": sub.account_id, "domain": domain}
-        name, policy, unsubscribe, *candidates = conn.execute(_CONTEXT, params).one()
+        name, policy, unsubscribe, suspended_at, suspended_reason, *candidates = conn.execute(
+            _CONTEXT, params
+        ).one()
         # In order: bound to the domain (own, then the agency's), assigned,
         # own default, the agency's default for sub-accounts.
         route = next((int(c) for c in candidates if c is not None), None)
@@ -116,7 +124,8 @@ class Policy:
                 _BY_NAME, {"name": name, "agency": agency, "short": short}
             ).scalar()
         patterns = list(conn.execute(_PATTERNS, params).scalars())
-        return _Context(name, policy, route, patterns, bool(unsubscribe))
+        suspended = (suspended_reason or "by the operator") if suspended_at is not None else None
+        return _Context(name, policy, route, patterns, bool(unsubscribe), suspended)
 
     def _decide(self, sub: Submission) -> Decision:
         with self._engine.connect() as conn:
@@ -129,6 +138,8 @@ class Policy:
                 test_address = (options or {}).get("test_address")
                 if test_address:
                     bad = self._unverified(bad, [str(test_address)])
+        if ctx.suspended is not None:
+            return self._suspended_decision(ctx)
         if bad:
             decision = self._unverified_decision(sub, ctx, bad)
         elif ctx.route is None:
@@ -136,6 +147,13 @@ class Policy:
         else:
             decision = Decision(MessageState.QUEUED, None, ctx.route)
         return replace(decision, unsubscribe=ctx.unsubscribe)
+
+    def _suspended_decision(self, ctx: _Context) -> Decision:
+        reason = f"account suspended: {ctx.suspended}"
+        if self._suspend_action == "pause":
+            # Held, not lost: `relay account resume` releases it.
+            return Decision(MessageState.PAUSED, reason, ctx.route)
+        return Decision("rejected", reason, reply=account_suspended(ctx.suspended))
 
     @staticmethod
     def _unverified(senders: Sequence[str], patterns: list[str]) -> list[str]:

@@ -362,3 +362,38 @@ def remove_sender(engine: Engine, pattern: str, account: str) -> None:
         if row is None:
             raise NotFound(f"{pattern} is not a sender of account {account}")
         session.delete(row)
+
+
+@dataclass(frozen=True)
+class Resumed:
+    account: str
+    was_suspended: bool
+    released: list[str]  # mail held while suspended (suspend_action = pause), now queued
+
+
+@audited("account.resume", arg("name"), scope.of_account("name"))
+def resume_account(engine: Engine, name: str) -> Resumed:
+    """Lift a reputation suspension: new mail is accepted at once, on every node.
+
+    The operator, or an agency for its sub-account, may resume; a suspended
+    account may not resume itself (its token sees it, so the refusal hides
+    nothing). Its rates count afresh from now (``reputation_since``), so the
+    bounces that suspended it do not suspend it again; mail held while it was
+    suspended is queued.
+    """
+    actor = scope.current()
+    with Session(engine, expire_on_commit=False) as session, session.begin():
+        account = get_account(session, name)
+        if not actor.scope.everything and actor.account_id == account.id:
+            raise OperatorOnly("a suspended account is resumed by its agency or the operator")
+        was = account.suspended_at is not None
+        account.suspended_at = None
+        account.suspended_reason = None
+        account.reputation_since = utcnow()
+        account_id = account.id
+    ready = [
+        mid
+        for mid, _, _, _, reason in held.paused(engine, account_id)
+        if (reason or "").startswith("account suspended")
+    ]
+    return Resumed(name, was, held.release(engine, ready))

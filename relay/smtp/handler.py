@@ -13,7 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from aiosmtpd.smtp import MISSING, AuthResult, Envelope, Session
@@ -43,6 +43,9 @@ class HandlerConfig:
     on_auth_failure: list[Callable[[str], None]] = field(default_factory=list)
     # (listener, scope) when a failed login engages a lock-out or slow-down.
     on_lockout: list[Callable[[str, str], None]] = field(default_factory=list)
+    # The reply refusing a suspended account's mail at MAIL FROM, or None
+    # (relay.reputation.suspension; unset: never refused there).
+    suspension: Callable[[int], Awaitable[Reply | None]] | None = None
 
 
 def _decode(blob: bytes) -> str:
@@ -137,6 +140,12 @@ class SessionHandler:
         server.smuggling = False
         if _undecodable(address):
             return str(BAD_SENDER_ADDRESS)
+        identity = session.auth_data
+        if self._config.suspension is not None and isinstance(identity, Identity):
+            refusal = await self._config.suspension(identity.account_id)
+            if refusal is not None:
+                log.info("refused: account=%s suspended at MAIL", identity.account_name)
+                return str(refusal)
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         return str(SENDER_OK)

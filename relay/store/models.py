@@ -105,6 +105,9 @@ class Account(Base):
     # Set while the account is suspended for its bounce or complaint rate.
     suspended_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
     suspended_reason: Mapped[str | None] = mapped_column(Text)
+    # Rates count from here (migration 0006d): set by `relay account resume`,
+    # so the events that suspended the account do not suspend it again.
+    reputation_since: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
     # Where notifications go: addresses (mail from the provider's test
     # address) and a URL (JSON, signed with HMAC-SHA256 by notify_secret,
     # sealed with RELAY_SECRET_KEY like provider secrets).

@@ -123,6 +123,19 @@ def list_notifications(
     ]
 
 
+@router.post(
+    "/accounts/{name}/resume",
+    tags=["accounts"],
+    summary="Lift a suspension for bounce or complaint rates (operator, or the agency)",
+    responses=responses(403, 404, 422),
+)
+def resume_account(name: AccountName, caller: Authenticated) -> s.ResumeOut:
+    done = caller.run(accounts.resume_account, caller.engine, name)
+    return s.ResumeOut(
+        account=done.account, was_suspended=done.was_suspended, released=done.released
+    )
+
+
 # -- domains ----------------------------------------------------------------------
 
 

@@ -116,6 +116,12 @@ class NotificationOut(BaseModel):
     webhook_error: str | None
 
 
+class ResumeOut(BaseModel):
+    account: str
+    was_suspended: bool
+    released: list[str] = Field(description="Messages held while suspended, now queued")
+
+
 class DomainIn(Request):
     domain: Name
 
