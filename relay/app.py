@@ -41,6 +41,7 @@ from relay.queue import store
 from relay.queue.spool import Spool
 from relay.queue.sweeper import PausedExpiry
 from relay.reputation.gauges import ReputationGauges
+from relay.reputation.sink import events_sink as reputation_sink
 from relay.reputation.suspension import SuspensionCheck
 from relay.routing.policy import Policy
 from relay.service.notifications import Notifier
@@ -121,6 +122,9 @@ class Relay:
             self.engine, box, s.policy, s.server.hostname, tls_context=self.notify_tls
         )
         self._notifier_task = self.notifier.start()
+        # What stored provider events feed: the reputation judge (which raises
+        # notices). Runs after each webhook batch's commit, in a worker thread.
+        self.event_sinks.append(reputation_sink(self.engine, s.reputation, self.notifier.notify))
         self.pool = ProviderPool(
             self.engine,
             box,
