@@ -44,6 +44,7 @@ from relay.smtp.listeners import Listener, bind_socket
 from relay.smtp.protocol import ConnectionTracker, quiet_aiosmtpd
 from relay.smtp.tls import server_context
 from relay.store.engine import make_engine, migrate
+from relay.suppression.check import SuppressionCheck
 
 log = logging.getLogger("relay")
 
@@ -113,10 +114,12 @@ class Relay:
                 s.server.hostname,
                 s.limits.max_header_bytes,
                 s.limits.max_headers,
+                suppress_at_rcpt=s.suppression.at_rcpt,
                 observers=[self.counters.observe],
             ),
             Policy(self.engine, s.policy),
             self.spool,
+            SuppressionCheck(self.engine),
         )
         handler = SessionHandler(config, Authenticator(self.engine, s.auth, make_hasher(s)), intake)
         self.listeners = [Listener(item, self._socket(item)) for item in s.listeners]

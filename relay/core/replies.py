@@ -69,6 +69,15 @@ SPOOL_UNAVAILABLE = Reply(451, "4.3.0", "Queue unavailable, message not accepted
 INTERNAL_ERROR = Reply(451, "4.3.0", "Temporary server error; try again later")
 SENDER_NOT_VERIFIED = Reply(550, "5.7.1", "Sender not verified for this account")
 CROSS_TENANT = Reply(550, "5.7.1", "Sender domain belongs to another account")
+# RFC 3463 5.1.1 "bad destination mailbox address": the account's suppression
+# list says so (a hard bounce, a complaint, an unsubscribe ...), with
+# ``[suppression] at_rcpt``. The text names the reason and the day.
+SUPPRESSED_RECIPIENT = Reply(550, "5.1.1", "Recipient <{}> is on this account's suppression list")
+
+
+def suppressed_recipient(address: str, reason: str, since: str) -> Reply:
+    text = SUPPRESSED_RECIPIENT.text.format(address)
+    return SUPPRESSED_RECIPIENT.with_text(f"{text} ({reason} since {since})")
 
 
 def queued(queue_id: str) -> Reply:
