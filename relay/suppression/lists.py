@@ -27,6 +27,7 @@ import datetime as dt
 import io
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import (
     Connection,
@@ -58,6 +59,7 @@ REASONS = (HARD_BOUNCE, SOFT_BOUNCE, COMPLAINT, UNSUBSCRIBE, MANUAL)
 STRENGTH = {SOFT_BOUNCE: 0, MANUAL: 1, HARD_BOUNCE: 2, UNSUBSCRIBE: 3, COMPLAINT: 4}
 SOURCES = ("event", "unsubscribe", "manual", "import", "sync")
 CSV_COLUMNS = ("address", "reason", "created_at", "detail")
+_COLUMNS = select(*Suppression.__table__.columns)
 MAX_ADDRESS = 320
 
 
@@ -180,10 +182,8 @@ def add(
         pass  # already there (perhaps since a moment ago): compare reasons
     with engine.begin() as conn:
         row = conn.execute(
-            select(Suppression).where(
-                Suppression.account_id == account_id, Suppression.address == address
-            )
-        ).scalar_one()
+            _COLUMNS.where(Suppression.account_id == account_id, Suppression.address == address)
+        ).one()
         current = _entry_of(row)
         expired = current.expires_at is not None and current.expires_at <= now
         if expired or STRENGTH[reason] > STRENGTH[current.reason]:
@@ -228,12 +228,12 @@ def entries(
     if not include_expired:
         now = dt.datetime.now(dt.UTC)
         where.append(or_(Suppression.expires_at.is_(None), Suppression.expires_at > now))
-    query = select(Suppression).where(*where).order_by(Suppression.address)
+    query = _COLUMNS.where(*where).order_by(Suppression.address)
     if limit is not None:
         query = query.limit(limit).offset(offset)
     with engine.connect() as conn:
         total = conn.execute(select(func.count()).select_from(Suppression).where(*where)).scalar()
-        rows = [_entry_of(r) for r in conn.execute(query).scalars()]
+        rows = [_entry_of(r) for r in conn.execute(query).all()]
     return rows, int(total or 0)
 
 
@@ -267,7 +267,7 @@ def _entry(values: dict[str, object]) -> Entry:
     )
 
 
-def _entry_of(row: Suppression) -> Entry:
+def _entry_of(row: Any) -> Entry:
     return Entry(
         row.address,
         row.reason,
