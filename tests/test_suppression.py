@@ -9,9 +9,7 @@ events become suppressions (soft bounces after the limit, expiring)."""
 from __future__ import annotations
 
 import datetime as dt
-import smtplib
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -21,7 +19,7 @@ from relay.core.events import AccountEvent, BounceClass, EventType, ProviderEven
 from relay.core.settings import Settings, SuppressionSettings
 from relay.emulator import Emulator
 from relay.service import usage
-from relay.store.models import Account, Event, Message, Recipient, Suppression, Usage
+from relay.store.models import Account, Event, Recipient, Suppression, Usage
 from relay.suppression import lists
 from relay.suppression.sink import events_sink
 from tests.support import RelayThread, Tenant, connect, make_settings, message
