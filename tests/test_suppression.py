@@ -204,7 +204,7 @@ def test_sink_turns_events_into_suppressions(
     settings: Settings, engine: Engine, tenant: Tenant
 ) -> None:
     acme = account_id(engine, "acme")
-    sink = events_sink(engine, settings.suppression)
+    sink = events_sink(engine, settings)
     sink(
         [
             _event(engine, acme, 1, EventType.BOUNCE, "hard@example.org", BounceClass.HARD),

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from sqlalchemy import Engine, func, select
 
 from relay.core.events import AccountEvent, BounceClass, EventSink, EventType
-from relay.core.settings import SuppressionSettings
+from relay.core.settings import Settings, SuppressionSettings
 from relay.store.models import Event
 from relay.suppression import lists
 
@@ -86,13 +86,17 @@ def apply(engine: Engine, settings: SuppressionSettings, item: AccountEvent) -> 
     return changed
 
 
-def events_sink(engine: Engine, settings: SuppressionSettings) -> EventSink:
-    """The sink the app hands the webhook receiver (``relay.app``)."""
+def events_sink(engine: Engine, settings: Settings | SuppressionSettings) -> EventSink:
+    """The sink the app hands the webhook receiver (``relay.app``): the whole
+    settings or their ``[suppression]`` section."""
+    if isinstance(settings, Settings):
+        settings = settings.suppression
+    section = settings
 
     def sink(events: Sequence[AccountEvent]) -> None:
         for item in events:
             try:
-                if apply(engine, settings, item):
+                if apply(engine, section, item):
                     log.info(
                         "suppressed: account_id=%d address=<%s> after %s event",
                         item.account_id,
