@@ -52,7 +52,11 @@ from relay.smtp.listeners import Listener, bind_socket
 from relay.smtp.protocol import ConnectionTracker, quiet_aiosmtpd
 from relay.smtp.tls import server_context
 from relay.store.engine import make_engine, migrate
+from relay.suppression import lists as suppression_lists
+from relay.suppression.check import SuppressionCheck
+from relay.suppression.sink import events_sink as suppression_sink
 from relay.webhooks.app import make_webhook_app
+from relay.webhooks.unsubscribe import routes as unsubscribe_routes
 
 log = logging.getLogger("relay")
 
@@ -122,9 +126,13 @@ class Relay:
             self.engine, box, s.policy, s.server.hostname, tls_context=self.notify_tls
         )
         self._notifier_task = self.notifier.start()
-        # What stored provider events feed: the reputation judge (which raises
-        # notices). Runs after each webhook batch's commit, in a worker thread.
+        # What stored provider events feed, after each webhook batch's commit,
+        # in a worker thread: the suppression lists, then the reputation judge
+        # (which raises notices). Beside the webhooks: one-click unsubscribe.
+        self.event_sinks.append(suppression_sink(self.engine, s.suppression))
         self.event_sinks.append(reputation_sink(self.engine, s.reputation, self.notifier.notify))
+        unsubscribe_key = derive_key(secret_key(s), UNSUBSCRIBE_LABEL)
+        self.webhook_routes.extend(unsubscribe_routes(unsubscribe_key, self._unsubscribe))
         self.pool = ProviderPool(
             self.engine,
             box,
@@ -157,13 +165,15 @@ class Relay:
                 s.server.hostname,
                 s.limits.max_header_bytes,
                 s.limits.max_headers,
+                suppress_at_rcpt=s.suppression.at_rcpt,
                 observers=[self.counters.observe],
                 public_url=s.webhooks.public_url,
-                unsubscribe_key=derive_key(secret_key(s), UNSUBSCRIBE_LABEL),
+                unsubscribe_key=unsubscribe_key,
                 notify=self.notifier.notify,
             ),
             Policy(self.engine, s.policy, s.reputation.suspend_action),
             self.spool,
+            SuppressionCheck(self.engine),
         )
         handler = SessionHandler(config, Authenticator(self.engine, s.auth, make_hasher(s)), intake)
         self.listeners = [Listener(item, self._socket(item)) for item in s.listeners]
@@ -179,6 +189,12 @@ class Relay:
         self._sweeper_task = asyncio.create_task(sweeper.run())
         await self._start_admin()
         await self._start_webhooks()
+
+    def _unsubscribe(
+        self, account_id: int, address: str, reason: str, source: str, detail: str | None
+    ) -> None:
+        """A one-click unsubscribe POST: onto the account's list (idempotent)."""
+        suppression_lists.add(self.engine, account_id, address, reason, source, detail)
 
     def _socket(self, item: ListenerSettings) -> Any:
         if item.name in self._presockets:

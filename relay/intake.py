@@ -9,6 +9,10 @@ reply that refuses the message, out. In order:
    2.3), the header section (its limits, one From and one Sender, RFC 5322
    3.6), every originator address a reader would show, recipient classes;
 2. policy and route (``relay.routing.policy``): reject, drop, pause or queue;
+   then the suppression list (``relay.suppression``, one query for all the
+   recipients): a suppressed recipient is stored as ``suppressed`` and never
+   sent while the others go; when every recipient is suppressed the message
+   is ``dropped`` at once, reason "every recipient suppressed";
 3. the header rewrite (``relay.core.message``): Received on top with the queue
    id (RFC 5321 4.4), Bcc and X-Relay-Campaign gone, Message-ID and Date
    added when missing (RFC 5322 3.6), one-click unsubscribe on the campaign
@@ -18,7 +22,7 @@ reply that refuses the message, out. In order:
 
 Nothing here knows about sockets: the SMTP handler calls ``accept`` and
 turns its result into a reply line, and the tests call it directly. Checks
-still to come (suppression, quotas) belong here, between policy and spool.
+still to come (quotas) belong here, between policy and spool.
 """
 
 from __future__ import annotations
@@ -57,11 +61,13 @@ from relay.core.replies import (
     SPOOL_UNAVAILABLE,
     Reply,
     header_section_too_big,
+    suppressed_recipient,
     too_many_headers,
 )
 from relay.core.unsubscribe import make_token
 from relay.queue.spool import Acceptance, Spool
 from relay.routing.policy import Policy, Submission
+from relay.suppression.check import SuppressionCheck, why
 
 # The lines that say what became of a message keep the SMTP front's logger
 # name, as before intake had a module of its own (log filters select on it).
@@ -74,6 +80,7 @@ CAMPAIGN_HEADER = "X-Relay-Campaign"
 # of 12,000 addresses costs 140 ms to read).
 OFF_LOOP_BYTES = 256 * 1024
 OFF_LOOP_HEADER_BYTES = 32 * 1024
+ALL_SUPPRESSED = "every recipient suppressed"
 
 
 @dataclass
@@ -93,6 +100,8 @@ class IntakeConfig:
     hostname: str
     max_header_bytes: int
     max_headers: int
+    # ``[suppression] at_rcpt``: refuse a suppressed recipient at RCPT TO.
+    suppress_at_rcpt: bool = False
     observers: list[Callable[[Accepted], None]] = field(default_factory=list)
     # One-click unsubscribe: ``[webhooks] public_url`` (empty: never) and the
     # key tokens are made with (``relay.core.crypto.derive_key``).
@@ -168,10 +177,30 @@ def read_message(
 class Intake:
     """The cleanup stage: one message in, a queue id or a refusal out."""
 
-    def __init__(self, config: IntakeConfig, policy: Policy, spool: Spool) -> None:
+    def __init__(
+        self,
+        config: IntakeConfig,
+        policy: Policy,
+        spool: Spool,
+        suppressions: SuppressionCheck | None = None,
+    ) -> None:
         self._config = config
         self._policy = policy
         self._spool = spool
+        self._suppressions = suppressions
+
+    async def check_recipient(self, identity: Identity, address: str) -> Reply | None:
+        """At RCPT TO, with ``[suppression] at_rcpt``: 550 5.1.1 for a suppressed
+        address, naming the reason and the day; None to go on."""
+        if not self._config.suppress_at_rcpt or self._suppressions is None:
+            return None
+        entry = await self._suppressions.one(identity.account_id, address)
+        if entry is None:
+            return None
+        log.info(
+            "refused at RCPT: account=%s to=<%s> %s", identity.account_name, address, why(entry)
+        )
+        return suppressed_recipient(address, entry.reason, entry.created_at.date().isoformat())
 
     async def accept(
         self,
@@ -212,14 +241,26 @@ class Intake:
             )
             self._observe(None, identity, "rejected", classes, len(raw), started)
             return decision.reply
+        state, reason = decision.state, decision.reason
+        suppressed: list[tuple[str, str, str]] = []
+        if self._suppressions is not None and classes:
+            found = await self._suppressions.suppressed(
+                identity.account_id, [a for a, _ in classes]
+            )
+            if found:
+                suppressed = [(a, k, why(found[a])) for a, k in classes if a in found]
+                classes = [(a, k) for a, k in classes if a not in found]
+                if not classes:
+                    state, reason = MessageState.DROPPED, ALL_SUPPRESSED
         acc = Acceptance(
             account_id=identity.account_id,
             credential_id=identity.credential_id,
             mail_from=mail_from,
             recipients=classes,
+            suppressed=suppressed,
             data=b"",
-            state=decision.state,
-            reason=decision.reason,
+            state=state,
+            reason=reason,
             provider_id=decision.provider_id,
             header_from=", ".join(reading.header_from)[:998] or None,
             campaign=campaign,
@@ -252,7 +293,7 @@ class Intake:
             self._observe(None, identity, "tempfail", classes, len(raw), started)
             return exc.reply or SPOOL_UNAVAILABLE
         log.info(
-            "%s: account=%s from=<%s> size=%d nrcpt=%d state=%s%s",
+            "%s: account=%s from=<%s> size=%d nrcpt=%d state=%s%s%s",
             queue_id,
             identity.account_name,
             mail_from,
@@ -260,6 +301,7 @@ class Intake:
             len(classes),
             acc.state,
             f" reason={acc.reason!r}" if acc.reason else "",
+            f" suppressed={len(suppressed)}" if suppressed else "",
         )
         self._observe(queue_id, identity, acc.state, classes, len(acc.data), started)
         if acc.state == MessageState.PAUSED and (campaign or identity.purpose == "campaign"):

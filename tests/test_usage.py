@@ -143,6 +143,7 @@ def test_agency_totals_and_costs(db: Engine, ids: dict[str, int]) -> None:
         "dropped": 1,
         "failed": 1,
         "pending": 0,
+        "suppressed": 0,
         "cost": "0.0020",  # 3 x 0.000675 = 0.002025
     }
     total = figures(report, "agency", "agency-total")
@@ -194,6 +195,7 @@ def test_pending_is_accepted_minus_ended(db: Engine, ids: dict[str, int]) -> Non
         "dropped": 0,
         "failed": 2,
         "pending": 3,  # the paused message, still held
+        "suppressed": 0,
     }
 
 
@@ -235,6 +237,7 @@ def test_days_are_inclusive_and_outcomes_count_on_the_day_of_acceptance(
         "dropped": 0,
         "failed": 0,
         "pending": 0,
+        "suppressed": 0,
     }
     assert (shop("2024-06-01", "2024-06-30").recipients, shop("2024-06-01", None).pending) == (1, 1)
     assert shop("2024-05-31", "2024-06-01").recipients == 3
@@ -306,6 +309,7 @@ def test_json_has_stable_keys_numbers_and_a_string_cost(sample: Report) -> None:
         "dropped",
         "failed",
         "pending",
+        "suppressed",
         "cost",
         "classes",
     ]
@@ -316,6 +320,7 @@ def test_json_has_stable_keys_numbers_and_a_string_cost(sample: Report) -> None:
         "dropped": 0,
         "failed": 1,
         "pending": 0,
+        "suppressed": 0,
     }
     for x in out["lines"]:
         assert list(x["classes"]) == ["to", "cc", "bcc"]
@@ -356,10 +361,11 @@ def test_table_lines_up_and_says_how_cost_is_computed(sample: Report) -> None:
         "FAILED",
         "PENDING",
         "COST",
+        "SUPPRESSED",
     ]
     assert lines[3].startswith("  blog") and lines[5].startswith("agency total")
-    assert lines[5].split()[2:] == ["2", "3", "1", "1", "5", "2", "0", "1", "2", "0.0034"]
-    assert len({len(x) for x in lines[1:6]}) == 1  # right-aligned to the COST column
+    assert lines[5].split()[2:] == ["2", "3", "1", "1", "5", "2", "0", "1", "2", "0.0034", "0"]
+    assert len({len(x) for x in lines[1:6]}) == 1  # right-aligned to the last column
     assert "rounded half-up to 4 places" in text and "PENDING: still queued" in text
 
 

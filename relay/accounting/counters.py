@@ -19,7 +19,7 @@ from typing import Protocol
 
 from sqlalchemy import Engine, select
 
-from relay.accounting.ledger import FAILED, accepted_events
+from relay.accounting.ledger import FAILED, SUPPRESSED, accepted_events
 from relay.core.metrics import Metrics
 from relay.core.outcomes import Claimed, MessageState, Outcome, Recorded
 from relay.store.models import Account
@@ -50,6 +50,8 @@ class Spooled(Protocol):
     def data(self) -> bytes: ...
     @property
     def recipients(self) -> list[tuple[str, str]]: ...
+    @property
+    def suppressed(self) -> list[tuple[str, str, str]]: ...
 
 
 class Counters:
@@ -77,6 +79,8 @@ class Counters:
                 m.messages.labels(acc.account_name, event).inc()
                 for _, kind in acc.recipients:
                     m.recipients.labels(acc.account_name, kind, event).inc()
+            for _, kind, _ in acc.suppressed:
+                m.recipients.labels(acc.account_name, kind, SUPPRESSED).inc()
 
     def count_outcome(self, msg: Claimed, outcome: Outcome, recorded: Recorded) -> None:
         m = self.metrics

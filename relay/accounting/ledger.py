@@ -6,7 +6,11 @@ instead of counting twice, whatever retries, restarts or nodes do. Two moments
 write it, and both call this module from their own transaction:
 
 - the spool (``relay.queue.spool``): ``accepted`` rows with the message, plus
-  ``dropped`` ones for a message dropped at once (``accepted_rows``);
+  ``dropped`` ones for a message dropped at once (``accepted_rows``), and
+  ``suppressed`` ones for recipients on the account's suppression list
+  (``suppressed_rows``): those are not ``accepted``, so never charged, and
+  their recipient rows stay ``suppressed``, which the outcome does not count
+  again;
 - the end of a message (``relay.queue.store`` for a delivery outcome,
   ``relay.queue.held`` for paused mail discarded or expired): one outcome row
   per class and outcome (``write_outcome``).
@@ -25,6 +29,7 @@ from relay.core.outcomes import RecipientState
 from relay.store.models import Usage
 
 ACCEPTED, DELIVERED, FAILED, DROPPED = "accepted", "delivered", "failed", "dropped"
+SUPPRESSED = "suppressed"
 # A recipient still pending when its message finishes has failed with it.
 _OUTCOME_OF_STATE = {
     RecipientState.DELIVERED: DELIVERED,
@@ -33,8 +38,10 @@ _OUTCOME_OF_STATE = {
     RecipientState.PENDING: FAILED,
 }
 
+# Suppressed recipients were counted with the message (``suppressed_rows``).
 _COUNTS = text(
-    "SELECT kind, state, COUNT(*) FROM recipients WHERE message_id = :id GROUP BY kind, state"
+    "SELECT kind, state, COUNT(*) FROM recipients WHERE message_id = :id "
+    "AND state <> 'suppressed' GROUP BY kind, state"
 )
 _USAGE = insert(Usage)
 
@@ -71,6 +78,16 @@ def accepted_rows(
     ]
 
 
+def suppressed_rows(
+    message_id: str, account_id: int, kinds: Iterable[str], day: dt.date
+) -> list[dict[str, Any]]:
+    """Per class, the ``suppressed`` row the spool writes with the message (none if none)."""
+    counts = Counter(kinds)
+    return [
+        _row(account_id, day, message_id, kind, SUPPRESSED, n) for kind, n in sorted(counts.items())
+    ]
+
+
 def write_outcome(
     conn: Connection, message_id: str, account_id: int, day: dt.date
 ) -> list[tuple[str, str, int]]:
@@ -83,6 +100,8 @@ def write_outcome(
     for kind, state, n in conn.execute(_COUNTS, {"id": message_id}).all():
         counts[(kind, _OUTCOME_OF_STATE[state])] += int(n)
     written = sorted((kind, event, n) for (kind, event), n in counts.items())
+    if not written:
+        return written
     rows = [_row(account_id, day, message_id, kind, event, n) for kind, event, n in written]
     conn.execute(_USAGE, rows)
     return written

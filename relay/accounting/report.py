@@ -10,6 +10,9 @@ What a line says, for one account over a period of UTC days:
   (``to``, ``cc``, ``bcc``);
 - ``messages``: distinct messages with an ``accepted`` event;
 - ``delivered``, ``dropped``, ``failed``: how those recipients ended;
+- ``suppressed``: recipients not sent because they were on the account's
+  suppression list; not among ``recipients``, so never charged (a message
+  whose every recipient was suppressed is not among ``messages`` either);
 - ``pending``: accepted minus ended: recipients of messages still queued,
   deferred or paused. Derived, never stored, so it cannot drift from the
   ledger. The ledger writes outcomes once, when a message ends, so a
@@ -79,6 +82,7 @@ class ClassCounts:
     delivered: int = 0
     dropped: int = 0
     failed: int = 0
+    suppressed: int = 0  # not accepted, not billed: apart from the sums above
 
     @property
     def pending(self) -> int:
@@ -90,6 +94,7 @@ class ClassCounts:
         self.delivered += other.delivered
         self.dropped += other.dropped
         self.failed += other.failed
+        self.suppressed += other.suppressed
 
     def as_dict(self) -> dict[str, int]:
         return {
@@ -98,6 +103,7 @@ class ClassCounts:
             "dropped": self.dropped,
             "failed": self.failed,
             "pending": self.pending,
+            "suppressed": self.suppressed,
         }
 
 
@@ -201,6 +207,7 @@ def _line(account: AccountRef, sums: LedgerSums, type_: str) -> Line:
         counts.delivered = sums.recipients.get((account.id, kind, "delivered"), 0)
         counts.dropped = sums.recipients.get((account.id, kind, "dropped"), 0)
         counts.failed = sums.recipients.get((account.id, kind, "failed"), 0)
+        counts.suppressed = sums.recipients.get((account.id, kind, "suppressed"), 0)
     return line
 
 
@@ -245,8 +252,12 @@ def render_json(report: Report) -> str:
 
 CSV_COLUMNS = (
     ["account", "agency", "type", "first_day", "last_day", "messages"]
-    + ["recipients", *OUTCOMES, "pending", "cost"]
-    + [f"{kind}_{key}" for kind in CLASSES for key in ("recipients", *OUTCOMES, "pending")]
+    + ["recipients", *OUTCOMES, "pending", "cost", "suppressed"]
+    + [
+        f"{kind}_{key}"
+        for kind in CLASSES
+        for key in ("recipients", *OUTCOMES, "pending", "suppressed")
+    ]
 )
 
 
@@ -267,7 +278,7 @@ _TABLE_COLUMNS = ("MESSAGES", "TO", "CC", "BCC", "RECIPIENTS", "DELIVERED", "DRO
 
 
 def render_table(report: Report) -> str:
-    header = ("ACCOUNT", *_TABLE_COLUMNS, "PENDING", "COST")
+    header = ("ACCOUNT", *_TABLE_COLUMNS, "PENDING", "COST", "SUPPRESSED")
     # Sub-accounts are indented under their agency; one shown alone is not.
     agencies = {line.account for line in report.lines if line.type == AGENCY}
     rows = [header] + [_table_row(report, line, agencies) for line in report.lines]
@@ -293,7 +304,7 @@ def _table_row(report: Report, line: Line, agencies: set[str]) -> tuple[str, ...
         label = f"  {line.account}"
     by_class = [line.classes[kind].recipients for kind in CLASSES]
     counts = [line.messages, *by_class, t.recipients, t.delivered, t.dropped, t.failed, t.pending]
-    return (label, *map(str, counts), str(report.cost(line)))
+    return (label, *map(str, counts), str(report.cost(line)), str(t.suppressed))
 
 
 def _caption(report: Report) -> str:
@@ -307,6 +318,7 @@ def _legend() -> str:
     return (
         "TO, CC, BCC: accepted recipients by class; RECIPIENTS: their sum, billed.\n"
         "PENDING: still queued, deferred or paused. "
+        "SUPPRESSED: on the suppression list, not sent, not billed. "
         f"COST: RECIPIENTS / 1000 x price, rounded half-up to {COST_PLACES} places."
     )
 

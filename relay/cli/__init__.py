@@ -21,7 +21,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from relay.cli import accounts, providers, queue, senders, serve, tokens, usage
+from relay.cli import accounts, providers, queue, senders, serve, suppression, tokens, usage
 from relay.cli._common import dispose_engines
 from relay.core.errors import RelayError
 from relay.core.settings import load_settings
@@ -48,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     queue.register(sub)
     usage.register(sub)
     providers.register(sub)
+    suppression.register(sub)
     tokens.register(sub)
     serve.register_emulator(sub)
     return p

@@ -41,6 +41,8 @@ class RecipientState(StrEnum):
     DELIVERED = "delivered"
     FAILED = "failed"
     DROPPED = "dropped"
+    # On the account's suppression list at intake: never sent, never charged.
+    SUPPRESSED = "suppressed"
 
 
 class Result(StrEnum):

@@ -81,6 +81,17 @@ def account_suspended(reason: str | None) -> Reply:
     )
 
 
+# RFC 3463 5.1.1 "bad destination mailbox address": the account's suppression
+# list says so (a hard bounce, a complaint, an unsubscribe ...), with
+# ``[suppression] at_rcpt``. The text names the reason and the day.
+SUPPRESSED_RECIPIENT = Reply(550, "5.1.1", "Recipient <{}> is on this account's suppression list")
+
+
+def suppressed_recipient(address: str, reason: str, since: str) -> Reply:
+    text = SUPPRESSED_RECIPIENT.text.format(address)
+    return SUPPRESSED_RECIPIENT.with_text(f"{text} ({reason} since {since})")
+
+
 def queued(queue_id: str) -> Reply:
     return Reply(250, "2.0.0", f"Ok: queued as {queue_id}")
 

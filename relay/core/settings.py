@@ -359,6 +359,18 @@ class BillingSettings:
 
 
 @dataclass(frozen=True)
+class SuppressionSettings:
+    at_rcpt: bool = _doc(
+        "Refuse a suppressed recipient at RCPT TO (550 5.1.1), not only skip it at DATA.",
+        False,
+    )
+    soft_bounce_limit: int = _doc(
+        "Soft bounces in a row (since the address's last delivery) that suppress it.", 3, ge=1
+    )
+    soft_bounce_ttl: float = _doc("Seconds a soft-bounce suppression lasts.", 7 * 24 * 3600.0, gt=0)
+
+
+@dataclass(frozen=True)
 class SecretSettings:
     secret_key: Secret = _doc(  # noqa: RUF009 - immutable
         "Key that encrypts provider secrets at rest (RELAY_SECRET_KEY).", Secret("")
@@ -380,6 +392,7 @@ class Settings:
     reputation: ReputationSettings = field(default_factory=ReputationSettings)
     billing: BillingSettings = field(default_factory=BillingSettings)
     dns: DNSSettings = field(default_factory=DNSSettings)
+    suppression: SuppressionSettings = field(default_factory=SuppressionSettings)
     secrets: SecretSettings = field(default_factory=SecretSettings)
     source: str = ""
 
@@ -401,6 +414,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "reputation": ReputationSettings,
     "billing": BillingSettings,
     "dns": DNSSettings,
+    "suppression": SuppressionSettings,
     "secrets": SecretSettings,
 }
 

@@ -63,6 +63,10 @@ class ApiState:
     api_key: str
     received: list[Received] = field(default_factory=list)
     suppressed: set[str] = field(default_factory=set)
+    # The provider's own suppression lists, as its list endpoints show them
+    # (SendGrid: "bounces", "spam_reports", "unsubscribes"; SparkPost:
+    # "suppression-list"): seeded by tests with ``seed_list``.
+    lists: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     faults: list[Fault] = field(default_factory=list)
     # Called with (request body, message id) for each accepted message: the
     # emulator posts its events from there (relay.emulator.events).
@@ -96,10 +100,15 @@ class ApiState:
     def suppress(self, *addresses: str) -> None:
         self.suppressed.update(a.lower() for a in addresses)
 
+    def seed_list(self, name: str, *entries: dict[str, Any]) -> None:
+        """Add entries to one of the provider's suppression lists (its JSON shape)."""
+        self.lists.setdefault(name, []).extend(entries)
+
     def reset(self) -> None:
         self.received.clear()
         self.faults.clear()
         self.suppressed.clear()
+        self.lists.clear()
 
     def accepted(self) -> list[Any]:
         """The bodies of the messages the API accepted (2xx), in order."""

@@ -306,9 +306,28 @@ def create_app(state: ApiState) -> Starlette:
             return _errors(401, [("authorization required", None)])
         return JSONResponse({"scopes": ["mail.send", "scopes.read"]})
 
+    async def suppression_list(request: Request) -> Response:
+        """GET /v3/suppression/{bounces,spam_reports,unsubscribes}, paged by
+        ``limit`` (at most 500) and ``offset``, as SendGrid's are."""
+        if not _authorized(state, request):
+            return _errors(401, [("authorization required", None)])
+        name = request.path_params["name"]
+        try:
+            limit = min(int(request.query_params.get("limit", "500")), 500)
+            offset = int(request.query_params.get("offset", "0"))
+        except ValueError:
+            return _errors(400, [("limit and offset must be integers", None)])
+        entries = state.lists.get(name, [])
+        return JSONResponse(entries[offset : offset + limit])
+
     routes = [
         Route("/v3/mail/send", mail_send, methods=["POST"]),
         Route("/v3/scopes", scopes, methods=["GET"]),
+        Route(
+            "/v3/suppression/{name:str}",
+            suppression_list,
+            methods=["GET"],
+        ),
         *control_routes(state),
     ]
     return Starlette(routes=routes)

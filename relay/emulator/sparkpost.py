@@ -172,8 +172,16 @@ def create_app(state: ApiState) -> Starlette:
             return _errors(401, [("Unauthorized.", "", "")])
         return JSONResponse({"results": {"customer_id": 1, "status": "active"}})
 
+    async def suppression_list(request: Request) -> Response:
+        """GET /api/v1/suppression-list: the seeded entries, up to ``limit``."""
+        if not _authorized(state, request.headers.get("authorization")):
+            return _errors(401, [("Unauthorized.", "", "")])
+        limit = int(request.query_params.get("limit", "10000") or 10000)
+        return JSONResponse({"results": state.lists.get("suppression-list", [])[:limit]})
+
     routes = [
         Route("/api/v1/transmissions", transmissions, methods=["POST"]),
+        Route("/api/v1/suppression-list", suppression_list, methods=["GET"]),
         Route("/api/v1/account", account, methods=["GET"]),
         *control_routes(state),
     ]

@@ -58,6 +58,9 @@ class Acceptance:
     provider_id: int | None = None
     campaign: str | None = None
     account_name: str = ""  # for counters and logs; not stored with the message
+    # (address, kind, why) of recipients on the account's suppression list:
+    # stored as ``suppressed``, never sent, counted apart from ``recipients``.
+    suppressed: list[tuple[str, str, str]] = field(default_factory=list)
     queue_id: str = field(default_factory=new_queue_id)
 
 
@@ -100,9 +103,24 @@ def write_batch(engine: Engine, batch: list[Acceptance], lifetime: float) -> Non
             }
             for a, k in acc.recipients
         )
+        rcpts.extend(
+            {
+                "message_id": acc.queue_id,
+                "address": a,
+                "kind": k,
+                "state": RecipientState.SUPPRESSED,
+                "reply": why,
+            }
+            for a, k, why in acc.suppressed
+        )
         usage.extend(
             ledger.accepted_rows(
                 acc.queue_id, acc.account_id, (k for _, k in acc.recipients), final, now.date()
+            )
+        )
+        usage.extend(
+            ledger.suppressed_rows(
+                acc.queue_id, acc.account_id, (k for _, k, _ in acc.suppressed), now.date()
             )
         )
     with engine.begin() as conn:

@@ -38,6 +38,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session, aliased
 
+from relay.accounting.ledger import SUPPRESSED
 from relay.accounting.report import OUTCOMES, AccountRef, LedgerSums, Report, build_report
 from relay.core.errors import Invalid
 from relay.service.accounts import get_account
@@ -117,14 +118,18 @@ def _ledger_sums(
     """
     accepted = aliased(Usage, name="accepted")
     where = _period_and_accounts(accepted, ids, first, last)
+    suppressed = aliased(Usage, name="suppressed")
     statement = _accepted_sums(accepted, where).union_all(
-        _outcome_sums(accepted, where), _message_counts(accepted, where)
+        _outcome_sums(accepted, where),
+        _message_counts(accepted, where),
+        _accepted_sums(suppressed, _period_and_accounts(suppressed, ids, first, last, SUPPRESSED)),
     )
     return _collect(session.execute(statement).all())
 
 
 def _accepted_sums(accepted: type[Usage], where: list[ColumnElement[bool]]) -> _Sums:
-    """(account, class, "accepted", recipients)."""
+    """(account, class, "accepted", recipients); likewise for "suppressed", which
+    the spool writes with the message, on the day it was refused."""
     return (
         select(accepted.account_id, accepted.kind, accepted.event, func.sum(accepted.recipients))
         .where(*where)
@@ -166,9 +171,13 @@ def _message_counts(accepted: type[Usage], where: list[ColumnElement[bool]]) -> 
 
 
 def _period_and_accounts(
-    accepted: type[Usage], ids: list[int] | None, first: dt.date | None, last: dt.date | None
+    accepted: type[Usage],
+    ids: list[int] | None,
+    first: dt.date | None,
+    last: dt.date | None,
+    event: str = "accepted",
 ) -> list[ColumnElement[bool]]:
-    where = [accepted.event == "accepted"]
+    where = [accepted.event == event]
     if first is not None:
         where.append(accepted.day >= first)
     if last is not None:

@@ -163,6 +163,11 @@ class SessionHandler:
             return str(BAD_RECIPIENT_ADDRESS)
         if len(envelope.rcpt_tos) >= self._config.max_recipients:
             return str(TOO_MANY_RECIPIENTS)
+        identity = session.auth_data
+        if isinstance(identity, Identity):
+            refused = await self._intake.check_recipient(identity, address)
+            if refused is not None:
+                return str(refused)
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
         return str(RECIPIENT_OK)

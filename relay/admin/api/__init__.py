@@ -18,7 +18,7 @@ from starlette.types import ASGIApp, Receive, Send
 from starlette.types import Scope as ASGIScope
 
 from relay import __version__
-from relay.admin.api import accounts, errors, providers, queue, reports
+from relay.admin.api import accounts, errors, providers, queue, reports, suppressions
 from relay.admin.api.context import ApiContext
 from relay.service.scope import Actor, Scope, acting
 
@@ -55,7 +55,14 @@ def build_app() -> FastAPI:
         openapi_url="/openapi.json",
     )
     errors.install(app)
-    routers = (accounts.router, providers.router, queue.router, reports.router, reports.health)
+    routers = (
+        accounts.router,
+        providers.router,
+        queue.router,
+        reports.router,
+        suppressions.router,
+        reports.health,
+    )
     for router in routers:
         app.include_router(router)
     return app

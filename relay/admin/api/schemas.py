@@ -363,3 +363,45 @@ class Health(BaseModel):
 class Readiness(BaseModel):
     status: str = Field(json_schema_extra={"enum": ["ok", "unavailable"]})
     checks: dict[str, bool]
+
+
+# -- suppression lists ----------------------------------------------------------------
+
+SUPPRESSION_REASONS = ("hard_bounce", "soft_bounce", "complaint", "unsubscribe", "manual")
+ADD_REASONS = ("hard_bounce", "complaint", "unsubscribe", "manual")
+
+
+class SuppressionQuery(Request):
+    reason: Annotated[str, choice(SUPPRESSION_REASONS)] | None = None
+    contains: Annotated[str, text(320)] | None = Field(
+        None, description="Only addresses containing this text"
+    )
+    offset: Annotated[int, Field(ge=0, le=10**9)] = 0
+    limit: Limit = 100
+
+
+class SuppressionIn(Request):
+    address: Name = Field(description="The address (domain compared in any case)")
+    reason: Annotated[str, choice(ADD_REASONS)] = "manual"
+    detail: Annotated[str, text(2000)] | None = None
+
+
+class SuppressionOut(BaseModel):
+    address: str
+    reason: str = Field(json_schema_extra={"enum": list(SUPPRESSION_REASONS)})
+    source: str = Field(description="event | unsubscribe | manual | import | sync")
+    created_at: dt.datetime
+    expires_at: dt.datetime | None = Field(description="Soft bounces only")
+    detail: str | None
+
+
+class SuppressionAdded(SuppressionOut):
+    changed: bool = Field(
+        description="false: the address was already suppressed for an equal or stronger reason"
+    )
+
+
+class SuppressionPage(BaseModel):
+    items: list[SuppressionOut]
+    total: int = Field(description="Entries matching the filter, over all pages")
+    offset: int
