@@ -14,6 +14,7 @@ connect and how a provider is checked. A new provider is one module with its
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,7 @@ from typing import Any, Protocol
 
 import httpx
 
-from relay.core.errors import ProviderError
+from relay.core.errors import Invalid, ProviderError
 from relay.core.events import ProviderEvent
 from relay.core.message import OutboundMessage
 from relay.core.settings import Secret
@@ -108,3 +109,14 @@ class ProviderKind:
     statuses: Mapping[int, type[ProviderError] | None] = field(default_factory=dict)
     # The provider's event webhook, if it has one Relay reads.
     webhook: Webhook | None = None
+
+
+def json_array(body: bytes) -> list[Any]:
+    """A webhook body that both SendGrid and SparkPost send: one JSON array."""
+    try:
+        items = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise Invalid("the body is not JSON", "body") from None
+    if not isinstance(items, list):
+        raise Invalid("the body is not a JSON array of events", "body")
+    return items

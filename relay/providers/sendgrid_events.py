@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import binascii
 import datetime as dt
-import json
 from collections.abc import Mapping
 from typing import Any
 
 from relay.core.errors import Invalid, WebhookRefused
 from relay.core.events import BounceClass, EventType, ProviderEvent
+from relay.providers.kind import json_array
 
 SIGNATURE = "x-twilio-email-event-webhook-signature"
 TIMESTAMP = "x-twilio-email-event-webhook-timestamp"
@@ -124,11 +124,6 @@ def _event(item: Mapping[str, Any]) -> ProviderEvent | None:
 
 def parse_events(body: bytes) -> list[ProviderEvent]:
     """The events of one request (a JSON array); unknown kinds are skipped."""
-    try:
-        items = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise Invalid("the body is not JSON", "body") from None
-    if not isinstance(items, list):
-        raise Invalid("the body is not a JSON array of events", "body")
+    items = json_array(body)
     events = [_event(item) for item in items if isinstance(item, dict)]
     return [e for e in events if e is not None]

@@ -18,12 +18,12 @@ import base64
 import binascii
 import datetime as dt
 import hmac
-import json
 from collections.abc import Mapping
 from typing import Any
 
 from relay.core.errors import Invalid, WebhookRefused
 from relay.core.events import BounceClass, EventType, ProviderEvent
+from relay.providers.kind import json_array
 
 BATCH_ID = "x-messagesystems-batch-id"
 HARD_BOUNCE_CLASSES = frozenset({10, 30, 90})
@@ -128,12 +128,7 @@ def _event(body: Mapping[str, Any]) -> ProviderEvent | None:
 
 def parse_events(body: bytes) -> list[ProviderEvent]:
     """The events of one batch; classes and types Relay does not act on are skipped."""
-    try:
-        items = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise Invalid("the body is not JSON", "body") from None
-    if not isinstance(items, list):
-        raise Invalid("the body is not a JSON array of events", "body")
+    items = json_array(body)
     events: list[ProviderEvent] = []
     for item in items:
         msys = item.get("msys") if isinstance(item, dict) else None
