@@ -19,15 +19,19 @@ class SuppressionCheck:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
 
-    def _lookup(self, account_id: int, addresses: Sequence[str]) -> dict[str, Entry]:
+    def suppressed_now(self, account_id: int, addresses: Sequence[str]) -> dict[str, Entry]:
+        """``suppressed`` on the calling thread (a worker thread: it reads the
+        database), for a caller that has more to read in the same hop off the loop."""
+        if not addresses:
+            return {}
         with self._engine.connect() as conn:
-            return lookup(conn, account_id, addresses)
+            return lookup(conn, account_id, list(addresses))
 
     async def suppressed(self, account_id: int, addresses: Sequence[str]) -> dict[str, Entry]:
         """The suppressed ones of ``addresses``, keyed as given."""
         if not addresses:
             return {}
-        return await asyncio.to_thread(self._lookup, account_id, list(addresses))
+        return await asyncio.to_thread(self.suppressed_now, account_id, addresses)
 
     async def one(self, account_id: int, address: str) -> Entry | None:
         return (await self.suppressed(account_id, [address])).get(address)
