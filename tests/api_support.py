@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from sqlalchemy import Engine, update
 
 from relay.auth.passwords import make_hasher
@@ -164,3 +165,17 @@ def error(response: httpx.Response) -> dict[str, Any]:
     assert set(body) == {"error"}, body
     assert set(body["error"]) == {"code", "message", "field"}, body
     return dict(body["error"])
+
+
+def local_cli_reads(settings: Settings, monkeypatch: pytest.MonkeyPatch, **env: str) -> None:
+    """Point the local command line at the same database and var/ as ``settings``
+    (plus ``env``), and away from any configuration of the machine running the tests."""
+    base = {
+        "RELAY_DATABASE_URL": settings.database.url,
+        "RELAY_SERVER_VAR_DIR": settings.server.var_dir,
+        "RELAY_SERVER_HOSTNAME": settings.server.hostname,
+    }
+    for key, value in {**base, **env}.items():
+        monkeypatch.setenv(key, value)
+    for key in ("RELAY_CONFIG", "RELAY_URL", "RELAY_TOKEN"):
+        monkeypatch.delenv(key, raising=False)

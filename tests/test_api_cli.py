@@ -21,7 +21,14 @@ from relay.cli import main
 from relay.core.settings import Settings
 from relay.service import accounts
 from relay.store.models import AuditEntry
-from tests.api_support import World, account_id, api_settings, build_world, put_message
+from tests.api_support import (
+    World,
+    account_id,
+    api_settings,
+    build_world,
+    local_cli_reads,
+    put_message,
+)
 from tests.support import RelayThread
 from tests.test_dns_verify import TinyDNS
 
@@ -48,18 +55,14 @@ def served(
     settings: Settings, engine: Engine, world: World, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[RelayThread]:
     # The local command line reads the same configuration as the relay.
-    env = {
-        "RELAY_DATABASE_URL": settings.database.url,
-        "RELAY_SERVER_VAR_DIR": settings.server.var_dir,
-        "RELAY_AUTH_ARGON2_TIME_COST": "1",
-        "RELAY_AUTH_ARGON2_MEMORY_KIB": "1024",
-        "RELAY_DNS_NAMESERVERS": "127.0.0.1",
-        "RELAY_DNS_PORT": str(settings.dns.port),
-    }
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    for key in ("RELAY_CONFIG", "RELAY_URL", "RELAY_TOKEN"):
-        monkeypatch.delenv(key, raising=False)
+    local_cli_reads(
+        settings,
+        monkeypatch,
+        RELAY_AUTH_ARGON2_TIME_COST="1",
+        RELAY_AUTH_ARGON2_MEMORY_KIB="1024",
+        RELAY_DNS_NAMESERVERS="127.0.0.1",
+        RELAY_DNS_PORT=str(settings.dns.port),
+    )
     thread = RelayThread(settings, engine).start()
     yield thread
     thread.stop()

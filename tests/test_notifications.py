@@ -32,7 +32,15 @@ from relay.providers.chain import CircuitBreaker
 from relay.service import notifications, providers
 from relay.service.notifications import Notifier, ProviderNotice
 from relay.store.models import Account, Notification
-from tests.api_support import Api, World, account_id, api_settings, build_world, error
+from tests.api_support import (
+    Api,
+    World,
+    account_id,
+    api_settings,
+    build_world,
+    error,
+    local_cli_reads,
+)
 from tests.emulated import add_emulated_provider
 from tests.support import PASSWORD, RelayThread, connect
 
@@ -65,15 +73,8 @@ def world(settings: Settings, engine: Engine, emulator: Emulator) -> World:
 def served(
     settings: Settings, engine: Engine, world: World, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[RelayThread]:
-    env = {
-        "RELAY_DATABASE_URL": settings.database.url,
-        "RELAY_SERVER_VAR_DIR": settings.server.var_dir,
-        "RELAY_SERVER_HOSTNAME": settings.server.hostname,
-    }
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    for key in ("RELAY_CONFIG", "RELAY_URL", "RELAY_TOKEN"):
-        monkeypatch.delenv(key, raising=False)
+    # The local command line reads the same configuration as the relay.
+    local_cli_reads(settings, monkeypatch)
     thread = RelayThread(settings, engine).start()
     yield thread
     thread.stop()

@@ -26,7 +26,7 @@ from relay.emulator import Emulator
 from relay.service import accounts, providers
 from relay.store.engine import make_engine, migrate
 from relay.store.models import ApiToken, AuditEntry, Sender, SenderConfirmation
-from tests.api_support import Api, World, api_settings, build_world, error
+from tests.api_support import Api, World, api_settings, build_world, error, local_cli_reads
 from tests.emulated import add_emulated_provider
 from tests.support import PASSWORD, RelayThread, connect, message
 from tests.test_dns_verify import TinyDNS
@@ -68,16 +68,8 @@ def world(settings: Settings, engine: Engine, emulator: Emulator) -> World:
 def served(
     settings: Settings, engine: Engine, world: World, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[RelayThread]:
-    env = {
-        "RELAY_DATABASE_URL": settings.database.url,
-        "RELAY_SERVER_VAR_DIR": settings.server.var_dir,
-        "RELAY_SERVER_HOSTNAME": settings.server.hostname,
-        "RELAY_POLICY_DEFAULT_UNVERIFIED": "reject",
-    }
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    for key in ("RELAY_CONFIG", "RELAY_URL", "RELAY_TOKEN"):
-        monkeypatch.delenv(key, raising=False)
+    # The local command line reads the same configuration as the relay.
+    local_cli_reads(settings, monkeypatch, RELAY_POLICY_DEFAULT_UNVERIFIED="reject")
     thread = RelayThread(settings, engine).start()
     yield thread
     thread.stop()
