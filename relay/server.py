@@ -80,6 +80,27 @@ def _shared_metrics_dir(settings: Settings) -> None:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)
 
 
+def _prepare(settings: Settings) -> None:
+    """Make once, before the processes start, what each would otherwise race to
+    make on a fresh start: var/ and its modes, the schema, the self-signed
+    certificate and the secret key. (Two processes migrating a new database at
+    once, or each writing half of a certificate and key pair, fail to start.)
+    Each process still checks them at its own start; by then they exist."""
+    from relay.core.crypto import secret_box
+    from relay.core.files import secure_var
+    from relay.smtp.tls import certificate_paths
+    from relay.store.engine import make_engine, migrate
+
+    secure_var(settings.var_path)
+    engine = make_engine(settings.database.url, settings.database.pool_size)
+    try:
+        migrate(engine)
+    finally:
+        engine.dispose()
+    certificate_paths(settings)
+    secret_box(settings)
+
+
 def serve(settings: Settings, processes: int | None = None) -> int:
     count = processes or settings.server.processes
     if count < 1:
@@ -88,6 +109,11 @@ def serve(settings: Settings, processes: int | None = None) -> int:
     if count == 1:
         return _run_one(settings)
     settings = replace(settings, server=replace(settings.server, processes=count))
+    try:
+        _prepare(settings)
+    except RelayError as exc:
+        print(f"relay: error: {exc}", file=sys.stderr)
+        return 1
     _shared_metrics_dir(settings)
     ctx = multiprocessing.get_context("spawn")
     children = [
