@@ -47,6 +47,10 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
         "test_address": args.test_address,
         "source_address": args.source_address,
         "directory": args.directory,
+        "region": args.region,
+        "sending_domain": args.sending_domain,
+        "configuration_set": args.configuration_set,
+        "access_key_id": args.access_key_id,
     }
 
 
@@ -55,6 +59,7 @@ def _secrets(args: argparse.Namespace) -> dict[str, str]:
         "api_key": args.api_key or "",
         "smtp_password": args.smtp_password or "",
         "webhook_key": args.webhook_key or "",
+        "secret_access_key": args.secret_access_key or "",
     }
 
 
@@ -232,6 +237,11 @@ def _connection_options(s: argparse.ArgumentParser) -> None:
     s.add_argument("--domain", help="bind the provider to this sending domain")
     s.add_argument("--test-address", help="an address the provider accepts as a sender")
     s.add_argument("--directory", help="outbox: where .eml files go")
+    s.add_argument("--region", help="Mailgun: us or eu; Amazon SES: the AWS region")
+    s.add_argument("--sending-domain", help="Mailgun: the domain messages are sent through")
+    s.add_argument("--configuration-set", help="Amazon SES: the configuration set for events")
+    s.add_argument("--access-key-id", help="Amazon SES: the IAM access key id")
+    s.add_argument("--secret-access-key", help="Amazon SES: the IAM secret access key")
     s.add_argument(
         "--webhook-key",
         help="event webhook: SendGrid's verification key; SparkPost's USER:PASSWORD",

@@ -13,6 +13,9 @@ provider may have taken the message and only its answer was lost
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import httpx
 
 from relay.core.errors import TransientError
@@ -35,7 +38,13 @@ class HttpApi:
         api_url: str | None = None,
         timeout: float = 30.0,
         own_http: bool = False,
+        options: Mapping[str, Any] | None = None,
+        secrets: Mapping[str, Secret] | None = None,
     ) -> None:
+        # options and secrets: the whole row, for kinds whose API needs more
+        # than a key (Mailgun's sending domain, SES's region and key pair).
+        self.options: Mapping[str, Any] = options or {}
+        self.secrets: Mapping[str, Secret] = secrets or {}
         self.name = name
         self.api_url = (api_url or self.default_url).rstrip("/")
         self.timeout = timeout

@@ -47,6 +47,8 @@ class ApiFactory(Protocol):
         api_url: str | None = None,
         timeout: float = 30.0,
         own_http: bool = False,
+        options: Mapping[str, Any] | None = None,
+        secrets: Mapping[str, Secret] | None = None,
     ) -> Provider: ...
 
 

@@ -64,8 +64,16 @@ OPTIONS: dict[str, tuple[tuple[type, ...], str]] = {
     "helo_hostname": ((str,), "name to say in EHLO (default: the host's FQDN)"),
     "domain": ((str,), "sending domain the provider is bound to (used by routing)"),
     "directory": ((str,), "outbox only: where the .eml files go (default outbox_dir)"),
+    # Kinds whose API needs more than a key (Mailgun, Amazon SES).
+    "region": ((str,), "the provider's region: Mailgun us|eu, an AWS region for SES"),
+    "sending_domain": ((str,), "Mailgun: the sending domain messages go through"),
+    "configuration_set": ((str,), "Amazon SES: the configuration set for events"),
+    "access_key_id": ((str,), "Amazon SES: the IAM access key id"),
+    # The provider's own ceilings, honoured across processes (issue 14).
+    "max_rate": ((int, float), "messages per second to this provider, all processes"),
+    "max_connections": ((int,), "concurrent deliveries to this provider, all processes"),
 }
-SECRETS = ("api_key", "smtp_password", "webhook_key")
+SECRETS = ("api_key", "smtp_password", "webhook_key", "secret_access_key")
 
 
 def make_http_client(
@@ -233,13 +241,25 @@ def _api_leg(
     api: ApiFactory,
     name: str,
     url: str,
+    options: Mapping[str, Any],
     secrets: Mapping[str, Any],
     client: tuple[httpx.AsyncClient, bool],
     timeout: float,
 ) -> Leg:
     http, owned = client
     key = _secret(secrets, "api_key")
-    return Leg("api", api(name, key, http=http, api_url=url, timeout=timeout, own_http=owned))
+    every = {k: _secret(secrets, k) for k in SECRETS if secrets.get(k)}
+    leg = api(
+        name,
+        key,
+        http=http,
+        api_url=url,
+        timeout=timeout,
+        own_http=owned,
+        options=options,
+        secrets=every,
+    )
+    return Leg("api", leg)
 
 
 class _DefaultPool:
@@ -313,7 +333,7 @@ def _legs(
         url = str(options.get("api_url") or record.api_url)
         timeout = float(options.get("timeout") or DEFAULT_TIMEOUT)
         client = _http_for(options, http, tls_context)
-        legs.append(_api_leg(record.api, name, url, secrets, client, timeout))
+        legs.append(_api_leg(record.api, name, url, options, secrets, client, timeout))
     if record.smtp is not None:
         endpoint = _endpoint(record.smtp, options, secrets, tls_context)
         transport = SmtpTransport(name, endpoint, prepare=record.smtp.prepare)

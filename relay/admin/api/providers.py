@@ -62,6 +62,15 @@ class ConnectionIn(s.Request):
         description="Event webhook: SendGrid's verification key, SparkPost's USER:PASSWORD "
         "(stored sealed, shown masked)",
     )
+    region: Annotated[str | None, s.text(32)] = Field(
+        None, description="Mailgun: us or eu; Amazon SES: the AWS region"
+    )
+    sending_domain: Annotated[str | None, s.text(253)] = None
+    configuration_set: Annotated[str | None, s.text(64)] = None
+    access_key_id: Annotated[str | None, s.text(128)] = None
+    secret_access_key: Annotated[str | None, s.text(500)] = Field(
+        None, description="Amazon SES: the IAM secret (stored sealed, shown masked)"
+    )
     check: bool = Field(True, description="Run the live check first (false: save unchecked)")
 
     def options(self) -> dict[str, Any]:
@@ -75,6 +84,10 @@ class ConnectionIn(s.Request):
             "ip_pool",
             "source_address",
             "test_address",
+            "region",
+            "sending_domain",
+            "configuration_set",
+            "access_key_id",
         )
         return {k: getattr(self, k) for k in keys}
 
@@ -83,6 +96,7 @@ class ConnectionIn(s.Request):
             "api_key": self.api_key or "",
             "smtp_password": self.smtp_password or "",
             "webhook_key": self.webhook_key or "",
+            "secret_access_key": self.secret_access_key or "",
         }
 
 
