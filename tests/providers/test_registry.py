@@ -30,7 +30,12 @@ def endpoint_of(chain: Any, leg: str = "fallback") -> SmtpEndpoint:
 @pytest.mark.parametrize(
     ("kind", "options", "secrets", "field"),
     [
-        ("mailgun", {}, {}, "kind"),
+        ("postal", {}, {}, "kind"),
+        ("mailgun", {}, {"api_key": "k"}, "sending_domain"),
+        ("mailgun", {"sending_domain": "mg.example.com", "region": "ap"}, {"api_key": "k"}, "region"),
+        ("mailgun", {"sending_domain": "mg/x"}, {"api_key": "k"}, "sending_domain"),
+        ("mailgun", {"sending_domain": "mg.example.com"}, {}, "api_key"),
+        ("sparkpost", {}, {"webhook_key": "u:p"}, "api_key"),
         ("smtp", {}, {}, "smtp_host"),
         ("smtp", {"smtp_host": "mx.example.com", "smtp_port": 70000}, {}, "smtp_port"),
         ("smtp", {"smtp_host": "mx.example.com", "smtp_port": "587"}, {}, "smtp_port"),
