@@ -24,8 +24,7 @@ import re
 import secrets
 import time
 from dataclasses import dataclass, field
-from email.message import Message
-from email.parser import BytesHeaderParser, BytesParser
+from email.parser import BytesHeaderParser
 from email.policy import HTTP, SMTPUTF8
 from typing import Any
 
@@ -72,20 +71,35 @@ def _authorized(state: ApiState, header: str | None) -> bool:
 
 
 def parse_form(content_type: str, raw: bytes) -> dict[str, list[Any]]:
-    """A multipart/form-data body as name -> values (bytes for file parts, else str)."""
-    head = f"Content-Type: {content_type}\r\nMIME-Version: 1.0\r\n\r\n".encode("latin-1")
-    whole = BytesParser(policy=HTTP).parsebytes(head + raw)
-    if not whole.is_multipart():
-        raise ValueError("not multipart")
+    """A multipart/form-data body (RFC 7578) as name -> values (bytes for file parts).
+
+    Split on the boundary by hand (RFC 2046 5.1.1) so a part's bytes are exactly
+    what was sent; each part's header is read with the stdlib's parser.
+    """
+    head = BytesHeaderParser(policy=HTTP).parsebytes(
+        f"Content-Type: {content_type}\r\n\r\n".encode()
+    )
+    boundary = head.get_param("boundary")
+    if not isinstance(boundary, str) or not boundary:
+        raise ValueError("no boundary")
+    delimiter = b"--" + boundary.encode("ascii")
+    chunks = raw.split(b"\r\n" + delimiter)
+    first = chunks[0]
+    if not first.startswith(delimiter):
+        raise ValueError("the body does not start with the boundary")
+    chunks[0] = first[len(delimiter) :]
     out: dict[str, list[Any]] = {}
-    for part in whole.iter_parts():
-        assert isinstance(part, Message)
-        name = part.get_param("name", header="content-disposition")
+    for chunk in chunks:
+        if chunk.startswith(b"--"):
+            break  # the close delimiter
+        part_head, sep, data = chunk.partition(b"\r\n\r\n")
+        if not sep:
+            raise ValueError("a part without a header")
+        header = BytesHeaderParser(policy=HTTP).parsebytes(part_head.lstrip(b"\r\n") + b"\r\n\r\n")
+        name = header.get_param("name", header="content-disposition")
         if not isinstance(name, str):
             raise ValueError("a part without a name")
-        payload = part.get_payload(decode=True)
-        data = payload if isinstance(payload, bytes) else b""
-        value: Any = data if part.get_filename() else data.decode("utf-8")
+        value: Any = data if header.get_filename() else data.decode("utf-8")
         out.setdefault(name, []).append(value)
     return out
 

@@ -32,7 +32,12 @@ def endpoint_of(chain: Any, leg: str = "fallback") -> SmtpEndpoint:
     [
         ("postal", {}, {}, "kind"),
         ("mailgun", {}, {"api_key": "k"}, "sending_domain"),
-        ("mailgun", {"sending_domain": "mg.example.com", "region": "ap"}, {"api_key": "k"}, "region"),
+        (
+            "mailgun",
+            {"sending_domain": "mg.example.com", "region": "ap"},
+            {"api_key": "k"},
+            "region",
+        ),
         ("mailgun", {"sending_domain": "mg/x"}, {"api_key": "k"}, "sending_domain"),
         ("mailgun", {"sending_domain": "mg.example.com"}, {}, "api_key"),
         ("sparkpost", {}, {"webhook_key": "u:p"}, "api_key"),
