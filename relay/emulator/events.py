@@ -15,8 +15,9 @@ operator trying ``relay emulate``) picks the outcome by address:
 * anything else: ``delivered`` (SendGrid), ``delivery`` (SparkPost).
 
 Mailgun, by the same tags: ``failed`` with ``severity`` ``permanent`` and
-``reason`` ``bounce`` (550 5.1.1); ``failed``, ``temporary`` (452 4.2.2, it is
-still trying); ``delivered`` then ``complained``; ``delivered`` then
+``reason`` ``bounce`` (550 5.1.1); ``failed`` ``temporary`` (452 4.2.2, it
+retries) then ``failed`` ``permanent`` ``old`` (it gave up: a soft bounce);
+``delivered`` then ``complained``; ``delivered`` then
 ``unsubscribed``; else ``delivered``. A recipient the emulated API was told
 to suppress gets ``failed``, ``permanent``, reason ``suppress-bounce``.
 
@@ -253,25 +254,18 @@ def mailgun_events(
         if rcpt.address.lower() in skip:
             failure = {"severity": "permanent", "reason": "suppress-bounce"}
             events: list[dict[str, Any]] = [{"event": "failed", **failure}]
-        elif kind in (BOUNCE, SOFT_BOUNCE):
-            hard = kind == BOUNCE
-            status = {
-                "code": 550 if hard else 452,
-                "message": "5.1.1 The email account does not exist"
-                if hard
-                else "4.2.2 The email account is over quota",
-                "description": "",
-            }
-            severity = "permanent" if hard else "temporary"
-            reason = "bounce" if hard else "generic"
+        elif kind == BOUNCE:
+            status = {"code": 550, "message": "5.1.1 The email account does not exist"}
+            failure = {"severity": "permanent", "reason": "bounce", "delivery-status": status}
+            events = [{"event": "failed", **failure}]
+        elif kind == SOFT_BOUNCE:  # Mailgun retries, then gives up ("old")
+            status = {"code": 452, "message": "4.2.2 The email account is over quota"}
             events = [
-                {
-                    "event": "failed",
-                    "severity": severity,
-                    "reason": reason,
-                    "delivery-status": status,
-                }
-            ]
+                {"event": "failed", "severity": "temporary", "reason": "generic",
+                 "delivery-status": status},
+                {"event": "failed", "severity": "permanent", "reason": "old",
+                 "delivery-status": status},
+            ]  # fmt: skip
         else:
             events = [{"event": "delivered", "delivery-status": {"code": 250, "message": "OK"}}]
             if kind == COMPLAINT:
