@@ -169,8 +169,38 @@ def create_app(state: MailgunState) -> Starlette:
             {"domain": body, "receiving_dns_records": [], "sending_dns_records": []}
         )
 
+    async def suppressions(request: Request) -> Response:
+        """GET /v3/{domain}/bounces|complaints|unsubscribes: the seeded entries, paged
+        as Mailgun pages them (``limit``; ``paging.next`` names the last address)."""
+        if not _authorized(state, request.headers.get("authorization")):
+            return _answer(401, "Forbidden")
+        refusal = _domain_refusal(state, request.path_params["domain"])
+        if refusal is not None:
+            return refusal
+        name = request.url.path.rsplit("/", 1)[1]
+        entries = state.lists.get(name, [])
+        limit = min(int(request.query_params.get("limit", "100") or 100), 1000)
+        start = 0
+        after = request.query_params.get("address")
+        if request.query_params.get("page") == "next" and after:
+            found = [i for i, e in enumerate(entries) if e.get("address") == after]
+            start = found[0] + 1 if found else len(entries)
+        items = entries[start : start + limit]
+        base = str(request.url.replace(query=""))
+        last = items[-1]["address"] if items else (after or "")
+        paging = {
+            "first": f"{base}?page=first&limit={limit}",
+            "next": f"{base}?page=next&address={last}&limit={limit}",
+            "last": f"{base}?page=last&limit={limit}",
+        }
+        return JSONResponse({"items": items, "paging": paging})
+
     routes = [
         Route("/v3/{domain}/messages.mime", messages_mime, methods=["POST"]),
+        *[
+            Route(f"/v3/{{domain}}/{name}", suppressions, methods=["GET"], name=name)
+            for name in ("bounces", "complaints", "unsubscribes")
+        ],
         Route("/v4/domains/{domain}", get_domain, methods=["GET"]),
         Route("/v3/domains/{domain}", get_domain, methods=["GET"]),
         *control_routes(state),
