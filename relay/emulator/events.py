@@ -251,13 +251,15 @@ def mailgun_events(
             "tags": [],
         }
         kind = fate(rcpt.address)
+        events: list[dict[str, Any]]
         if rcpt.address.lower() in skip:
-            failure = {"severity": "permanent", "reason": "suppress-bounce"}
-            events: list[dict[str, Any]] = [{"event": "failed", **failure}]
+            events = [{"event": "failed", "severity": "permanent", "reason": "suppress-bounce"}]
         elif kind == BOUNCE:
             status = {"code": 550, "message": "5.1.1 The email account does not exist"}
-            failure = {"severity": "permanent", "reason": "bounce", "delivery-status": status}
-            events = [{"event": "failed", **failure}]
+            events = [
+                {"event": "failed", "severity": "permanent", "reason": "bounce",
+                 "delivery-status": status},
+            ]  # fmt: skip
         elif kind == SOFT_BOUNCE:  # Mailgun retries, then gives up ("old")
             status = {"code": 452, "message": "4.2.2 The email account is over quota"}
             events = [
