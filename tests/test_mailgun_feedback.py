@@ -29,6 +29,7 @@ from relay.service import providers
 from relay.store.models import Event, Suppression
 from tests.support import RelayThread, Tenant, make_settings, message
 from tests.test_delivery import route_to, send, wait_for
+from tests.test_delivery_ids import recipient_ids, set_tracking
 
 TEST_ADDRESS = "ops@agency.test"
 
@@ -144,3 +145,20 @@ def test_bounces_through_either_leg_reach_the_suppression_list(
     replay = signed(emulator.mailgun_signing_key, event)
     assert post(hook_url, replay) == 200 and post(hook_url, replay) == 200
     assert events(engine) == stored
+
+
+def test_row_ids_and_tracking_ride_as_user_variables_and_options(
+    served: RelayThread, tenant: Tenant, engine: Engine, emulator: Emulator
+) -> None:
+    set_tracking(engine, "acme", True, False)
+    bob = "bob@example.org"
+    queued = send(served, tenant, [bob], message(tenant.username, to=bob))
+    wait_for(engine, queued, ("delivered",))
+    [form] = emulator.mailgun.accepted()
+    assert form["v:relay_message_id"] == [queued]
+    assert form["v:relay_recipient_id"] == [recipient_ids(engine, queued)[bob]]
+    assert (form["o:tracking-opens"], form["o:tracking-clicks"]) == (["yes"], ["no"])
+    emulator.wait_for_events()
+    with engine.connect() as conn:
+        types = set(conn.execute(select(Event.type).where(Event.message_id == queued)).scalars())
+    assert types == {"delivered"}
