@@ -262,3 +262,34 @@ def test_the_api_key_is_not_mailguns_smtp_password():
     assert transports("mailgun", {"api_key": "k", "smtp_password": "p"}) == ["api", "smtp"]
     chain = build_provider("mailgun", "mg", {"sending_domain": "mg.example.com"}, {"api_key": "k"})
     assert chain.fallback is None and chain.primary.transport == "api"
+
+
+@pytest.mark.parametrize(
+    ("fields", "files", "words"),
+    [
+        ({"to": "a@example.org"}, None, "'message' parameter is missing"),
+        ({}, {"message": ("m.mime", b"From: a@example.com\r\n\r\nx", "message/rfc822")}, "'to'"),
+        (
+            {"to": "not-an-address"},
+            {"message": ("m.mime", b"From: a@example.com\r\n\r\nx", "message/rfc822")},
+            "not a valid address",
+        ),
+        (
+            {"to": "a@example.org"},
+            {"message": ("m.mime", b"Subject: no from\r\n\r\nx", "message/rfc822")},
+            "'from' parameter is missing",
+        ),
+    ],
+)
+async def test_the_emulator_refuses_a_form_mailgun_would(
+    fields: dict[str, str],
+    files: dict[str, Any] | None,
+    words: str,
+    emulator: Emulator,
+    http: httpx.AsyncClient,
+):
+    url = f"{emulator.mailgun_url}/v3/{DOMAIN}/messages.mime"
+    auth = httpx.BasicAuth("api", API_KEY)
+    response = await http.post(url, data=fields, files=files or {"x": ("x", b"")}, auth=auth)
+    assert response.status_code == 400 and words in response.json()["message"]
+    assert emulator.mailgun.accepted() == []
