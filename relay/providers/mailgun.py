@@ -151,7 +151,12 @@ def options_of(message: OutboundMessage) -> list[tuple[str, str]]:
 
 
 def form(message: OutboundMessage) -> tuple[bytes, str]:
-    """The multipart/form-data body (RFC 7578) and its Content-Type for one message."""
+    """The multipart/form-data body (RFC 7578) and its Content-Type for one message.
+
+    httpx's own multipart encoder, through a request that is never sent: the
+    body is then bytes, so the leg's one ``_request`` path (and its error
+    translation) sends it like every other provider's.
+    """
     data = [("to", address) for address, _ in message.recipients] + options_of(message)
     files = {"message": ("message.mime", without_bcc(message.data), "message/rfc822")}
     request = httpx.Request("POST", "http://mailgun.invalid/", data=_as_dict(data), files=files)
