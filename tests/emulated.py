@@ -64,5 +64,7 @@ def add_emulated_provider(
     if kind == "smtp":
         opts.setdefault("smtp_user", "apikey")
         secrets["smtp_password"] = API_KEY
+    if kind == "mailgun":  # its SMTP relay has credentials of its own
+        secrets["smtp_password"] = API_KEY
     config = providers.ProviderConfig(name, kind, opts, secrets)
     return providers.add_provider(engine, secret_box(settings), account, config).id

@@ -107,6 +107,7 @@ def cmd_edit(args: argparse.Namespace, settings: Settings) -> int:
         args.domain,
         settings.server.hostname,
         check=not args.no_check,
+        remove=args.remove_secret or (),
     )
     _checked(call)
     print(f"updated provider {args.name}")
@@ -199,12 +200,19 @@ def cmd_unassign(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
     from relay.service import providers as service
 
-    engine, _ = _env(settings)
+    engine, box = _env(settings)
     rows = [
-        (p.name, p.kind, a, p.domain or "-", (p.options or {}).get("ip_pool") or "-")
+        (
+            p.name,
+            p.kind,
+            service.transports_of(box, p),
+            a,
+            p.domain or "-",
+            (p.options or {}).get("ip_pool") or "-",
+        )
         for p, a in service.list_providers(engine)
     ]
-    print_rows(rows, ("PROVIDER", "KIND", "ACCOUNT", "DOMAIN", "IP-POOL"))
+    print_rows(rows, ("PROVIDER", "KIND", "TRANSPORTS", "ACCOUNT", "DOMAIN", "IP-POOL"))
     return 0
 
 
@@ -244,7 +252,8 @@ def _connection_options(s: argparse.ArgumentParser) -> None:
     s.add_argument("--secret-access-key", help="Amazon SES: the IAM secret access key")
     s.add_argument(
         "--webhook-key",
-        help="event webhook: SendGrid's verification key; SparkPost's USER:PASSWORD",
+        help="event webhook: SendGrid's verification key; SparkPost's USER:PASSWORD; "
+        "Mailgun's HTTP webhook signing key",
     )
     s.add_argument("--no-check", action="store_true", help="skip the live check")
 
@@ -256,11 +265,20 @@ def register(sub: Verbs) -> None:
     s = add_verb(prov, "add", cmd_add, "add a provider to an account (after its live check)")
     s.add_argument("name")
     s.add_argument("--account", required=True)
-    s.add_argument("--kind", required=True, type=_kind, help="sendgrid, sparkpost, smtp or outbox")
+    s.add_argument(
+        "--kind", required=True, type=_kind, help="sendgrid, sparkpost, mailgun, smtp or outbox"
+    )
     _connection_options(s)
     s = add_verb(prov, "edit", cmd_edit, "change a provider (the live check runs first)")
     s.add_argument("name")
     _connection_options(s)
+    s.add_argument(
+        "--remove-secret",
+        action="append",
+        choices=("api_key", "smtp_password", "webhook_key", "secret_access_key"),
+        metavar="SECRET",
+        help="drop a stored secret (repeatable), e.g. api_key to leave a provider SMTP only",
+    )
     for verb, handler, what in (
         ("show", cmd_show, "a provider, secrets masked"),
         ("ips", cmd_ips, "the addresses the relay connects from"),

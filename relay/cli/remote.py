@@ -329,10 +329,17 @@ def audit(r: Remote, args: argparse.Namespace) -> None:
 
 def provider_list(r: Remote, args: argparse.Namespace) -> None:
     rows = [
-        (p["name"], p["kind"], p["account"], p["domain"] or "-", p["ip_pool"] or "-")
+        (
+            p["name"],
+            p["kind"],
+            p["transports"],
+            p["account"],
+            p["domain"] or "-",
+            p["ip_pool"] or "-",
+        )
         for p in r.json("GET", "/providers")
     ]
-    print_rows(rows, ("PROVIDER", "KIND", "ACCOUNT", "DOMAIN", "IP-POOL"))
+    print_rows(rows, ("PROVIDER", "KIND", "TRANSPORTS", "ACCOUNT", "DOMAIN", "IP-POOL"))
 
 
 def provider_show(r: Remote, args: argparse.Namespace) -> None:

@@ -14,6 +14,13 @@ operator trying ``relay emulate``) picks the outcome by address:
   ``delivery`` then ``list_unsubscribe``, an ``unsubscribe_event`` (SparkPost).
 * anything else: ``delivered`` (SendGrid), ``delivery`` (SparkPost).
 
+Mailgun, by the same tags: ``failed`` with ``severity`` ``permanent`` and
+``reason`` ``bounce`` (550 5.1.1); ``failed`` ``temporary`` (452 4.2.2, it
+retries) then ``failed`` ``permanent`` ``old`` (it gave up: a soft bounce);
+``delivered`` then ``complained``; ``delivered`` then
+``unsubscribed``; else ``delivered``. A recipient the emulated API was told
+to suppress gets ``failed``, ``permanent``, reason ``suppress-bounce``.
+
 (``bounce@``, without a tag, counts too.) A deferral is not a soft bounce:
 SendGrid's ``deferred`` means it is still trying, so the soft bounce is its
 ``blocked`` bounce, as its Event Webhook reference describes.
@@ -37,6 +44,14 @@ with the recipient's), ``rcpt_tags``, ``timestamp`` (epoch seconds, a
 string), ``campaign_id``, and ``bounce_class`` / ``error_code`` /
 ``raw_reason`` for bounces.
 
+Mailgun (Webhooks, "Securing webhooks"): one POST per event,
+``{"signature": {"timestamp", "token", "signature"}, "event-data": {...}}``,
+the signature the hex HMAC-SHA256 of timestamp + token under
+:attr:`EventPoster.mailgun_key`; ``event-data`` has ``id``, ``event``,
+``timestamp`` (float seconds), ``recipient``, ``user-variables`` (the ``v:``
+fields, or ``X-Mailgun-Variables`` on SMTP), ``message.headers.message-id``,
+and ``severity`` / ``reason`` / ``delivery-status`` for failures.
+
 Posting is a task on the emulator's loop with a bounded timeout; a failure
 is recorded in :attr:`EventPoster.posted` and never touches the delivery.
 :meth:`EventPoster.flush` waits for the posts under way.
@@ -46,6 +61,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
+import hmac
 import json
 import secrets
 import time
@@ -65,7 +82,7 @@ SIGNATURE_HEADER = "X-Twilio-Email-Event-Webhook-Signature"
 TIMESTAMP_HEADER = "X-Twilio-Email-Event-Webhook-Timestamp"
 BATCH_HEADER = "X-MessageSystems-Batch-ID"
 POST_TIMEOUT = 5.0
-KINDS = ("sendgrid", "sparkpost")
+KINDS = ("sendgrid", "sparkpost", "mailgun")
 
 # What happens to a recipient, by the local part's tag.
 DELIVERED = "delivered"
@@ -218,6 +235,57 @@ def _num() -> str:
     return str(secrets.randbits(63))
 
 
+def mailgun_events(
+    recipients: Iterable[Recipient], message_id: str, suppressed: Iterable[str] = ()
+) -> list[dict[str, Any]]:
+    """Mailgun's ``event-data`` for an accepted message, per recipient by its fate."""
+    skip = {a.lower() for a in suppressed}
+    out: list[dict[str, Any]] = []
+    for rcpt in recipients:
+        base: dict[str, Any] = {
+            "timestamp": time.time(),
+            "recipient": rcpt.address,
+            "recipient-domain": rcpt.address.rpartition("@")[2],
+            "user-variables": dict(rcpt.args),
+            "message": {"headers": {"message-id": message_id.strip("<>")}},
+            "tags": [],
+        }
+        kind = fate(rcpt.address)
+        events: list[dict[str, Any]]
+        if rcpt.address.lower() in skip:
+            events = [{"event": "failed", "severity": "permanent", "reason": "suppress-bounce"}]
+        elif kind == BOUNCE:
+            status = {"code": 550, "message": "5.1.1 The email account does not exist"}
+            events = [
+                {"event": "failed", "severity": "permanent", "reason": "bounce",
+                 "delivery-status": status},
+            ]  # fmt: skip
+        elif kind == SOFT_BOUNCE:  # Mailgun retries, then gives up ("old")
+            status = {"code": 452, "message": "4.2.2 The email account is over quota"}
+            events = [
+                {"event": "failed", "severity": "temporary", "reason": "generic",
+                 "delivery-status": status},
+                {"event": "failed", "severity": "permanent", "reason": "old",
+                 "delivery-status": status},
+            ]  # fmt: skip
+        else:
+            events = [{"event": "delivered", "delivery-status": {"code": 250, "message": "OK"}}]
+            if kind == COMPLAINT:
+                events.append({"event": "complained"})
+            elif kind == UNSUBSCRIBE:
+                events.append({"event": "unsubscribed"})
+        out += [{**base, **e, "id": _event_id()} for e in events]
+    return out
+
+
+def mailgun_signed(key: str, event_data: Mapping[str, Any]) -> dict[str, Any]:
+    """One webhook body: the event and Mailgun's signature (now, a fresh token)."""
+    timestamp, token = str(_now()), secrets.token_hex(25)
+    digest = hmac.new(key.encode(), (timestamp + token).encode(), hashlib.sha256).hexdigest()
+    signature = {"timestamp": timestamp, "token": token, "signature": digest}
+    return {"signature": signature, "event-data": dict(event_data)}
+
+
 @dataclass
 class EventPoster:
     """Where each provider kind posts its events, and the posts made so far."""
@@ -225,6 +293,7 @@ class EventPoster:
     key: ec.EllipticCurvePrivateKey = field(
         default_factory=lambda: ec.generate_private_key(ec.SECP256R1()), repr=False
     )
+    mailgun_key: str = field(default_factory=lambda: "key-" + secrets.token_hex(16), repr=False)
     posted: list[Posted] = field(default_factory=list)
     _targets: dict[str, _Target] = field(default_factory=dict)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set, repr=False)
@@ -267,6 +336,16 @@ class EventPoster:
         if "sparkpost" in self._targets and recipients:
             self._post("sparkpost", sparkpost_events(recipients, transmission_id, **kw))
 
+    def mailgun(
+        self, recipients: Sequence[Recipient], message_id: str = "", suppressed: Iterable[str] = ()
+    ) -> None:
+        """Post the events of an accepted Mailgun message, one request each (if a URL is set)."""
+        if "mailgun" not in self._targets:
+            return
+        mid = message_id or f"<{secrets.token_hex(8)}@emulator.relay.invalid>"
+        for event in mailgun_events(recipients, mid, suppressed):
+            self._post("mailgun", [event])
+
     def _post(self, kind: str, events: list[Any]) -> None:
         target = self._targets[kind]
         record = Posted(kind, target.url, events)
@@ -278,7 +357,9 @@ class EventPoster:
 
     def _headers(self, kind: str, body: bytes, target: _Target) -> dict[str, str]:
         headers = {"Content-Type": "application/json", "User-Agent": f"relay-emulator/{kind}"}
-        if kind == "sendgrid":
+        if kind == "mailgun":
+            pass  # signed in the body
+        elif kind == "sendgrid":
             timestamp = str(_now())
             headers[TIMESTAMP_HEADER] = timestamp
             headers[SIGNATURE_HEADER] = self.sign(timestamp, body)
@@ -290,7 +371,10 @@ class EventPoster:
         return headers
 
     async def _send(self, target: _Target, record: Posted) -> None:
-        body = json.dumps(record.events).encode("ascii")
+        if record.kind == "mailgun":  # one event, the signature made as it is sent
+            body = json.dumps(mailgun_signed(self.mailgun_key, record.events[0])).encode("ascii")
+        else:
+            body = json.dumps(record.events).encode("ascii")
         headers = self._headers(record.kind, body, target)
         if self._client is None:
             self._client = httpx.AsyncClient(timeout=POST_TIMEOUT)
@@ -344,6 +428,16 @@ def sparkpost_recipients(
     return out
 
 
+def mailgun_recipients(form: Mapping[str, Any], message_id: str) -> list[Recipient]:
+    """Each ``to`` of an accepted messages.mime form, with its ``v:`` user variables."""
+    variables = {
+        k[2:]: str(v[0])
+        for k, v in form.items()
+        if k.startswith("v:") and v and isinstance(v[0], str)
+    }
+    return [Recipient(str(to), variables) for to in form.get("to") or []]
+
+
 def _api_header(data: bytes, name: str) -> dict[str, Any] | None:
     value = BytesHeaderParser(policy=SMTPUTF8).parsebytes(data).get(name)
     if value is None:
@@ -359,7 +453,8 @@ def smtp_delivery(poster: EventPoster, message: SinkMessage) -> None:
     """Events for a message the SMTP sink took, by the provider API header it carries.
 
     ``X-SMTPAPI`` (SendGrid): its ``unique_args`` are the events' top-level
-    keys; ``X-MSYS-API`` (SparkPost): its ``metadata`` is each ``rcpt_meta``.
+    keys; ``X-MSYS-API`` (SparkPost): its ``metadata`` is each ``rcpt_meta``;
+    ``X-Mailgun-Variables`` (Mailgun): each event's ``user-variables``.
     A message with neither (a plain SMTP provider) posts nothing.
     """
     smtpapi = _api_header(message.data, "x-smtpapi")
@@ -370,6 +465,11 @@ def smtp_delivery(poster: EventPoster, message: SinkMessage) -> None:
         categories = [category] if isinstance(category, str) else list(category or [])
         rcpts = [Recipient(a, args) for a in message.rcpt_tos]
         poster.sendgrid(rcpts, secrets.token_urlsafe(16), categories=categories)
+        return
+    variables = _api_header(message.data, "x-mailgun-variables")
+    if variables is not None:
+        args = {k: str(v) for k, v in variables.items()}
+        poster.mailgun([Recipient(a, args) for a in message.rcpt_tos])
         return
     msys = _api_header(message.data, "x-msys-api")
     if msys is not None:

@@ -1,4 +1,5 @@
-"""Start and stop the emulator: two HTTP APIs and an SMTP sink on loopback.
+"""Start and stop the emulator: three HTTP APIs (SendGrid, SparkPost, Mailgun) and an
+SMTP sink on loopback.
 
 The HTTP apps are served by uvicorn inside the running event loop (a
 ``uvicorn.Server`` whose ``capture_signals`` does nothing, so the host
@@ -24,9 +25,10 @@ from typing import Any
 
 import uvicorn
 
-from relay.emulator import events, sendgrid, sparkpost
+from relay.emulator import events, mailgun, sendgrid, sparkpost
 from relay.emulator.events import EventPoster
 from relay.emulator.faults import ApiState
+from relay.emulator.mailgun import MailgunState
 from relay.emulator.smtp import HOSTNAME, SmtpSink, start_sink
 
 DEFAULT_API_KEY = "emulator-key"
@@ -55,8 +57,10 @@ class Emulator:
     sendgrid: ApiState
     sparkpost: ApiState
     smtp: SmtpSink
+    mailgun: MailgunState = field(default_factory=lambda: MailgunState(DEFAULT_API_KEY))
     sendgrid_port: int = 0
     sparkpost_port: int = 0
+    mailgun_port: int = 0
     smtp_port: int = 0
     smtps_port: int | None = None
     ca_pem: bytes | None = field(default=None, repr=False)
@@ -72,6 +76,10 @@ class Emulator:
     def sparkpost_url(self) -> str:
         return f"http://{_url_host(self.host)}:{self.sparkpost_port}"
 
+    @property
+    def mailgun_url(self) -> str:
+        return f"http://{_url_host(self.host)}:{self.mailgun_port}"
+
     def client_tls_context(self) -> ssl.SSLContext:
         """A client context that trusts the emulator's certificate authority."""
         if self.ca_pem is None:
@@ -86,15 +94,19 @@ class Emulator:
             options["api_url"] = self.sendgrid_url
         elif kind == "sparkpost":
             options["api_url"] = self.sparkpost_url
+        elif kind == "mailgun":
+            options["api_url"] = self.mailgun_url
+            options["sending_domain"] = mailgun.DOMAIN
         return options
 
     def set_events_url(
         self, kind: str, url: str | None, auth: tuple[str, str] | None = None
     ) -> None:
-        """Post ``kind``'s events (sendgrid | sparkpost) to ``url`` after each delivery.
+        """Post ``kind``'s events (sendgrid | sparkpost | mailgun) to ``url`` after each delivery.
 
         ``auth``: the (user, password) SparkPost's webhook sends as basic auth.
-        SendGrid's are signed with :attr:`sendgrid_events_key`'s private half.
+        SendGrid's are signed with :attr:`sendgrid_events_key`'s private half,
+        Mailgun's with :attr:`mailgun_signing_key`.
         """
         self.events.set_url(kind, url, auth)
 
@@ -102,6 +114,11 @@ class Emulator:
     def sendgrid_events_key(self) -> str:
         """The Event Webhook verification key, as SendGrid's console shows it."""
         return self.events.sendgrid_public_key
+
+    @property
+    def mailgun_signing_key(self) -> str:
+        """The HTTP webhook signing key, as Mailgun's console shows it."""
+        return self.events.mailgun_key
 
     async def flush_events(self) -> None:
         """Wait for the event posts under way (tests: then look at the receiver)."""
@@ -123,6 +140,9 @@ class Emulator:
             tid,
             campaign_id=str(body.get("campaign_id") or ""),
         )
+        self.mailgun.on_accepted = lambda form, mid: self.events.mailgun(
+            events.mailgun_recipients(form, mid), mid, self.mailgun.suppressed
+        )
         self.smtp.on_message = lambda message: events.smtp_delivery(self.events, message)
 
     def describe(self) -> str:
@@ -134,16 +154,19 @@ class Emulator:
         ]
         if self.smtps_port is not None:
             lines.append(f"SMTPS          {self.host}:{self.smtps_port} (implicit TLS)")
+        lines.append(f"Mailgun API    {self.mailgun_url} (domain {mailgun.DOMAIN})")
         for kind in events.KINDS:
             url = self.events.url(kind)
             if url:
                 lines.append(f"{kind} events -> {url}")
         lines.append(f"SendGrid Event Webhook verification key  {self.sendgrid_events_key}")
+        lines.append(f"Mailgun HTTP webhook signing key  {self.mailgun_signing_key}")
         return "\n".join(lines)
 
     async def aclose(self) -> None:
         self.sendgrid.wake()
         self.sparkpost.wake()
+        self.mailgun.wake()
         for http in self._http:
             http.server.should_exit = True
         await asyncio.gather(*(http.task for http in self._http), return_exceptions=True)
@@ -229,28 +252,32 @@ async def serve_emulator(
     starttls: bool = False,
     tls_context: ssl.SSLContext | None = None,
     ca_pem: bytes | None = None,
+    mailgun_port: int = 0,
 ) -> Emulator:
     """Start the emulator on ``host`` (loopback only) and return it running.
 
     SMTP users default to the providers' relay users (``apikey``,
-    ``SMTP_Injection``) with ``api_key`` as password; ``{}`` turns AUTH off.
+    ``SMTP_Injection``, ``postmaster@`` the Mailgun domain) with ``api_key``
+    as password; ``{}`` turns AUTH off.
     TLS: pass a server ``tls_context`` (and the ``ca_pem`` clients should
     trust), or ``starttls=True`` / a ``smtps_port`` to have one made.
     """
     _require_loopback(host)
     if tls_context is None and (starttls or smtps_port is not None):
         tls_context, ca_pem = _make_tls()
-    users = {"apikey": api_key, "SMTP_Injection": api_key} if smtp_users is None else smtp_users
+    relay_users = ("apikey", "SMTP_Injection", f"postmaster@{mailgun.DOMAIN}")
+    users = {user: api_key for user in relay_users} if smtp_users is None else smtp_users
     emulator = Emulator(
         host,
         ApiState(api_key),
         ApiState(api_key),
         SmtpSink(users=users, tls_context=tls_context),
+        mailgun=MailgunState(api_key),
         ca_pem=ca_pem,
     )
     emulator._wire_events()
     try:
-        await _start(emulator, sendgrid_port, sparkpost_port, smtp_port, smtps_port)
+        await _start(emulator, sendgrid_port, sparkpost_port, smtp_port, smtps_port, mailgun_port)
     except BaseException:
         await emulator.aclose()
         raise
@@ -263,14 +290,17 @@ async def _start(
     sparkpost_port: int,
     smtp_port: int,
     smtps_port: int | None,
+    mailgun_port: int = 0,
 ) -> None:
     host = emulator.host
     for app, port in (
         (sendgrid.create_app(emulator.sendgrid), sendgrid_port),
         (sparkpost.create_app(emulator.sparkpost), sparkpost_port),
+        (mailgun.create_app(emulator.mailgun), mailgun_port),
     ):
         emulator._http.append(await _serve_http(app, host, port))
-    emulator.sendgrid_port, emulator.sparkpost_port = (h.port for h in emulator._http)
+    ports = [h.port for h in emulator._http]
+    emulator.sendgrid_port, emulator.sparkpost_port, emulator.mailgun_port = ports
     smtp = await start_sink(emulator.smtp, host, smtp_port)
     emulator._smtp_servers.append(smtp)
     emulator.smtp_port = smtp.sockets[0].getsockname()[1]
@@ -286,11 +316,14 @@ async def _start(
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="relay emulate",
-        description="Fake SendGrid and SparkPost APIs and an SMTP sink, on loopback.",
+        description="Fake SendGrid, SparkPost and Mailgun APIs and an SMTP sink, on loopback.",
     )
     parser.add_argument("--host", default="127.0.0.1", help="loopback address to listen on")
     parser.add_argument("--sendgrid-port", type=int, default=0, metavar="P")
     parser.add_argument("--sparkpost-port", type=int, default=0, metavar="P")
+    parser.add_argument(
+        "--mailgun-port", type=int, default=0, metavar="P", help="Mailgun API port (0: any free)"
+    )
     parser.add_argument("--smtp-port", type=int, default=0, metavar="P")
     parser.add_argument(
         "--smtps-port",
@@ -322,6 +355,11 @@ def _parser() -> argparse.ArgumentParser:
         help="the basic auth SparkPost's webhook sends",
     )
     parser.add_argument(
+        "--mailgun-events-url",
+        metavar="URL",
+        help="post Mailgun's webhook events (signed with the key it prints) here",
+    )
+    parser.add_argument(
         "--ca-file",
         type=Path,
         default=None,
@@ -339,7 +377,10 @@ async def _run(args: argparse.Namespace) -> None:
         smtps_port=args.smtps_port,
         api_key=args.api_key,
         starttls=args.starttls,
+        mailgun_port=args.mailgun_port,
     )
+    if args.mailgun_events_url:
+        emulator.set_events_url("mailgun", args.mailgun_events_url)
     if args.sendgrid_events_url:
         emulator.set_events_url("sendgrid", args.sendgrid_events_url)
     if args.sparkpost_events_url:

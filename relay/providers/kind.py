@@ -1,6 +1,6 @@
 """What a kind of provider is: the one record each provider module exports.
 
-A kind (``sendgrid``, ``sparkpost``, ``smtp``, ``outbox``) is its transports
+A kind (``sendgrid``, ``sparkpost``, ``mailgun``, ``smtp``, ``outbox``) is its transports
 and their defaults: the API leg's class and base URL, the SMTP relay's host,
 port, user and login, what the SMTP leg adds to the bytes, the file leg of the
 outbox, its rules for a row, whether the live check sends a test message, and
@@ -33,6 +33,9 @@ Prepare = Callable[[OutboundMessage], bytes]
 # Kind-specific rules of a row, after the common ones: (options, secrets or
 # None when only the options are checked); raises ``Invalid`` naming the field.
 CheckRow = Callable[[Mapping[str, Any], Mapping[str, Any] | None], None]
+# Options a row implies (Mailgun's region: its API URL and SMTP host); the
+# row's own options win over them.
+Defaults = Callable[[Mapping[str, Any]], dict[str, Any]]
 
 
 class ApiFactory(Protocol):
@@ -63,7 +66,7 @@ class SmtpRelay:
     """The SMTP leg's defaults; the ``smtp_*`` options override host, port and user.
 
     The password is ``smtp_password``, else the API key (as SendGrid and
-    SparkPost take it).
+    SparkPost take it, unless ``key_is_password`` is off).
     """
 
     host: str = ""  # "": the operator's server, named by the smtp_host option
@@ -72,6 +75,9 @@ class SmtpRelay:
     auth_mechanism: str | None = None  # "login" forces AUTH LOGIN; None: the best offered
     messages_per_connection: int = 0  # 0: no cap
     prepare: Prepare | None = None  # e.g. the provider's SMTP API header
+    # SendGrid and SparkPost take the API key as the SMTP password; Mailgun's
+    # SMTP credentials are their own (per domain), so only smtp_password serves.
+    key_is_password: bool = True
 
 
 @dataclass(frozen=True)
@@ -111,6 +117,7 @@ class ProviderKind:
     statuses: Mapping[int, type[ProviderError] | None] = field(default_factory=dict)
     # The provider's event webhook, if it has one Relay reads.
     webhook: Webhook | None = None
+    defaults: Defaults | None = None
 
 
 def json_array(body: bytes) -> list[Any]:

@@ -5,12 +5,17 @@ Each kind is one record, ``KIND`` in the provider's own module
 
     sendgrid   api: SendGrid v3  -> smtp: smtp.sendgrid.net:587, user apikey
     sparkpost  api: Transmissions -> smtp: smtp.sparkpostmail.com:587, SMTP_Injection
+    mailgun    api: messages.mime -> smtp: smtp.mailgun.org:587, postmaster@DOMAIN
     smtp       smtp: the operator's server (smtp_host required)
     outbox     file: .eml files in outbox_dir (demo and tests)
 
-For sendgrid and sparkpost the SMTP host, port and user default to the
-provider's own relay and the password to the API key; ``api_url`` and the
-``smtp_*`` options override them (an EU account, or the emulator).
+For sendgrid, sparkpost and mailgun the SMTP host, port and user default to
+the provider's own relay; ``api_url`` and the ``smtp_*`` options override them
+(an EU account, or the emulator). The legs follow the secrets: ``api_key``
+makes the API leg; ``smtp_password`` makes the SMTP leg, and so does the API
+key of SendGrid and SparkPost, which their relays take as the password. So a
+SendGrid or SparkPost provider is API and SMTP (``api_key``), SMTP only
+(``smtp_password`` alone), or both with their own credentials.
 
 Options (non-secret, stored in clear): see :data:`OPTIONS`. Secrets:
 ``api_key``, ``smtp_password`` (plain strings or ``Secret``; they are held as
@@ -36,14 +41,15 @@ import httpx
 from relay.core.errors import Invalid
 from relay.core.message import OutboundMessage, make_message_id
 from relay.core.settings import Secret
-from relay.providers import outbox, sendgrid, smtp, sparkpost
+from relay.providers import mailgun, outbox, sendgrid, smtp, sparkpost
 from relay.providers.base import Health, Provider, Receipt
 from relay.providers.chain import AttemptHook, CircuitBreaker, Leg, ProviderChain
 from relay.providers.kind import ApiFactory, ProviderKind, SmtpRelay
 from relay.providers.smtp import TLS_MODES, SmtpEndpoint, SmtpTransport
 
 KINDS: dict[str, ProviderKind] = {
-    kind.name: kind for kind in (sendgrid.KIND, sparkpost.KIND, smtp.KIND, outbox.KIND)
+    kind.name: kind
+    for kind in (sendgrid.KIND, sparkpost.KIND, mailgun.KIND, smtp.KIND, outbox.KIND)
 }
 DEFAULT_TIMEOUT = 30.0
 
@@ -167,12 +173,47 @@ def _check_secrets(record: ProviderKind, secrets: Mapping[str, Any]) -> None:
     for key in secrets:
         if key not in SECRETS:
             raise Invalid(f"unknown secret {key!r}", key)
-    if record.api is not None and not secrets.get("api_key"):
-        raise Invalid(f"a {record.name} provider needs api_key", "api_key")
+    if record.api is not None and not transports(record.name, secrets):
+        if record.smtp is None:
+            raise Invalid(f"a {record.name} provider needs api_key", "api_key")
+        raise Invalid(
+            f"a {record.name} provider needs api_key (its API), smtp_password (its SMTP "
+            "relay), or both",
+            "api_key",
+        )
     if secrets.get("webhook_key"):
         if record.webhook is None:
             raise Invalid(f"a {record.name} provider has no event webhook", "webhook_key")
         record.webhook.check_key(secrets["webhook_key"])
+
+
+def transports(kind: str, secrets: Mapping[str, Any]) -> list[str]:
+    """The legs a row of ``kind`` with these secrets has, in order: api, smtp, file.
+
+    The API leg needs ``api_key``; a provider's SMTP relay takes
+    ``smtp_password``, or the API key where the provider's relay takes it
+    (SendGrid, SparkPost). A custom smtp provider is always its SMTP leg.
+    """
+    record = kind_of(kind)
+    if record.file is not None:
+        return ["file"]
+    out = []
+    if record.api is not None and secrets.get("api_key"):
+        out.append("api")
+    if record.smtp is not None and (
+        record.api is None
+        or secrets.get("smtp_password")
+        or (record.smtp.key_is_password and secrets.get("api_key"))
+    ):
+        out.append("smtp")
+    return out
+
+
+def effective_options(kind: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """The row's options over those its kind derives from them (Mailgun's region)."""
+    record = kind_of(kind)
+    implied = record.defaults(options) if record.defaults is not None else {}
+    return {**implied, **{k: v for k, v in options.items() if v is not None}}
 
 
 # -- building ----------------------------------------------------------------
@@ -199,7 +240,9 @@ def _endpoint(
     tls_context: ssl.SSLContext | None,
 ) -> SmtpEndpoint:
     port = int(options.get("smtp_port") or relay.port)
-    password = _secret(secrets, "smtp_password") or _secret(secrets, "api_key")
+    password = _secret(secrets, "smtp_password")
+    if not password and relay.key_is_password:
+        password = _secret(secrets, "api_key")
     return SmtpEndpoint(
         host=str(options.get("smtp_host") or relay.host),
         port=port,
@@ -313,6 +356,7 @@ def build_provider(
     if record.file is not None:
         directory = options.get("directory") or outbox_dir
         return ProviderChain(name, Leg("file", record.file(name, directory)), **chain_options)
+    options = effective_options(kind, options)
     legs = _legs(record, name, options, secrets, http, tls_context)
     if record.api is not None:  # ip_pool is the API providers' option, for both legs
         legs = [_with_pool(leg, options) for leg in legs]
@@ -327,14 +371,16 @@ def _legs(
     http: httpx.AsyncClient | None,
     tls_context: ssl.SSLContext | None,
 ) -> list[Leg]:
-    """The kind's network legs in order: its API first, then its SMTP relay."""
+    """The kind's network legs in order (its API first, then its SMTP relay), those
+    its secrets make (:func:`transports`)."""
     legs = []
-    if record.api is not None:
+    present = transports(record.name, secrets)
+    if record.api is not None and "api" in present:
         url = str(options.get("api_url") or record.api_url)
         timeout = float(options.get("timeout") or DEFAULT_TIMEOUT)
         client = _http_for(options, http, tls_context)
         legs.append(_api_leg(record.api, name, url, options, secrets, client, timeout))
-    if record.smtp is not None:
+    if record.smtp is not None and "smtp" in present:
         endpoint = _endpoint(record.smtp, options, secrets, tls_context)
         transport = SmtpTransport(name, endpoint, prepare=record.smtp.prepare)
         legs.append(Leg("smtp", transport))

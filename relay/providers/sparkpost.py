@@ -74,7 +74,7 @@ from relay.core.message import RECIPIENT_ID_KEY, OutboundMessage, split_header
 from relay.providers import sparkpost_events
 from relay.providers.base import Health, Receipt
 from relay.providers.chain import UNNAMED_RECIPIENTS
-from relay.providers.headers import has_field, header_field
+from relay.providers.headers import has_field, header_field, without_bcc
 from relay.providers.http import HttpApi
 from relay.providers.kind import ProviderKind, SmtpRelay, Webhook
 
@@ -105,7 +105,6 @@ SPARKPOST_CODES: dict[str, type[ProviderError]] = {
     "1502": TransientError,  # server resources unavailable: retry later
     "1900": TransientError,  # message generation module not available
 }
-_BCC = re.compile(rb"(?im)^(?:resent-)?bcc[ \t]*:.*(?:\r?\n[ \t].*)*\r?\n")
 
 
 def classify(status: int, code: str | None) -> type[ProviderError] | None:
@@ -117,12 +116,6 @@ def classify(status: int, code: str | None) -> type[ProviderError] | None:
     if 200 <= status < 300:
         return None
     return PermanentError if 400 <= status < 500 else TransientError
-
-
-def without_bcc(data: bytes) -> bytes:
-    """The message with its Bcc (and Resent-Bcc) fields removed, continuations too."""
-    head, body = split_header(data)
-    return _BCC.sub(b"", head) + body
 
 
 def header_to(data: bytes) -> str | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +23,13 @@ from relay.core.errors import Invalid, PermanentError, ProviderError
 from relay.core.message import OutboundMessage
 from relay.providers.base import Receipt
 from relay.providers.chain import ProviderChain
-from relay.providers.registry import build_provider, kind_of, make_test_message
+from relay.providers.registry import (
+    build_provider,
+    effective_options,
+    kind_of,
+    make_test_message,
+    transports,
+)
 from relay.service import providers
 from relay.service.providers import ProviderConfig
 from relay.store.models import Provider as ProviderRow
@@ -74,12 +81,13 @@ async def edit_checked(
     domain: str | None,
     hostname: str,
     check: bool = True,
+    remove: Sequence[str] = (),
 ) -> tuple[ProviderConfig, CheckResult | None]:
     """Apply an edit only if the edited provider passes its check: a wrong edit must
-    not break every account that sends through it."""
+    not break every account that sends through it. ``remove``: secrets to drop."""
     current = await asyncio.to_thread(providers.load_config, engine, box, name)
-    config = providers.edited(current, options, secrets, domain)
-    check = check and not _only_webhook_key(options, secrets, domain)
+    config = providers.edited(current, options, secrets, domain, remove)
+    check = check and (bool(remove) or not _only_webhook_key(options, secrets, domain))
     result = await _passes(config, hostname, "the edit was not applied") if check else None
     await asyncio.to_thread(providers.save_edit, engine, box, config)
     return config, result
@@ -204,14 +212,15 @@ def egress_addresses(config: ProviderConfig) -> list[tuple[str, str]]:
 
 
 def _targets(config: ProviderConfig) -> list[tuple[str, str, int]]:
-    """(transport, host, port) the provider's transports connect to."""
-    opts = config.options
+    """(transport, host, port) the provider's transports connect to (those it has)."""
+    opts = effective_options(config.kind, config.options)
     kind = kind_of(config.kind)
+    legs = transports(config.kind, config.secrets)
     out = []
-    if kind.api is not None:
+    if kind.api is not None and "api" in legs:
         url = httpx.URL(str(opts.get("api_url") or kind.api_url))
         out.append(("api", url.host, url.port or (443 if url.scheme == "https" else 80)))
-    if kind.smtp is not None:
+    if kind.smtp is not None and "smtp" in legs:
         host, port = kind.smtp.host, kind.smtp.port
         out.append(("smtp", str(opts.get("smtp_host") or host), int(opts.get("smtp_port") or port)))
     return out

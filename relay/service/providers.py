@@ -11,7 +11,7 @@ check (``--no-check``).
 from __future__ import annotations
 
 import secrets as tokens
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +23,7 @@ from relay.core.crypto import SecretBox, mask
 from relay.core.errors import ConfigError, Conflict, Invalid, NotFound
 from relay.core.outcomes import DUE_STATES, MessageState
 from relay.core.settings import PolicySettings
-from relay.providers.registry import KINDS, SECRETS, kind_of, validate_options
+from relay.providers.registry import KINDS, SECRETS, kind_of, transports, validate_options
 from relay.service import scope
 from relay.service.accounts import check_name, get_account
 from relay.service.audit import arg, audited
@@ -126,11 +126,23 @@ def load_config(engine: Engine, box: SecretBox, name: str) -> ProviderConfig:
 
 
 def edited(
-    current: ProviderConfig, options: dict[str, Any], secrets: dict[str, str], domain: str | None
+    current: ProviderConfig,
+    options: dict[str, Any],
+    secrets: dict[str, str],
+    domain: str | None,
+    remove: Sequence[str] = (),
 ) -> ProviderConfig:
-    """The configuration after an edit: given values replace, None leaves as is."""
+    """The configuration after an edit: given values replace, None leaves as is;
+    the secrets named in ``remove`` go (a SendGrid provider's API key, say, to
+    leave it SMTP only: its legs follow its secrets)."""
+    for key in remove:
+        if key not in SECRETS:
+            raise Invalid(f"unknown secret {key!r}; one of {', '.join(SECRETS)}", key)
+        if secrets.get(key):
+            raise Invalid(f"{key} is both given and removed", key)
     merged = {**current.options, **{k: v for k, v in options.items() if v is not None}}
-    new_secrets = {**current.secrets, **{k: v for k, v in secrets.items() if v}}
+    kept = {k: v for k, v in current.secrets.items() if k not in remove}
+    new_secrets = {**kept, **{k: v for k, v in secrets.items() if v}}
     return clean(
         ProviderConfig(
             current.name,
@@ -162,6 +174,7 @@ def show_provider(engine: Engine, box: SecretBox, name: str) -> dict[str, Any]:
     return {
         "name": row.name,
         "kind": config.kind,
+        "transports": "+".join(transports(config.kind, config.secrets)),
         "account": owner.name if owner else None,
         "domain": config.domain,
         "options": config.options,
@@ -309,6 +322,13 @@ def unassign(engine: Engine, account: str) -> None:
         if sub.assigned_provider_id is None:
             raise Conflict(f"{account} is not assigned to a provider")
         sub.assigned_provider_id = None
+
+
+def transports_of(box: SecretBox, row: ProviderRow) -> str:
+    """How a stored provider sends: "api+smtp", "api", "smtp" or "file" (its secrets say)."""
+    if row.kind not in KINDS:
+        return "-"
+    return "+".join(transports(row.kind, box.open(row.secrets))) or "-"
 
 
 def list_providers(engine: Engine) -> list[tuple[ProviderRow, str]]:

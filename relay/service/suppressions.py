@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from relay.core.crypto import SecretBox
 from relay.core.errors import Invalid
 from relay.core.settings import SuppressionSettings
+from relay.providers import mailgun as mailgun_provider
 from relay.providers import sendgrid as sendgrid_provider
 from relay.providers import sparkpost as sparkpost_provider
 from relay.service import scope
@@ -135,14 +136,21 @@ def sync_suppressions(
     if owner is None:
         raise Invalid(f"provider {provider} belongs to no account", "provider")
     api_key = box.open(sealed).get("api_key", "")
+    if not api_key and kind in ("sendgrid", "sparkpost", "mailgun"):
+        raise Invalid(f"provider {provider} has no API key: its lists are read through its API")
     if kind == "sendgrid":
         url = options.get("api_url") or sendgrid_provider.API_URL
         entries = sync.sendgrid(str(url), api_key)
     elif kind == "sparkpost":
         url = options.get("api_url") or sparkpost_provider.API_URL
         entries = sync.sparkpost(str(url), api_key)
+    elif kind == "mailgun":
+        url = options.get("api_url") or mailgun_provider.defaults(options)["api_url"]
+        entries = sync.mailgun(str(url), str(options.get("sending_domain")), api_key)
     else:
-        raise Invalid(f"provider {provider} is {kind}: only sendgrid and sparkpost have lists")
+        raise Invalid(
+            f"provider {provider} is {kind}: only sendgrid, sparkpost and mailgun have lists"
+        )
     valid = []
     for entry in entries:
         try:

@@ -79,6 +79,8 @@ async def make_provider(emulator: Emulator, http: httpx.AsyncClient) -> AsyncIte
         if kind == "smtp":
             opts.setdefault("smtp_user", "apikey")
         default = {"api_key": API_KEY} if kind != "smtp" else {"smtp_password": API_KEY}
+        if kind == "mailgun":  # its SMTP credentials are not the API key
+            default["smtp_password"] = API_KEY
         chain = build_provider(
             kind, f"test-{kind}", opts, secrets or default, http=http, breaker=breaker
         )

@@ -20,7 +20,7 @@ def summary(attempts: list[Attempt]) -> list[tuple[str, str, str | None]]:
     return [(a.transport, a.result, a.code) for a in attempts]
 
 
-@pytest.mark.parametrize("kind", ["sendgrid", "sparkpost"])
+@pytest.mark.parametrize("kind", ["sendgrid", "sparkpost", "mailgun"])
 async def test_api_success_is_one_attempt(
     kind: str, emulator: Emulator, make_provider: MakeProvider
 ):
@@ -42,6 +42,9 @@ async def test_api_success_is_one_attempt(
         ("sparkpost", 503, "transient"),
         ("sparkpost", 403, "credentials"),
         ("sparkpost", 422, "payload"),
+        ("mailgun", 502, "transient"),
+        ("mailgun", 401, "credentials"),
+        ("mailgun", 404, "credentials"),
     ],
 )
 async def test_falls_back_to_smtp(
@@ -58,7 +61,7 @@ async def test_falls_back_to_smtp(
     assert sent.rcpt_tos == ["a@example.org", "b@example.org"]
 
 
-@pytest.mark.parametrize("kind", ["sendgrid", "sparkpost"])
+@pytest.mark.parametrize("kind", ["sendgrid", "sparkpost", "mailgun"])
 async def test_no_fallback_when_the_api_may_have_the_message(
     kind: str, emulator: Emulator, make_provider: MakeProvider
 ):
@@ -131,10 +134,12 @@ async def test_falls_back_when_json_cannot_carry_the_message(
         ("sendgrid", 403, "from"),
         ("sparkpost", 400, "1902"),
         ("sparkpost", 400, "7001"),
+        ("mailgun", 400, None),
+        ("mailgun", 413, None),
     ],
 )
 async def test_no_fallback_on_a_recipient_or_sender_rejection(
-    kind: str, status: int, code: str, emulator: Emulator, make_provider: MakeProvider
+    kind: str, status: int, code: str | None, emulator: Emulator, make_provider: MakeProvider
 ):
     getattr(emulator, kind).fail(status, code=code, message="refused")
     attempts: list[Attempt] = []

@@ -30,7 +30,17 @@ def endpoint_of(chain: Any, leg: str = "fallback") -> SmtpEndpoint:
 @pytest.mark.parametrize(
     ("kind", "options", "secrets", "field"),
     [
-        ("mailgun", {}, {}, "kind"),
+        ("postal", {}, {}, "kind"),
+        ("mailgun", {}, {"api_key": "k"}, "sending_domain"),
+        (
+            "mailgun",
+            {"sending_domain": "mg.example.com", "region": "ap"},
+            {"api_key": "k"},
+            "region",
+        ),
+        ("mailgun", {"sending_domain": "mg/x"}, {"api_key": "k"}, "sending_domain"),
+        ("mailgun", {"sending_domain": "mg.example.com"}, {}, "api_key"),
+        ("sparkpost", {}, {"webhook_key": "u:p"}, "api_key"),
         ("smtp", {}, {}, "smtp_host"),
         ("smtp", {"smtp_host": "mx.example.com", "smtp_port": 70000}, {}, "smtp_port"),
         ("smtp", {"smtp_host": "mx.example.com", "smtp_port": "587"}, {}, "smtp_port"),
@@ -74,6 +84,16 @@ def test_sendgrid_defaults_to_its_own_relay_with_the_key_as_password():
     )
     assert ep.password == Secret("SG.abc") and "SG.abc" not in repr(ep)
     assert not ep.allow_insecure_tls and ep.max_messages_per_connection == 0
+
+
+@pytest.mark.parametrize("kind", ["sendgrid", "sparkpost"])
+def test_an_smtp_password_alone_makes_an_smtp_only_provider(kind: str):
+    chain = build_provider(kind, "p", {}, {"smtp_password": "pw"})
+    assert chain.primary.transport == "smtp" and chain.fallback is None
+    ep = endpoint_of(chain, "primary")
+    assert ep.password == Secret("pw") and ep.host.startswith("smtp.")
+    both = build_provider(kind, "p", {}, {"api_key": "key", "smtp_password": "pw"})
+    assert both.primary.transport == "api" and endpoint_of(both).password == Secret("pw")
 
 
 def test_sparkpost_defaults_and_eu_override():
@@ -120,10 +140,13 @@ async def test_every_kind_builds_a_provider(tmp_path: Path):
     for kind, secrets in (
         ("sendgrid", {"api_key": "k"}),
         ("sparkpost", {"api_key": "k"}),
+        ("mailgun", {"api_key": "k"}),
         ("smtp", {}),
         ("outbox", {}),
     ):
-        options = {"smtp_host": "mx.example.com"} if kind == "smtp" else {}
+        options: dict[str, Any] = {"smtp_host": "mx.example.com"} if kind == "smtp" else {}
+        if kind == "mailgun":
+            options["sending_domain"] = "mg.example.com"
         chain = build_provider(kind, kind, options, secrets, outbox_dir=tmp_path)
         assert isinstance(chain, Provider)
         await chain.aclose()
@@ -163,7 +186,7 @@ async def test_a_provider_with_its_own_source_address_gets_its_own_client(
 async def test_the_test_message_is_accepted_by_every_kind(
     emulator: Emulator, make_provider: MakeProvider
 ):
-    for kind in ("sendgrid", "sparkpost", "smtp"):
+    for kind in ("sendgrid", "sparkpost", "mailgun", "smtp"):
         receipt = await make_provider(kind).send(
             make_test_message("a@example.com", "b@example.org")
         )

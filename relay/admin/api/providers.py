@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field
 from relay.admin.api import schemas as s
 from relay.admin.api.auth import Authenticated
 from relay.admin.api.errors import responses
-from relay.providers.registry import KINDS
+from relay.providers.registry import KINDS, SECRETS
 from relay.service import notifications, provider_checks, providers, scope
 from relay.service.accounts import list_accounts
 
@@ -29,6 +29,7 @@ AccountName = Annotated[str, Path(min_length=1, max_length=320, pattern=s.PRINTA
 class ProviderOut(BaseModel):
     name: str
     kind: str
+    transports: str = Field(description='How it sends: "api+smtp", "api", "smtp" or "file"')
     account: str
     domain: str | None
     ip_pool: str | None
@@ -37,6 +38,7 @@ class ProviderOut(BaseModel):
 class ProviderDetail(BaseModel):
     name: str
     kind: str
+    transports: str = Field(description='How it sends: "api+smtp", "api", "smtp" or "file"')
     account: str | None
     domain: str | None
     options: dict[str, Any]
@@ -59,8 +61,8 @@ class ConnectionIn(s.Request):
     test_address: Annotated[str | None, s.text(320)] = None
     webhook_key: Annotated[str | None, s.text(500)] = Field(
         None,
-        description="Event webhook: SendGrid's verification key, SparkPost's USER:PASSWORD "
-        "(stored sealed, shown masked)",
+        description="Event webhook: SendGrid's verification key, SparkPost's USER:PASSWORD, "
+        "Mailgun's HTTP webhook signing key (stored sealed, shown masked)",
     )
     region: Annotated[str | None, s.text(32)] = Field(
         None, description="Mailgun: us or eu; Amazon SES: the AWS region"
@@ -98,6 +100,13 @@ class ConnectionIn(s.Request):
             "webhook_key": self.webhook_key or "",
             "secret_access_key": self.secret_access_key or "",
         }
+
+
+class EditIn(ConnectionIn):
+    remove_secrets: list[Annotated[str, s.choice(SECRETS)]] = Field(
+        default_factory=list,
+        description="Secrets to drop, e.g. api_key to make a SendGrid provider SMTP only",
+    )
 
 
 class ProviderIn(ConnectionIn):
@@ -196,7 +205,7 @@ async def add_provider(body: ProviderIn, caller: Authenticated) -> Checked:
     summary="Change a provider; the live check runs first and a failing edit is refused",
     responses=responses(404, 422),
 )
-async def edit_provider(name: ProviderName, body: ConnectionIn, caller: Authenticated) -> Checked:
+async def edit_provider(name: ProviderName, body: EditIn, caller: Authenticated) -> Checked:
     await anyio.to_thread.run_sync(
         lambda: caller.run(scope.require, caller.engine, scope.of_provider(), name=name)
     )
@@ -211,6 +220,7 @@ async def edit_provider(name: ProviderName, body: ConnectionIn, caller: Authenti
             body.domain,
             hostname,
             check=body.check,
+            remove=body.remove_secrets,
         )
     return Checked(name=name, checked=result is not None, legs=_legs(result))
 
@@ -221,6 +231,7 @@ def list_providers(caller: Authenticated) -> list[ProviderOut]:
         ProviderOut(
             name=p.name,
             kind=p.kind,
+            transports=providers.transports_of(caller.ctx.box, p),
             account=account,
             domain=p.domain,
             ip_pool=(p.options or {}).get("ip_pool"),
