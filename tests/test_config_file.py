@@ -7,6 +7,7 @@ holds every key and passes the check; the systemd unit sandboxes the relay.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shutil
@@ -17,7 +18,14 @@ from pathlib import Path
 import pytest
 
 from relay.cli import main
-from relay.core.settings import LISTENER_NAMES, _toml_value, describe, load_settings
+from relay.core.settings import (
+    _SECTIONS,
+    LISTENER_NAMES,
+    _toml_value,
+    describe,
+    effective,
+    load_settings,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "config" / "relay.toml"
@@ -76,7 +84,11 @@ TYPOS = [
 
 @pytest.mark.parametrize(("text", "says"), TYPOS, ids=[t[1][:40] for t in TYPOS])
 def test_a_typo_in_every_kind_of_key_is_named(
-    env: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, text: str, says: str
+    env: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    text: str,
+    says: str,
 ) -> None:
     config = env / "relay.toml"
     config.write_text(text)
@@ -99,7 +111,7 @@ def test_a_variable_one_slip_from_a_key_is_named(
     monkeypatch.delenv("RELAY_SERVER_HOSTNME")
     monkeypatch.setenv("RELAY_URL", "http://127.0.0.1:1")
     monkeypatch.setenv("RELAY_TOKEN", "t")
-    assert main(["--url", "", "config", "check"]) == 0
+    assert main(["--url", "", "config", "check"]) == 0  # --url "": local, not the remote
 
 
 def test_each_value_with_its_source_and_secrets_masked(
@@ -122,7 +134,11 @@ def test_each_value_with_its_source_and_secrets_masked(
     }
     assert keys["limits.max_recipients"]["value"] == 500
     assert keys["limits.max_recipients"]["source"] == "env RELAY_LIMITS_MAX_RECIPIENTS"
-    assert keys["server.log_level"] == {"key": "server.log_level", "value": "INFO", "source": "default"}
+    assert keys["server.log_level"] == {
+        "key": "server.log_level",
+        "value": "INFO",
+        "source": "default",
+    }
     assert keys["listeners.alt"]["value"] == "127.0.0.1:2525"
     assert keys["listeners.smtp"] == {"key": "listeners.smtp", "value": "", "source": "default"}
     assert keys["secrets.secret_key"]["value"] == "********"
@@ -131,8 +147,6 @@ def test_each_value_with_its_source_and_secrets_masked(
     # The table for people says the same; a database password never shows.
     monkeypatch.setenv("RELAY_DATABASE_URL", "postgresql+psycopg://relay:hunter2@127.0.0.1:1/x")
     table = load_settings(str(config))
-    from relay.core.settings import effective
-
     rows = {k: v for k, v, _ in effective(table, {})}
     assert rows["database.url"] == "postgresql+psycopg://relay:********@127.0.0.1:1/x"
     monkeypatch.setenv("RELAY_DATABASE_URL", f"sqlite:///{env}/relay.db")
@@ -169,14 +183,13 @@ def test_the_shipped_file_has_every_key_at_its_default_and_passes(
             section = m.group(1)
         elif m := re.match(r"([a-z_0-9]+) = (.*?)(\s+#.*)?$", line):
             found[f"[{section}] {m.group(1)}"] = m.group(2)
-    for key, default, _ in describe():
-        assert key in found, f"config/relay.toml lacks {key} (run `relay config example`)"
-        from relay.core.settings import _SECTIONS
-
-        name, field = key[1:].split("] ")
-        value = getattr(_SECTIONS[name](), field)
-        assert found[key] == _toml_value(value), f"config/relay.toml: {key} is not its default"
-        del default
+    for name, cls in _SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            key = f"[{name}] {f.name}"
+            assert key in found, f"config/relay.toml lacks {key} (run `relay config example`)"
+            assert found[key] == _toml_value(f.default), (
+                f"config/relay.toml: {key} is not {f.default!r}"
+            )
     for name in LISTENER_NAMES:
         assert f"[listeners] {name}" in found, f"config/relay.toml lacks [listeners] {name}"
     code, out, err = check(capsys, "--config", str(EXAMPLE))
@@ -204,7 +217,9 @@ def _unit(text: str) -> dict[str, list[str]]:
 def test_the_systemd_unit_sandboxes_the_relay() -> None:
     unit = _unit(UNIT.read_text())
     assert unit["Service.User"] == ["relay"]
-    assert unit["Service.ExecStart"] == ["/opt/relay/bin/relay serve --config /etc/relay/relay.toml"]
+    assert unit["Service.ExecStart"] == [
+        "/opt/relay/bin/relay serve --config /etc/relay/relay.toml"
+    ]
     assert unit["Service.Restart"] == ["on-failure"]
     assert unit["Service.AmbientCapabilities"] == ["CAP_NET_BIND_SERVICE"]
     assert unit["Service.CapabilityBoundingSet"] == ["CAP_NET_BIND_SERVICE"]

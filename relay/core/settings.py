@@ -669,8 +669,8 @@ def example_toml() -> str:
         "# Regenerate with `relay config example > config/relay.toml`.",
         "",
         "[listeners]",
-        "# name = \"host:port\"; leave one out (or set it to \"\") to turn it off. A listener",
-        "# may also be a table: [listeners.alt] listen = \"127.0.0.1:2525\",",
+        '# name = "host:port"; leave one out (or set it to "") to turn it off. A listener',
+        '# may also be a table: [listeners.alt] listen = "127.0.0.1:2525",',
         "# allow_plaintext_auth = true (AUTH without TLS: loopback use only).",
     ]
     for name, (listen, doc) in EXAMPLE_LISTENERS.items():
