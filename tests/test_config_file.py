@@ -61,6 +61,14 @@ TYPOS = [
         "unknown key listeners.alt.allow_plaintext; did you mean allow_plaintext_auth?",
     ),
     ("[listeners]\nsmtp = '0.0.0.0:25x'\n", "[listeners] smtp: '0.0.0.0:25x' is not host:port"),
+    (
+        "[listeners]\nsmtp = '0.0.0.0:2525'\nalt = '127.0.0.1:2525'\n",
+        "[listeners] alt: 127.0.0.1:2525 is taken by [listeners] smtp (0.0.0.0:2525)",
+    ),
+    (
+        "[admin]\nlisten = '127.0.0.1:8025'\n[webhooks]\nlisten = '127.0.0.1:8025'\n",
+        "[webhooks] listen: 127.0.0.1:8025 is taken by [admin] listen",
+    ),
     ("[server]\nlog_format = 'jsn'\n", "[server] log_format: 'jsn' is not one of text, json"),
     ("[limits]\nmax_recipients = 'many'\n", "[limits] max_recipients: 'many' is not a valid int"),
     ("[limits]\nidle_timeout = -1\n", "[limits] idle_timeout: -1.0 must be more than 0"),

@@ -287,3 +287,46 @@ def test_the_build_stage_installs_from_a_clean_copy(tmp_path: Path) -> None:
         [str(venv / "bin" / "relay"), "--help"], capture_output=True, text=True, timeout=60
     )
     assert version.returncode == 0 and "serve" in version.stdout
+
+
+def test_the_emulator_service_command_starts(tmp_path: Path) -> None:
+    """compose's emulator profile runs `relay emulate` with its own options (they used to be
+    refused as "unrecognized arguments"); its ports moved to free ones here."""
+    command = [str(a) for a in compose()["services"]["emulator"]["command"]]
+    assert command[:2] == ["relay", "emulate"]
+    ports: dict[str, int] = {}
+    for i, arg in enumerate(command):
+        if arg.endswith("-port"):
+            ports[arg] = _free_port()
+            command[i + 1] = str(ports[arg])
+    assert set(ports) == {"--sendgrid-port", "--sparkpost-port", "--smtp-port"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
+    env["PYTHONPATH"] = str(ROOT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "relay", *command[1:]],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        cwd=tmp_path,
+    )
+    try:
+        assert proc.stdout is not None
+        said = [proc.stdout.readline().decode() for _ in range(3)]  # it prints once bound
+        assert said[0].split() == [
+            "SendGrid",
+            "API",
+            f"http://127.0.0.1:{ports['--sendgrid-port']}",
+        ]
+        assert said[2].split() == ["SMTP", f"127.0.0.1:{ports['--smtp-port']}"]
+        with socket.create_connection(("127.0.0.1", ports["--smtp-port"]), timeout=10) as sock:
+            assert sock.recv(100).startswith(b"220 ")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+    assert proc.returncode == 0

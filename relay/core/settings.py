@@ -534,6 +534,26 @@ def _listeners(
     return tuple(out)
 
 
+def _no_shared_ports(
+    listeners: tuple[ListenerSettings, ...], admin: AdminSettings, webhooks: WebhookSettings
+) -> None:
+    """Two listeners on one address would fail at bind, after the others opened: say so now.
+
+    A wildcard address (0.0.0.0, ::) takes the port on every address; port 0
+    (any free port) never clashes.
+    """
+    named = [(f"[listeners] {item.name}", item.host, item.port) for item in listeners]
+    for key, value in (("[admin] listen", admin.listen), ("[webhooks] listen", webhooks.listen)):
+        if value:
+            named.append((key, *parse_hostport(key, value)))
+    wildcard = ("0.0.0.0", "::")
+    for i, (key, host, port) in enumerate(named):
+        for other, other_host, other_port in named[:i]:
+            same = host == other_host or host in wildcard or other_host in wildcard
+            if port and port == other_port and same:
+                raise ConfigError(f"{key}: {host}:{port} is taken by {other} ({other_host}:{port})")
+
+
 def load_settings(
     path: str | os.PathLike[str] | None = None,
     env: Mapping[str, str] | None = None,
@@ -570,6 +590,7 @@ def load_settings(
         for name, cls in _SECTIONS.items()
     }
     listeners = _listeners(data.get("listeners", {}), env, sources, origin)
+    _no_shared_ports(listeners, sections["admin"], sections["webhooks"])
     if bool(sections["tls"].cert) != bool(sections["tls"].key):
         raise ConfigError("[tls] cert and key go together: set both, or neither")
     rep = sections["reputation"]
