@@ -721,12 +721,13 @@ def env_typos(env: Mapping[str, str]) -> list[str]:
     """``RELAY_*`` variables that set nothing but are one slip from a key's name.
 
     The environment holds other programs' variables too (and the command
-    line's own, RELAY_URL, RELAY_TOKEN), so only a near miss is reported.
+    line's own: RELAY_URL, RELAY_TOKEN, secrets' ``*_FILE`` forms), so only a
+    near miss is reported, and as a warning: it may be meant for something else.
     """
     known = env_names()
     found = []
     for name in sorted(env):
-        if name.startswith("RELAY_") and name not in known:
+        if name.startswith("RELAY_") and name not in known and not name.endswith("_FILE"):
             hint = _did_you_mean(name, known, cutoff=0.85)  # RELAY_URL is not ..._DATABASE_URL
             if hint:
                 found.append(f"{name} sets nothing{hint}")
