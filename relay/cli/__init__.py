@@ -51,11 +51,34 @@ def build_parser() -> argparse.ArgumentParser:
     suppression.register(sub)
     tokens.register(sub)
     serve.register_emulator(sub)
+    _config_after_the_verb(p)
     return p
 
 
+def _config_after_the_verb(parser: argparse.ArgumentParser) -> None:
+    """``--config FILE`` after the verb too (``relay serve --config FILE``, as people write it).
+
+    SUPPRESS as the default keeps a value given before the verb: a verb's own
+    parser only sets ``config`` when the option is given to it.
+    """
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for verb in action.choices.values():
+                verb.add_argument(
+                    "--config",
+                    default=argparse.SUPPRESS,
+                    help="TOML configuration file (default: $RELAY_CONFIG)",
+                )
+                _config_after_the_verb(verb)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "emulate":  # its options are the emulator's own (REMAINDER misses them)
+        args.emulator_args = [*extra, *args.emulator_args]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         if args.url:
             from relay.cli.remote import run as run_remote

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from relay.cli._common import Verbs, add_group, add_verb, open_db
+from relay.cli._common import Verbs, add_group, add_verb, open_db, print_rows
 from relay.core.settings import Settings
 
 
@@ -24,11 +24,58 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_config_check(args: argparse.Namespace, settings: Settings) -> int:
-    """Every key's value was checked by load_settings; here the names it refers to."""
+    """Every key's value was checked by load_settings; here what it refers to, then the table.
+
+    What a key refers to must be there: the TLS pair must load, the database
+    must answer, ``[policy] system_provider`` must exist. A RELAY_* variable
+    one slip from a key's name is most likely a mistake (it sets nothing): warned.
+    """
+    import json
+    import os
+    import sys
+
+    from relay.core.settings import effective, env_typos, load_settings
+
+    for typo in env_typos(os.environ):
+        print(f"relay: warning: {typo}", file=sys.stderr)
+    sources: dict[str, str] = {}
+    load_settings(settings.source or None, sources=sources)
+    _check_references(settings)
+    rows = effective(settings, sources)
+    where = settings.source or "defaults and environment"
+    if args.format == "json":
+        keys = [{"key": k, "value": v, "source": src} for k, v, src in rows]
+        print(json.dumps({"valid": True, "file": settings.source or None, "keys": keys}, indent=2))
+        return 0
+    shown = [(k, v if isinstance(v, str) else json.dumps(v), src) for k, v, src in rows]
+    print_rows(shown, ("KEY", "VALUE", "SOURCE"))
+    print(f"\nconfiguration is valid ({where})")
+    return 0
+
+
+def _check_references(settings: Settings) -> None:
+    """The files, database and names the configuration refers to, each named by its key."""
+    from relay.core.errors import ConfigError
     from relay.service.providers import check_references
 
-    check_references(open_db(settings), settings.policy)
-    print(f"configuration is valid ({settings.source or 'defaults and environment'})")
+    if settings.tls.cert:
+        from relay.smtp.tls import server_context
+
+        server_context(settings)  # a ConfigError naming [tls] if the pair does not load
+    try:
+        engine = open_db(settings)
+    except ConfigError:
+        raise
+    except Exception as exc:  # the driver's own error, whatever the engine
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError(f"[database] url: cannot open the database: {reason}") from exc
+    check_references(engine, settings.policy)
+
+
+def cmd_config_example(args: argparse.Namespace, settings: Settings) -> int:
+    from relay.core.settings import example_toml
+
+    print(example_toml(), end="")
     return 0
 
 
@@ -52,7 +99,24 @@ def register(sub: Verbs) -> None:
     add_verb(sub, "demo", cmd_demo, "seed a demo tenant and serve on unprivileged loopback ports")
     add_verb(sub, "migrate", cmd_migrate, "bring the database schema up to date")
     cfg = add_group(sub, "config", "the configuration file and environment")
-    add_verb(cfg, "check", cmd_config_check, "check every key and the names it refers to")
+    check = add_verb(
+        cfg,
+        "check",
+        cmd_config_check,
+        "check every key and what it refers to; print each value and where it came from",
+    )
+    check.add_argument(
+        "--format",
+        choices=("table", "json"),
+        default="table",
+        help="table for people (the default), json for scripts",
+    )
+    add_verb(
+        cfg,
+        "example",
+        cmd_config_example,
+        "print a commented configuration file with every key at its default",
+    )
 
 
 def register_emulator(sub: Verbs) -> None:

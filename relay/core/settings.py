@@ -10,11 +10,12 @@ with the key's name, never with a traceback from deep inside.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import ipaddress
 import math
 import os
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -450,11 +451,23 @@ def _coerce(key: str, value: Any, default: Any, kind: str = "") -> Any:
         raise ConfigError(f"{key}: {value!r} is not a valid {type(default).__name__}") from exc
 
 
-def _section(name: str, cls: type[Any], table: Mapping[str, Any], env: Mapping[str, str]) -> Any:
+def _did_you_mean(word: str, known: Iterable[str], cutoff: float = 0.6) -> str:
+    """``; did you mean X?`` for the closest known name, or nothing (as git says it)."""
+    close = difflib.get_close_matches(word, list(known), n=1, cutoff=cutoff)
+    return f"; did you mean {close[0]}?" if close else ""
+
+
+def _section(
+    name: str,
+    cls: type[Any],
+    table: Mapping[str, Any],
+    env: Mapping[str, str],
+    sources: dict[str, str] | None = None,
+    origin: str = "",
+) -> Any:
     known = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = set(table) - set(known)
-    if unknown:
-        raise ConfigError(f"[{name}]: unknown key(s) {', '.join(sorted(unknown))}")
+    for typo in sorted(set(table) - set(known)):
+        raise ConfigError(f"unknown key {name}.{typo}{_did_you_mean(typo, known)}")
     values: dict[str, Any] = {}
     for fname, f in known.items():
         default = f.default
@@ -462,12 +475,17 @@ def _section(name: str, cls: type[Any], table: Mapping[str, Any], env: Mapping[s
         if name == "secrets":
             env_key = f"RELAY_{fname}".upper()
         key = f"[{name}] {fname}"
+        source = "default"
         if env_key in env:
             key = env_key
+            source = f"env {env_key}"
             values[fname] = _coerce(key, env[env_key], default, str(f.type))
         elif fname in table:
+            source = origin or "file"
             values[fname] = _coerce(key, table[fname], default, str(f.type))
         _validate(key, values.get(fname, default), f.metadata.get("rules", {}))
+        if sources is not None:
+            sources[f"{name}.{fname}"] = source
     return cls(**values)
 
 
@@ -478,17 +496,32 @@ def parse_hostport(key: str, value: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
-def _listeners(table: Mapping[str, Any], env: Mapping[str, str]) -> tuple[ListenerSettings, ...]:
+def _listeners(
+    table: Mapping[str, Any],
+    env: Mapping[str, str],
+    sources: dict[str, str] | None = None,
+    origin: str = "",
+) -> tuple[ListenerSettings, ...]:
     out = []
-    for name, raw in table.items():
+    for name in table:
         if name not in LISTENER_NAMES:
             raise ConfigError(
-                f"[listeners]: unknown listener {name!r} (known: {', '.join(LISTENER_NAMES)})"
+                f"unknown listener listeners.{name}{_did_you_mean(name, LISTENER_NAMES)} "
+                f"(known: {', '.join(LISTENER_NAMES)})"
             )
+    for name in LISTENER_NAMES:
+        raw = table.get(name, "")
         spec = {"listen": raw} if isinstance(raw, str) else dict(raw)
+        for typo in sorted(set(spec) - {"listen", "allow_plaintext_auth"}):
+            known = ("listen", "allow_plaintext_auth")
+            raise ConfigError(f"unknown key listeners.{name}.{typo}{_did_you_mean(typo, known)}")
         env_key = f"RELAY_LISTENERS_{name.upper()}"
+        source = (origin or "file") if name in table else "default"
         if env_key in env:
             spec["listen"] = env[env_key]
+            source = f"env {env_key}"
+        if sources is not None:
+            sources[f"listeners.{name}"] = source
         if not spec.get("listen"):
             continue
         host, port = parse_hostport(f"[listeners] {name}", str(spec["listen"]))
@@ -501,12 +534,38 @@ def _listeners(table: Mapping[str, Any], env: Mapping[str, str]) -> tuple[Listen
     return tuple(out)
 
 
+def _no_shared_ports(
+    listeners: tuple[ListenerSettings, ...], admin: AdminSettings, webhooks: WebhookSettings
+) -> None:
+    """Two listeners on one address would fail at bind, after the others opened: say so now.
+
+    A wildcard address (0.0.0.0, ::) takes the port on every address; port 0
+    (any free port) never clashes.
+    """
+    named = [(f"[listeners] {item.name}", item.host, item.port) for item in listeners]
+    for key, value in (("[admin] listen", admin.listen), ("[webhooks] listen", webhooks.listen)):
+        if value:
+            named.append((key, *parse_hostport(key, value)))
+    wildcard = ("0.0.0.0", "::")
+    for i, (key, host, port) in enumerate(named):
+        for other, other_host, other_port in named[:i]:
+            same = host == other_host or host in wildcard or other_host in wildcard
+            if port and port == other_port and same:
+                raise ConfigError(f"{key}: {host}:{port} is taken by {other} ({other_host}:{port})")
+
+
 def load_settings(
     path: str | os.PathLike[str] | None = None,
     env: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
+    sources: dict[str, str] | None = None,
 ) -> Settings:
-    """Read the TOML file (``path`` or ``RELAY_CONFIG``), then apply the environment."""
+    """Read the TOML file (``path`` or ``RELAY_CONFIG``), then apply the environment.
+
+    ``sources``, if given, is filled with where each key's value came from
+    (``section.key`` to ``default``, ``file PATH`` or ``env RELAY_...``), for
+    ``relay config check``.
+    """
     env = os.environ if env is None else env
     path = path or env.get("RELAY_CONFIG")
     data: dict[str, Any] = {}
@@ -519,13 +578,19 @@ def load_settings(
             raise ConfigError(f"config file {path}: {exc}") from exc
     for key, value in (overrides or {}).items():
         data.setdefault(key, {}).update(value)
-    unknown = set(data) - set(_SECTIONS) - {"listeners"}
-    if unknown:
-        raise ConfigError(f"unknown section(s): {', '.join(sorted(unknown))}")
+    known = [*_SECTIONS, "listeners"]
+    for typo in sorted(set(data) - set(known)):
+        raise ConfigError(f"unknown section {typo}{_did_you_mean(typo, known)}")
+    for name, table in data.items():
+        if not isinstance(table, dict):
+            raise ConfigError(f"{name}: {table!r} is not a [{name}] section")
+    origin = f"file {path}" if path else "file"
     sections = {
-        name: _section(name, cls, data.get(name, {}), env) for name, cls in _SECTIONS.items()
+        name: _section(name, cls, data.get(name, {}), env, sources, origin)
+        for name, cls in _SECTIONS.items()
     }
-    listeners = _listeners(data.get("listeners", {}), env)
+    listeners = _listeners(data.get("listeners", {}), env, sources, origin)
+    _no_shared_ports(listeners, sections["admin"], sections["webhooks"])
     if bool(sections["tls"].cert) != bool(sections["tls"].key):
         raise ConfigError("[tls] cert and key go together: set both, or neither")
     rep = sections["reputation"]
@@ -542,3 +607,128 @@ def describe() -> list[tuple[str, str, str]]:
         for f in dataclasses.fields(cls):
             rows.append((f"[{name}] {f.name}", repr(f.default), f.metadata.get("doc", "")))
     return rows
+
+
+def _shown(value: Any) -> Any:
+    """A value as `relay config check` shows it: secrets masked, URLs without passwords."""
+    if isinstance(value, Secret):
+        return "********" if value else ""
+    if isinstance(value, tuple):
+        return list(value)
+    if isinstance(value, str) and "@" in value and "://" in value:
+        parts = urlsplit(value)
+        if parts.password is not None:
+            user = parts.username or ""
+            host = parts.netloc.rpartition("@")[2]
+            return parts._replace(netloc=f"{user}:********@{host}").geturl()
+    return value
+
+
+def effective(settings: Settings, sources: Mapping[str, str]) -> list[tuple[str, Any, str]]:
+    """Every key: its value as in force (secrets masked) and where it came from.
+
+    ``sources`` is what ``load_settings(..., sources=...)`` filled in; a key it
+    lacks is shown as coming from its default.
+    """
+    rows: list[tuple[str, Any, str]] = []
+    for name in _SECTIONS:
+        section = getattr(settings, name)
+        for f in dataclasses.fields(section):
+            key = f"{name}.{f.name}"
+            rows.append((key, _shown(getattr(section, f.name)), sources.get(key, "default")))
+    by_name = {item.name: item for item in settings.listeners}
+    for name in LISTENER_NAMES:
+        key = f"listeners.{name}"
+        item = by_name.get(name)
+        shown = f"{item.host}:{item.port}" if item else ""
+        if item and item.allow_plaintext_auth:
+            shown += " (plaintext AUTH allowed)"
+        rows.append((key, shown, sources.get(key, "default")))
+    return rows
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, Secret):
+        value = value.reveal()
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+# What config/relay.toml listens on: the four SMTP ports of README's "Run it for real".
+EXAMPLE_LISTENERS = {
+    "smtp": ("0.0.0.0:25", "port 25, STARTTLS offered (server to server)"),
+    "submissions": ("0.0.0.0:465", "implicit TLS (RFC 8314)"),
+    "submission": ("0.0.0.0:587", "STARTTLS required before AUTH and MAIL (RFC 6409)"),
+    "alt": ("0.0.0.0:2525", "STARTTLS offered, for clients whose network blocks 25 and 587"),
+}
+
+
+def example_toml() -> str:
+    """A commented configuration file with every key at its default (config/relay.toml).
+
+    Made from the declarations above, so it cannot leave a key out: a new key
+    shows up here once it has its ``_doc``. Listeners are the one exception to
+    "at its default": with none, the relay would not listen at all.
+    """
+    import textwrap
+
+    def comment(text: str) -> list[str]:
+        return textwrap.wrap(text, 98, initial_indent="# ", subsequent_indent="# ")
+
+    lines = [
+        "# Relay's configuration file, with every key at its default.",
+        "#",
+        "# `relay config check --config FILE` reads it as `relay serve` would, prints every",
+        "# key's value and where it came from, and names the first mistake. Any key can be",
+        "# set by the environment instead, as RELAY_<SECTION>_<KEY> (RELAY_DATABASE_URL),",
+        "# which wins over this file; secrets are better kept there than here.",
+        "# Regenerate with `relay config example > config/relay.toml`.",
+        "",
+        "[listeners]",
+        '# name = "host:port"; leave one out (or set it to "") to turn it off. A listener',
+        '# may also be a table: [listeners.alt] listen = "127.0.0.1:2525",',
+        "# allow_plaintext_auth = true (AUTH without TLS: loopback use only).",
+    ]
+    for name, (listen, doc) in EXAMPLE_LISTENERS.items():
+        lines.append(f"{name} = {_toml_value(listen)}  # {doc}")
+    for name, cls in _SECTIONS.items():
+        lines += ["", f"[{name}]"]
+        for f in dataclasses.fields(cls):
+            doc = f.metadata.get("doc", "")
+            if name == "secrets":
+                doc += " Empty: made once under var_dir; nodes sharing a database share it."
+            lines += comment(doc)
+            lines.append(f"{f.name} = {_toml_value(f.default)}")
+    return "\n".join(lines) + "\n"
+
+
+def env_names() -> list[str]:
+    """Every environment variable that sets a key (``RELAY_SERVER_HOSTNAME``, ...)."""
+    names = [f"RELAY_LISTENERS_{name.upper()}" for name in LISTENER_NAMES]
+    for name, cls in _SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            prefix = "RELAY" if name == "secrets" else f"RELAY_{name.upper()}"
+            names.append(f"{prefix}_{f.name.upper()}")
+    return names
+
+
+def env_typos(env: Mapping[str, str]) -> list[str]:
+    """``RELAY_*`` variables that set nothing but are one slip from a key's name.
+
+    The environment holds other programs' variables too (and the command
+    line's own: RELAY_URL, RELAY_TOKEN, secrets' ``*_FILE`` forms), so only a
+    near miss is reported, and as a warning: it may be meant for something else.
+    """
+    known = env_names()
+    found = []
+    for name in sorted(env):
+        if name.startswith("RELAY_") and name not in known and not name.endswith("_FILE"):
+            hint = _did_you_mean(name, known, cutoff=0.85)  # RELAY_URL is not ..._DATABASE_URL
+            if hint:
+                found.append(f"{name} sets nothing{hint}")
+    return found

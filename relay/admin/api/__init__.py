@@ -1,7 +1,10 @@
 """The admin API: JSON under /api/v1 on the admin listener, with its OpenAPI document.
 
-FastAPI builds the document (``/api/v1/openapi.json``) and the docs page
-(``/api/v1/docs``) from the routes and their models. Routes are synchronous:
+FastAPI builds the document (``/api/v1/openapi.json``) and the docs pages
+(Swagger UI at ``/api/v1/docs``, ReDoc at ``/api/v1/redoc``) from the routes
+and their models. The pages' scripts and styles are served by Relay itself
+(fastapi-offline ships them), not from a CDN: the docs work on a host
+without internet. Routes are synchronous:
 FastAPI runs them in its thread pool, so the service layer's blocking
 database calls never stall the relay's event loop, which also serves SMTP.
 
@@ -14,6 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 from starlette.types import ASGIApp, Receive, Send
 from starlette.types import Scope as ASGIScope
 
@@ -37,6 +41,10 @@ checks from your address (see `Retry-After`).
 """
 
 
+# Where the docs pages' own scripts, styles and icon are served, under /api/v1.
+DOCS_ASSETS = "/docs/assets"
+
+
 def make_api(ctx: ApiContext) -> ASGIApp:
     """The API as an ASGI app, to mount at /api/v1."""
     app = build_app()
@@ -46,13 +54,14 @@ def make_api(ctx: ApiContext) -> ASGIApp:
 
 def build_app() -> FastAPI:
     """Routes, models and error handlers: everything but the context."""
-    app = FastAPI(
+    app = FastAPIOffline(
         title="Relay admin API",
         version=__version__,
         description=DESCRIPTION,
         docs_url="/docs",
-        redoc_url=None,
+        redoc_url="/redoc",
         openapi_url="/openapi.json",
+        static_url=DOCS_ASSETS,
     )
     errors.install(app)
     routers = (
