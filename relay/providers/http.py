@@ -58,18 +58,25 @@ class HttpApi:
     def _headers(self) -> dict[str, str]:
         raise NotImplementedError
 
-    async def _request(self, method: str, path: str, body: bytes | None = None) -> httpx.Response:
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> httpx.Response:
         """One request; a timeout or a connection failure is transient, in our words.
 
         Once the request is written, no answer is ``OutcomeUnknown``, not a
-        refusal: the provider may have the message.
+        refusal: the provider may have the message. ``headers`` replace
+        ``_headers()`` when they depend on the request (SES's signature).
         """
         try:
             return await self._http.request(
                 method,
                 self.api_url + path,
                 content=body,
-                headers=self._headers(),
+                headers=headers if headers is not None else self._headers(),
                 timeout=self.timeout,
             )
         except httpx.ReadTimeout as exc:

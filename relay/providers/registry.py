@@ -5,6 +5,8 @@ Each kind is one record, ``KIND`` in the provider's own module
 
     sendgrid   api: SendGrid v3  -> smtp: smtp.sendgrid.net:587, user apikey
     sparkpost  api: Transmissions -> smtp: smtp.sparkpostmail.com:587, SMTP_Injection
+    ses        api: SES v2 SendEmail -> smtp: email-smtp.{region}.amazonaws.com:587,
+               the access key id and the SMTP password derived from its secret
     smtp       smtp: the operator's server (smtp_host required)
     outbox     file: .eml files in outbox_dir (demo and tests)
 
@@ -36,14 +38,14 @@ import httpx
 from relay.core.errors import Invalid
 from relay.core.message import OutboundMessage, make_message_id
 from relay.core.settings import Secret
-from relay.providers import outbox, sendgrid, smtp, sparkpost
+from relay.providers import outbox, sendgrid, ses, smtp, sparkpost
 from relay.providers.base import Health, Provider, Receipt
 from relay.providers.chain import AttemptHook, CircuitBreaker, Leg, ProviderChain
 from relay.providers.kind import ApiFactory, ProviderKind, SmtpRelay
 from relay.providers.smtp import TLS_MODES, SmtpEndpoint, SmtpTransport
 
 KINDS: dict[str, ProviderKind] = {
-    kind.name: kind for kind in (sendgrid.KIND, sparkpost.KIND, smtp.KIND, outbox.KIND)
+    kind.name: kind for kind in (sendgrid.KIND, sparkpost.KIND, ses.KIND, smtp.KIND, outbox.KIND)
 }
 DEFAULT_TIMEOUT = 30.0
 
@@ -167,8 +169,8 @@ def _check_secrets(record: ProviderKind, secrets: Mapping[str, Any]) -> None:
     for key in secrets:
         if key not in SECRETS:
             raise Invalid(f"unknown secret {key!r}", key)
-    if record.api is not None and not secrets.get("api_key"):
-        raise Invalid(f"a {record.name} provider needs api_key", "api_key")
+    if record.api is not None and not secrets.get(record.api_secret):
+        raise Invalid(f"a {record.name} provider needs {record.api_secret}", record.api_secret)
     if secrets.get("webhook_key"):
         if record.webhook is None:
             raise Invalid(f"a {record.name} provider has no event webhook", "webhook_key")
@@ -200,11 +202,15 @@ def _endpoint(
 ) -> SmtpEndpoint:
     port = int(options.get("smtp_port") or relay.port)
     password = _secret(secrets, "smtp_password") or _secret(secrets, "api_key")
+    user = options.get("smtp_user") or relay.user or None
+    if relay.login is not None:  # derived from the row (SES)
+        derived_user, derived = relay.login(options, secrets)
+        user, password = options.get("smtp_user") or derived_user or None, Secret(derived)
     return SmtpEndpoint(
-        host=str(options.get("smtp_host") or relay.host),
+        host=relay.host_for(options),
         port=port,
         tls=_tls_mode(options, port),
-        username=options.get("smtp_user") or relay.user or None,
+        username=user,
         password=password,
         auth_mechanism=relay.auth_mechanism,
         allow_insecure_tls=bool(options.get("allow_insecure_tls")),
@@ -330,13 +336,13 @@ def _legs(
     """The kind's network legs in order: its API first, then its SMTP relay."""
     legs = []
     if record.api is not None:
-        url = str(options.get("api_url") or record.api_url)
+        url = record.url_for(options)
         timeout = float(options.get("timeout") or DEFAULT_TIMEOUT)
         client = _http_for(options, http, tls_context)
         legs.append(_api_leg(record.api, name, url, options, secrets, client, timeout))
     if record.smtp is not None:
         endpoint = _endpoint(record.smtp, options, secrets, tls_context)
-        transport = SmtpTransport(name, endpoint, prepare=record.smtp.prepare)
+        transport = SmtpTransport(name, endpoint, prepare=record.smtp.prepare_of(options))
         legs.append(Leg("smtp", transport))
     return legs
 

@@ -83,6 +83,10 @@ def make_webhook_app(
         try:
             if provider.key is None:
                 raise WebhookRefused("this provider has no webhook key set", 403)
+            if webhook.receive is not None:  # SNS: the certificate, a subscription
+                handled = await webhook.receive(provider.key, headers, body)
+                if handled is not None:
+                    return JSONResponse({"handled": handled})
             webhook.authenticate(provider.key, headers, body, clock())
         except WebhookRefused as exc:
             metrics.webhook_events.labels(provider.kind, "none", "refused").inc()
