@@ -93,8 +93,14 @@ _test_hosts: dict[str, ssl.SSLContext] = {}
 _certificates: dict[str, rsa.RSAPublicKey] = {}
 
 
-def trust_for_tests(host_port: str, context: ssl.SSLContext) -> None:
-    """Allow certificate and subscription URLs on ``host:port`` (loopback tests only)."""
+def trust_for_tests(host_port: str, context: ssl.SSLContext | None) -> None:
+    """Allow certificate and subscription URLs on ``host:port`` (loopback tests only);
+    ``None`` withdraws it and forgets the certificates fetched from there."""
+    if context is None:
+        _test_hosts.pop(host_port, None)
+        for url in [u for u in _certificates if httpx.URL(u).netloc.decode() == host_port]:
+            del _certificates[url]
+        return
     _test_hosts[host_port] = context
 
 

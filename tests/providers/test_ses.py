@@ -287,14 +287,19 @@ class AwsErrors:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         head = await reader.readuntil(b"\r\n\r\n")
         length = next(
-            (int(line.split(b":")[1]) for line in head.lower().split(b"\r\n")
-             if line.startswith(b"content-length:")),
+            (
+                int(line.split(b":")[1])
+                for line in head.lower().split(b"\r\n")
+                if line.startswith(b"content-length:")
+            ),
             0,
         )
         body = await reader.readexactly(length)
         self.requests.append(head + body)
         payload = json.dumps({"message": "emulated trouble"}).encode()
-        extra = f"x-amzn-ErrorType: {self.code}:http://internal.amazon.com/\r\n" if self.code else ""
+        extra = (
+            f"x-amzn-ErrorType: {self.code}:http://internal.amazon.com/\r\n" if self.code else ""
+        )
         if self.status == 429:
             extra += "Retry-After: 7\r\n"
         writer.write(
