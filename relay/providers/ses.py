@@ -89,7 +89,7 @@ MAX_RECIPIENTS = 50  # per message, API and SMTP alike (SES quotas)
 # An AWS region name: us-east-1, eu-central-2, us-gov-west-1, cn-north-1...
 REGION = re.compile(r"^[a-z]{2}(?:-[a-z]+)+-\d{1,2}$")
 # Tag names and values: ASCII letters, digits, _ and - (256 at most); ours fit.
-_TAG_UNSAFE = re.compile(r"[^A-Za-z0-9_.@-]")
+_TAG_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 CAMPAIGN_TAG = "relay_campaign"
 
 SES_STATUS: dict[int, type[ProviderError] | None] = {
