@@ -8,6 +8,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from sqlalchemy import Engine, select, update
@@ -27,12 +28,12 @@ from tests.aws import (  # noqa: F401 (moto_server, moto_state: the fixtures mot
 )
 from tests.support import RelayThread, Tenant, make_settings, message
 from tests.test_delivery import send, wait_for
-from tests.test_ses_events import (  # noqa: F401 (signer: a fixture)
+from tests.test_ses_events import (  # noqa: F401 (sns_signer: the fixture signer)
     TOPIC,
     FakeSns,
     bounce,
-    signer,
     sns_post,
+    sns_signer,
     suppressed,
 )
 
@@ -52,9 +53,7 @@ def settings(tmp_path: Path, db_url: str) -> Settings:
 
 
 @pytest.fixture
-def served(
-    settings: Settings, engine: Engine, tenant: Tenant, moto: Moto
-) -> Iterator[RelayThread]:
+def served(settings: Settings, engine: Engine, tenant: Tenant, moto: Moto) -> Iterator[RelayThread]:
     moto.verify(tenant.username.rpartition("@")[2])  # the sending domain, as SES wants it
     options = {"region": REGION, "access_key_id": ACCESS_KEY_ID, "api_url": moto.url}
     secrets = {"secret_access_key": SECRET_ACCESS_KEY, "webhook_key": TOPIC}
@@ -75,8 +74,6 @@ def test_delivered_by_ses_bounced_through_sns_then_suppressed(
     moto: Moto,
     signer: tuple[rsa.RSAPrivateKey, FakeSns],
 ) -> None:
-    import httpx
-
     gone, cc, hidden = "gone@example.org", "cc@example.org", "hidden@example.org"
     data = message(tenant.username, to=gone, cc=cc, bcc=hidden, body="Grüße\r\n")
     first = send(served, tenant, [gone, cc, hidden], data)

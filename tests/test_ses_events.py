@@ -180,8 +180,8 @@ def bounce(queue_id: str, address: str, bounce_type: str = "Permanent") -> str:
     )
 
 
-@pytest.fixture
-def signer() -> Iterator[tuple[rsa.RSAPrivateKey, FakeSns]]:
+@pytest.fixture(name="signer")
+def sns_signer() -> Iterator[tuple[rsa.RSAPrivateKey, FakeSns]]:
     key, pem = signing_pair()
     with FakeSns(pem) as sns:
         yield key, sns
