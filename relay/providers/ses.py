@@ -191,11 +191,12 @@ def send_email_body(message: OutboundMessage, configuration_set: str | None) -> 
     """The SendEmail request for one message."""
     raw = base64.b64encode(without_bcc(message.data)).decode("ascii")
     body: dict[str, Any] = {
-        "FromEmailAddress": message.mail_from,
         "Destination": {"ToAddresses": [address for address, _ in message.recipients]},
         "Content": {"Raw": {"Data": raw}},
         "EmailTags": [{"Name": k, "Value": v} for k, v in message_tags(message).items()],
     }
+    if message.mail_from:  # the null sender (<>): SES takes the From field instead
+        body["FromEmailAddress"] = message.mail_from
     if configuration_set:
         body["ConfigurationSetName"] = configuration_set
     return body

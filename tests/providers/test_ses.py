@@ -153,6 +153,8 @@ def test_the_request_body_carries_the_set_and_relay_ids():
     tags = {t["Name"]: t["Value"] for t in ses.send_email_body(one, None)["EmailTags"]}
     assert tags == {"relay_message_id": "Q1", "relay_recipient_id": "42"}
     assert "ConfigurationSetName" not in ses.send_email_body(one, None)
+    null_sender = outbound(data, rcpts, mail_from="")
+    assert "FromEmailAddress" not in ses.send_email_body(null_sender, None)
 
 
 async def test_an_unverified_sender_is_refused_for_good(
