@@ -24,7 +24,7 @@ from typing import Any
 
 import uvicorn
 
-from relay.emulator import events, sendgrid, sparkpost
+from relay.emulator import events, sendgrid, ses, sparkpost
 from relay.emulator.events import EventPoster
 from relay.emulator.faults import ApiState
 from relay.emulator.smtp import HOSTNAME, SmtpSink, start_sink
@@ -61,6 +61,9 @@ class Emulator:
     smtps_port: int | None = None
     ca_pem: bytes | None = field(default=None, repr=False)
     events: EventPoster = field(default_factory=EventPoster)
+    # Amazon SES v2 (relay.emulator.ses): the key is its access key id and secret.
+    ses: ApiState = field(default_factory=lambda: ApiState(DEFAULT_API_KEY))
+    ses_port: int = 0
     _http: list[_Http] = field(default_factory=list, repr=False)
     _smtp_servers: list[asyncio.Server] = field(default_factory=list, repr=False)
 
@@ -71,6 +74,10 @@ class Emulator:
     @property
     def sparkpost_url(self) -> str:
         return f"http://{_url_host(self.host)}:{self.sparkpost_port}"
+
+    @property
+    def ses_url(self) -> str:
+        return f"http://{_url_host(self.host)}:{self.ses_port}"
 
     def client_tls_context(self) -> ssl.SSLContext:
         """A client context that trusts the emulator's certificate authority."""
@@ -86,6 +93,8 @@ class Emulator:
             options["api_url"] = self.sendgrid_url
         elif kind == "sparkpost":
             options["api_url"] = self.sparkpost_url
+        elif kind == "ses":
+            options.update(api_url=self.ses_url, region=ses.REGION, access_key_id=self.ses.api_key)
         return options
 
     def set_events_url(
@@ -129,6 +138,7 @@ class Emulator:
         lines = [
             f"SendGrid API   {self.sendgrid_url}",
             f"SparkPost API  {self.sparkpost_url}",
+            f"Amazon SES API {self.ses_url} (region {ses.REGION}, access key id = the key)",
             f"SMTP           {self.host}:{self.smtp_port}"
             + (" (STARTTLS)" if self.smtp.tls_context else ""),
         ]
@@ -144,6 +154,7 @@ class Emulator:
     async def aclose(self) -> None:
         self.sendgrid.wake()
         self.sparkpost.wake()
+        self.ses.wake()
         for http in self._http:
             http.server.should_exit = True
         await asyncio.gather(*(http.task for http in self._http), return_exceptions=True)
@@ -229,11 +240,13 @@ async def serve_emulator(
     starttls: bool = False,
     tls_context: ssl.SSLContext | None = None,
     ca_pem: bytes | None = None,
+    ses_port: int = 0,
 ) -> Emulator:
     """Start the emulator on ``host`` (loopback only) and return it running.
 
     SMTP users default to the providers' relay users (``apikey``,
-    ``SMTP_Injection``) with ``api_key`` as password; ``{}`` turns AUTH off.
+    ``SMTP_Injection``) with ``api_key`` as password, and SES's (``api_key``
+    as access key id, the SMTP password derived from it); ``{}`` turns AUTH off.
     TLS: pass a server ``tls_context`` (and the ``ca_pem`` clients should
     trust), or ``starttls=True`` / a ``smtps_port`` to have one made.
     """
@@ -241,16 +254,19 @@ async def serve_emulator(
     if tls_context is None and (starttls or smtps_port is not None):
         tls_context, ca_pem = _make_tls()
     users = {"apikey": api_key, "SMTP_Injection": api_key} if smtp_users is None else smtp_users
+    if smtp_users is None:  # SES: the key id, and the SMTP password derived from the key
+        users[api_key] = ses.smtp_password(api_key)
     emulator = Emulator(
         host,
         ApiState(api_key),
         ApiState(api_key),
         SmtpSink(users=users, tls_context=tls_context),
         ca_pem=ca_pem,
+        ses=ApiState(api_key),
     )
     emulator._wire_events()
     try:
-        await _start(emulator, sendgrid_port, sparkpost_port, smtp_port, smtps_port)
+        await _start(emulator, sendgrid_port, sparkpost_port, smtp_port, smtps_port, ses_port)
     except BaseException:
         await emulator.aclose()
         raise
@@ -263,14 +279,17 @@ async def _start(
     sparkpost_port: int,
     smtp_port: int,
     smtps_port: int | None,
+    ses_port: int = 0,
 ) -> None:
     host = emulator.host
     for app, port in (
         (sendgrid.create_app(emulator.sendgrid), sendgrid_port),
         (sparkpost.create_app(emulator.sparkpost), sparkpost_port),
+        (ses.create_app(emulator.ses), ses_port),
     ):
         emulator._http.append(await _serve_http(app, host, port))
-    emulator.sendgrid_port, emulator.sparkpost_port = (h.port for h in emulator._http)
+    ports = (h.port for h in emulator._http)
+    emulator.sendgrid_port, emulator.sparkpost_port, emulator.ses_port = ports
     smtp = await start_sink(emulator.smtp, host, smtp_port)
     emulator._smtp_servers.append(smtp)
     emulator.smtp_port = smtp.sockets[0].getsockname()[1]
@@ -286,12 +305,15 @@ async def _start(
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="relay emulate",
-        description="Fake SendGrid and SparkPost APIs and an SMTP sink, on loopback.",
+        description="Fake SendGrid, SparkPost and Amazon SES APIs and an SMTP sink, on loopback.",
     )
     parser.add_argument("--host", default="127.0.0.1", help="loopback address to listen on")
     parser.add_argument("--sendgrid-port", type=int, default=0, metavar="P")
     parser.add_argument("--sparkpost-port", type=int, default=0, metavar="P")
     parser.add_argument("--smtp-port", type=int, default=0, metavar="P")
+    parser.add_argument(
+        "--ses-port", type=int, default=0, metavar="P", help="the Amazon SES v2 API's port"
+    )
     parser.add_argument(
         "--smtps-port",
         type=int,
@@ -339,6 +361,7 @@ async def _run(args: argparse.Namespace) -> None:
         smtps_port=args.smtps_port,
         api_key=args.api_key,
         starttls=args.starttls,
+        ses_port=args.ses_port,
     )
     if args.sendgrid_events_url:
         emulator.set_events_url("sendgrid", args.sendgrid_events_url)

@@ -459,3 +459,39 @@ def test_provider_ips_reads_the_regional_hosts():
         ("api", "email.ap-southeast-2.amazonaws.com", 443),
         ("smtp", "email-smtp.ap-southeast-2.amazonaws.com", 587),
     ]
+
+
+# -- the project emulator's SES part (relay emulate) ------------------------------
+
+
+async def test_the_emulator_plays_ses_for_both_legs(emulator: Emulator, make_provider: Any):
+    from .conftest import API_KEY
+
+    secrets = {"secret_access_key": API_KEY}
+    chain = make_provider("ses", secrets=secrets, test_address=SENDER)
+    assert (await chain.check()).ok
+    data, rcpts = hidden_bcc()
+    receipt = await chain.send(outbound(data, rcpts, mail_from=SENDER))
+    assert receipt.transport == "api"
+    [body] = emulator.ses.accepted()
+    assert body["Destination"]["ToAddresses"] == [a for a, _ in rcpts]
+    assert b"hidden@example.org" not in base64.b64decode(body["Content"]["Raw"]["Data"])
+
+    emulator.ses.rate_limit()
+    receipt = await chain.send(outbound(data, rcpts, mail_from=SENDER))
+    assert receipt.transport == "smtp"  # 429: SES's SMTP interface, derived password
+    [got] = emulator.smtp.messages
+    assert got.user == API_KEY and got.rcpt_tos == [a for a, _ in rcpts]
+
+    emulator.ses.fail(400, code="MessageRejected", message="Email address is not verified")
+    with pytest.raises(PermanentError, match="not verified"):
+        await chain.send(outbound(data, rcpts, mail_from=SENDER))
+    assert len(emulator.smtp.messages) == 1  # a refusal does not fall back
+
+    emulator.ses.seed_list("identities", {"identity": "example.com"})
+    stranger = make_provider("ses", secrets=secrets, test_address="ops@elsewhere.test")
+    health = await stranger.primary.provider.check()
+    assert not health.ok and "not a verified identity" in health.detail
+    wrong = make_provider("ses", secrets=secrets, access_key_id="AKIAWRONG")
+    with pytest.raises(CredentialsError):
+        await wrong.primary.provider.send(outbound(data, rcpts, mail_from=SENDER))
