@@ -77,7 +77,7 @@ from relay.providers import ses_events
 from relay.providers.base import Health, Receipt
 from relay.providers.headers import has_field, header_field
 from relay.providers.http import HttpApi
-from relay.providers.kind import ProviderKind, SmtpRelay, Webhook
+from relay.providers.kind import Prepare, ProviderKind, SmtpRelay, Webhook
 from relay.providers.sparkpost import without_bcc
 
 API_URL = "https://email.{region}.amazonaws.com"
@@ -337,7 +337,7 @@ def ses_headers(message: OutboundMessage, configuration_set: str | None) -> byte
     return out
 
 
-def smtp_preparer(options: Mapping[str, Any]) -> Any:
+def smtp_preparer(options: Mapping[str, Any]) -> Prepare:
     """What the SMTP leg sends: SES's headers on top (a client's own win), Bcc removed."""
     configuration_set = options.get("configuration_set") or None
 
