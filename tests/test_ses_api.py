@@ -58,7 +58,7 @@ def ses_row(moto: Moto, emulator: Emulator, **extra: Any) -> dict[str, Any]:
         "configuration_set": "relay-events",
         "api_url": moto.url,
         "test_address": SENDER,
-        **emulator.provider_options("ses"),
+        **{k: v for k, v in emulator.provider_options("ses").items() if k.startswith("smtp_")},
         **extra,
     }
 

@@ -138,12 +138,14 @@ class Emulator:
         lines = [
             f"SendGrid API   {self.sendgrid_url}",
             f"SparkPost API  {self.sparkpost_url}",
-            f"Amazon SES API {self.ses_url} (region {ses.REGION}, access key id = the key)",
             f"SMTP           {self.host}:{self.smtp_port}"
             + (" (STARTTLS)" if self.smtp.tls_context else ""),
         ]
         if self.smtps_port is not None:
             lines.append(f"SMTPS          {self.host}:{self.smtps_port} (implicit TLS)")
+        lines.append(
+            f"Amazon SES API {self.ses_url} (region {ses.REGION}, access key id = the key)"
+        )
         for kind in events.KINDS:
             url = self.events.url(kind)
             if url:

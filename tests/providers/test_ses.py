@@ -53,15 +53,12 @@ from .corpus import outbound
 
 
 def ses_options(api_url: str, emulator: Emulator | None = None, **extra: Any) -> dict[str, Any]:
-    options: dict[str, Any] = {
-        "region": REGION,
-        "access_key_id": ACCESS_KEY_ID,
-        "api_url": api_url,
-        **extra,
-    }
+    """An SES row on ``api_url`` (moto), its SMTP leg on the emulator's sink."""
+    options: dict[str, Any] = {}
     if emulator is not None:
-        options |= emulator.provider_options("ses")
-    return options
+        smtp = emulator.provider_options("ses")
+        options = {k: smtp[k] for k in ("smtp_host", "smtp_port", "smtp_tls")}
+    return options | {"region": REGION, "access_key_id": ACCESS_KEY_ID, "api_url": api_url, **extra}
 
 
 SECRETS = {"secret_access_key": SECRET_ACCESS_KEY}
