@@ -3,8 +3,9 @@
 Neither boto3 nor aiobotocore sends: boto3 blocks the event loop, and both
 would bring a second HTTP stack beside the shared ``httpx.AsyncClient``.
 botocore's own signer (``SigV4Auth`` over an ``AWSRequest``) computes the
-Signature Version 4 headers, a few microseconds of CPU, and the request goes
-on the shared client like SendGrid's and SparkPost's
+Signature Version 4 headers and the request goes on the shared client like
+SendGrid's and SparkPost's. Signing hashes the body: for a large message
+(over :data:`SIGN_OFF_LOOP`) it runs in a worker thread, not on the loop
 (https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_sigv.html).
 
 SendEmail (``POST /v2/email/outbound-emails``,
@@ -49,6 +50,7 @@ paused account or an unverified identity in SES's words; it sends nothing.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -86,6 +88,9 @@ SMTP_PORT = 587
 SEND_PATH = "/v2/email/outbound-emails"
 SIGNING_NAME = "ses"  # SES v2 signs as "ses", like v1
 MAX_RECIPIENTS = 50  # per message, API and SMTP alike (SES quotas)
+# Bodies larger than this are signed in a worker thread (SHA-256 of the body
+# and botocore's request handling cost about 1 ms a MB).
+SIGN_OFF_LOOP = 256 * 1024
 # An AWS region name: us-east-1, eu-central-2, us-gov-west-1, cn-north-1...
 REGION = re.compile(r"^[a-z]{2}(?:-[a-z]+)+-\d{1,2}$")
 # Tag names and values: ASCII letters, digits, _ and - (256 at most); ours fit.
@@ -238,7 +243,11 @@ class SesApi(HttpApi):
         return {k: str(v) for k, v in request.headers.items()}
 
     async def _call(self, method: str, path: str, body: bytes | None = None) -> httpx.Response:
-        return await self._request(method, path, body, headers=self._signed(method, path, body))
+        if body is not None and len(body) > SIGN_OFF_LOOP:
+            headers = await asyncio.to_thread(self._signed, method, path, body)
+        else:
+            headers = self._signed(method, path, body)
+        return await self._request(method, path, body, headers=headers)
 
     def _error(self, response: httpx.Response) -> ProviderError:
         data = _json(response)

@@ -492,3 +492,14 @@ async def test_the_emulator_plays_ses_for_both_legs(emulator: Emulator, make_pro
     wrong = make_provider("ses", secrets=secrets, access_key_id="AKIAWRONG")
     with pytest.raises(CredentialsError):
         await wrong.primary.provider.send(outbound(data, rcpts, mail_from=SENDER))
+
+
+async def test_a_large_message_is_signed_off_the_loop_and_arrives_whole(
+    moto: Moto, chains: list[ProviderChain], http: httpx.AsyncClient
+):
+    big = outbound(corpus.with_attachment(bytes(range(256)) * 1500), mail_from=SENDER)
+    assert len(big.data) > ses.SIGN_OFF_LOOP
+    chain = build(chains, http, ses_options(moto.url))
+    assert (await chain.send(big)).transport == "api"
+    [sent] = moto.sent()
+    assert sent.raw_data.encode() == big.data
