@@ -252,8 +252,10 @@ def _connection_options(s: argparse.ArgumentParser) -> None:
     s.add_argument("--secret-access-key", help="Amazon SES: the IAM secret access key")
     s.add_argument(
         "--webhook-key",
-        help="event webhook: SendGrid's verification key; SparkPost's USER:PASSWORD; "
-        "Mailgun's HTTP webhook signing key",
+        help=(
+            "event webhook: SendGrid's verification key; SparkPost's USER:PASSWORD;"
+            " Mailgun's HTTP webhook signing key; Amazon SES: the SNS topic's ARN"
+        ),
     )
     s.add_argument("--no-check", action="store_true", help="skip the live check")
 
@@ -266,7 +268,10 @@ def register(sub: Verbs) -> None:
     s.add_argument("name")
     s.add_argument("--account", required=True)
     s.add_argument(
-        "--kind", required=True, type=_kind, help="sendgrid, sparkpost, mailgun, smtp or outbox"
+        "--kind",
+        required=True,
+        type=_kind,
+        help="sendgrid, sparkpost, mailgun, ses, smtp or outbox",
     )
     _connection_options(s)
     s = add_verb(prov, "edit", cmd_edit, "change a provider (the live check runs first)")

@@ -25,7 +25,7 @@ from typing import Any
 
 import uvicorn
 
-from relay.emulator import events, mailgun, sendgrid, sparkpost
+from relay.emulator import events, mailgun, sendgrid, ses, sparkpost
 from relay.emulator.events import EventPoster
 from relay.emulator.faults import ApiState
 from relay.emulator.mailgun import MailgunState
@@ -65,6 +65,9 @@ class Emulator:
     smtps_port: int | None = None
     ca_pem: bytes | None = field(default=None, repr=False)
     events: EventPoster = field(default_factory=EventPoster)
+    # Amazon SES v2 (relay.emulator.ses): the key is its access key id and secret.
+    ses: ApiState = field(default_factory=lambda: ApiState(DEFAULT_API_KEY))
+    ses_port: int = 0
     _http: list[_Http] = field(default_factory=list, repr=False)
     _smtp_servers: list[asyncio.Server] = field(default_factory=list, repr=False)
 
@@ -79,6 +82,10 @@ class Emulator:
     @property
     def mailgun_url(self) -> str:
         return f"http://{_url_host(self.host)}:{self.mailgun_port}"
+
+    @property
+    def ses_url(self) -> str:
+        return f"http://{_url_host(self.host)}:{self.ses_port}"
 
     def client_tls_context(self) -> ssl.SSLContext:
         """A client context that trusts the emulator's certificate authority."""
@@ -97,6 +104,8 @@ class Emulator:
         elif kind == "mailgun":
             options["api_url"] = self.mailgun_url
             options["sending_domain"] = mailgun.DOMAIN
+        elif kind == "ses":
+            options.update(api_url=self.ses_url, region=ses.REGION, access_key_id=self.ses.api_key)
         return options
 
     def set_events_url(
@@ -155,6 +164,9 @@ class Emulator:
         if self.smtps_port is not None:
             lines.append(f"SMTPS          {self.host}:{self.smtps_port} (implicit TLS)")
         lines.append(f"Mailgun API    {self.mailgun_url} (domain {mailgun.DOMAIN})")
+        lines.append(
+            f"Amazon SES API {self.ses_url} (region {ses.REGION}, access key id = the key)"
+        )
         for kind in events.KINDS:
             url = self.events.url(kind)
             if url:
@@ -167,6 +179,7 @@ class Emulator:
         self.sendgrid.wake()
         self.sparkpost.wake()
         self.mailgun.wake()
+        self.ses.wake()
         for http in self._http:
             http.server.should_exit = True
         await asyncio.gather(*(http.task for http in self._http), return_exceptions=True)
@@ -253,12 +266,14 @@ async def serve_emulator(
     tls_context: ssl.SSLContext | None = None,
     ca_pem: bytes | None = None,
     mailgun_port: int = 0,
+    ses_port: int = 0,
 ) -> Emulator:
     """Start the emulator on ``host`` (loopback only) and return it running.
 
     SMTP users default to the providers' relay users (``apikey``,
     ``SMTP_Injection``, ``postmaster@`` the Mailgun domain) with ``api_key``
-    as password; ``{}`` turns AUTH off.
+    as password, and SES's (``api_key`` as access key id, the SMTP password
+    derived from it); ``{}`` turns AUTH off.
     TLS: pass a server ``tls_context`` (and the ``ca_pem`` clients should
     trust), or ``starttls=True`` / a ``smtps_port`` to have one made.
     """
@@ -267,6 +282,8 @@ async def serve_emulator(
         tls_context, ca_pem = _make_tls()
     relay_users = ("apikey", "SMTP_Injection", f"postmaster@{mailgun.DOMAIN}")
     users = {user: api_key for user in relay_users} if smtp_users is None else smtp_users
+    if smtp_users is None:  # SES: the key id, and the SMTP password derived from the key
+        users[api_key] = ses.smtp_password(api_key)
     emulator = Emulator(
         host,
         ApiState(api_key),
@@ -274,10 +291,13 @@ async def serve_emulator(
         SmtpSink(users=users, tls_context=tls_context),
         mailgun=MailgunState(api_key),
         ca_pem=ca_pem,
+        ses=ApiState(api_key),
     )
     emulator._wire_events()
     try:
-        await _start(emulator, sendgrid_port, sparkpost_port, smtp_port, smtps_port, mailgun_port)
+        await _start(
+            emulator, sendgrid_port, sparkpost_port, smtp_port, smtps_port, mailgun_port, ses_port
+        )
     except BaseException:
         await emulator.aclose()
         raise
@@ -291,16 +311,23 @@ async def _start(
     smtp_port: int,
     smtps_port: int | None,
     mailgun_port: int = 0,
+    ses_port: int = 0,
 ) -> None:
     host = emulator.host
     for app, port in (
         (sendgrid.create_app(emulator.sendgrid), sendgrid_port),
         (sparkpost.create_app(emulator.sparkpost), sparkpost_port),
         (mailgun.create_app(emulator.mailgun), mailgun_port),
+        (ses.create_app(emulator.ses), ses_port),
     ):
         emulator._http.append(await _serve_http(app, host, port))
     ports = [h.port for h in emulator._http]
-    emulator.sendgrid_port, emulator.sparkpost_port, emulator.mailgun_port = ports
+    (
+        emulator.sendgrid_port,
+        emulator.sparkpost_port,
+        emulator.mailgun_port,
+        emulator.ses_port,
+    ) = ports
     smtp = await start_sink(emulator.smtp, host, smtp_port)
     emulator._smtp_servers.append(smtp)
     emulator.smtp_port = smtp.sockets[0].getsockname()[1]
@@ -316,7 +343,9 @@ async def _start(
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="relay emulate",
-        description="Fake SendGrid, SparkPost and Mailgun APIs and an SMTP sink, on loopback.",
+        description=(
+            "Fake SendGrid, SparkPost, Mailgun and Amazon SES APIs and an SMTP sink, on loopback."
+        ),
     )
     parser.add_argument("--host", default="127.0.0.1", help="loopback address to listen on")
     parser.add_argument("--sendgrid-port", type=int, default=0, metavar="P")
@@ -325,6 +354,9 @@ def _parser() -> argparse.ArgumentParser:
         "--mailgun-port", type=int, default=0, metavar="P", help="Mailgun API port (0: any free)"
     )
     parser.add_argument("--smtp-port", type=int, default=0, metavar="P")
+    parser.add_argument(
+        "--ses-port", type=int, default=0, metavar="P", help="the Amazon SES v2 API's port"
+    )
     parser.add_argument(
         "--smtps-port",
         type=int,
@@ -378,6 +410,7 @@ async def _run(args: argparse.Namespace) -> None:
         api_key=args.api_key,
         starttls=args.starttls,
         mailgun_port=args.mailgun_port,
+        ses_port=args.ses_port,
     )
     if args.mailgun_events_url:
         emulator.set_events_url("mailgun", args.mailgun_events_url)

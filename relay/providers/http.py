@@ -56,7 +56,8 @@ class HttpApi:
         return f"{type(self).__name__}({self.name!r}, api_url={self.api_url!r})"
 
     def _headers(self) -> dict[str, str]:
-        raise NotImplementedError
+        """Headers of every request (the key); a leg that signs each request adds its own."""
+        return {}
 
     async def _request(
         self,
@@ -68,7 +69,7 @@ class HttpApi:
         """One request; a timeout or a connection failure is transient, in our words.
 
         ``headers`` add to (or replace) :meth:`_headers` for this request (a
-        multipart body's boundary). Once the request is written, no answer is
+        multipart body's boundary, SES's signature). Once the request is written, no answer is
         ``OutcomeUnknown``, not a refusal: the provider may have the message.
         """
         try:

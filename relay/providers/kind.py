@@ -15,7 +15,7 @@ connect and how a provider is checked. A new provider is one module with its
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -30,6 +30,9 @@ from relay.providers.base import Provider
 
 # What an SMTP leg does to the message bytes before sending them.
 Prepare = Callable[[OutboundMessage], bytes]
+# The SMTP login a kind derives from its row (options, secrets) -> (user, password),
+# e.g. Amazon SES's password computed from the secret access key.
+Login = Callable[[Mapping[str, Any], Mapping[str, Any]], tuple[str, str]]
 # Kind-specific rules of a row, after the common ones: (options, secrets or
 # None when only the options are checked); raises ``Invalid`` naming the field.
 CheckRow = Callable[[Mapping[str, Any], Mapping[str, Any] | None], None]
@@ -66,7 +69,10 @@ class SmtpRelay:
     """The SMTP leg's defaults; the ``smtp_*`` options override host, port and user.
 
     The password is ``smtp_password``, else the API key (as SendGrid and
-    SparkPost take it, unless ``key_is_password`` is off).
+    SparkPost take it, unless ``key_is_password`` is off), unless ``login``
+    derives both from the row. ``host`` may hold ``{region}`` (the row's region
+    option); ``prepare_for(options)`` is ``prepare`` when what it adds depends
+    on the row.
     """
 
     host: str = ""  # "": the operator's server, named by the smtp_host option
@@ -78,6 +84,15 @@ class SmtpRelay:
     # SendGrid and SparkPost take the API key as the SMTP password; Mailgun's
     # SMTP credentials are their own (per domain), so only smtp_password serves.
     key_is_password: bool = True
+    login: Login | None = None
+    prepare_for: Callable[[Mapping[str, Any]], Prepare] | None = None
+
+    def host_for(self, options: Mapping[str, Any]) -> str:
+        """The relay's host for a row: the smtp_host option, else the default in its region."""
+        return str(options.get("smtp_host") or self.host.format(region=options.get("region", "")))
+
+    def prepare_of(self, options: Mapping[str, Any]) -> Prepare | None:
+        return self.prepare_for(options) if self.prepare_for is not None else self.prepare
 
 
 @dataclass(frozen=True)
@@ -97,6 +112,12 @@ class Webhook:
     check_key: Callable[[str], None]
     setup: str
     batch_id: Callable[[Mapping[str, str]], str | None] = lambda _headers: None
+    # Awaited before ``authenticate`` where a post needs the network first:
+    # ``receive(key, headers, body)`` fetches what authentication needs (SNS's
+    # signing certificate) and returns a reply text when the post carried no
+    # events and was handled (an SNS subscription confirmed); raises
+    # ``WebhookRefused`` like ``authenticate``.
+    receive: Callable[[str, Mapping[str, str], bytes], Awaitable[str | None]] | None = None
 
 
 @dataclass(frozen=True)
@@ -118,6 +139,12 @@ class ProviderKind:
     # The provider's event webhook, if it has one Relay reads.
     webhook: Webhook | None = None
     defaults: Defaults | None = None
+    # The secret the API leg cannot work without (SES: its secret access key).
+    api_secret: str = "api_key"
+
+    def url_for(self, options: Mapping[str, Any]) -> str:
+        """The API's base URL for a row: api_url, else the default (in its region)."""
+        return str(options.get("api_url") or self.api_url.format(region=options.get("region", "")))
 
 
 def json_array(body: bytes) -> list[Any]:

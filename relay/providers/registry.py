@@ -6,10 +6,12 @@ Each kind is one record, ``KIND`` in the provider's own module
     sendgrid   api: SendGrid v3  -> smtp: smtp.sendgrid.net:587, user apikey
     sparkpost  api: Transmissions -> smtp: smtp.sparkpostmail.com:587, SMTP_Injection
     mailgun    api: messages.mime -> smtp: smtp.mailgun.org:587, postmaster@DOMAIN
+    ses        api: SES v2 SendEmail -> smtp: email-smtp.{region}.amazonaws.com:587,
+               the access key id and the SMTP password derived from its secret
     smtp       smtp: the operator's server (smtp_host required)
     outbox     file: .eml files in outbox_dir (demo and tests)
 
-For sendgrid, sparkpost and mailgun the SMTP host, port and user default to
+For sendgrid, sparkpost, mailgun and ses the SMTP host, port and user default to
 the provider's own relay; ``api_url`` and the ``smtp_*`` options override them
 (an EU account, or the emulator). The legs follow the secrets: ``api_key``
 makes the API leg; ``smtp_password`` makes the SMTP leg, and so does the API
@@ -41,7 +43,7 @@ import httpx
 from relay.core.errors import Invalid
 from relay.core.message import OutboundMessage, make_message_id
 from relay.core.settings import Secret
-from relay.providers import mailgun, outbox, sendgrid, smtp, sparkpost
+from relay.providers import mailgun, outbox, sendgrid, ses, smtp, sparkpost
 from relay.providers.base import Health, Provider, Receipt
 from relay.providers.chain import AttemptHook, CircuitBreaker, Leg, ProviderChain
 from relay.providers.kind import ApiFactory, ProviderKind, SmtpRelay
@@ -49,7 +51,7 @@ from relay.providers.smtp import TLS_MODES, SmtpEndpoint, SmtpTransport
 
 KINDS: dict[str, ProviderKind] = {
     kind.name: kind
-    for kind in (sendgrid.KIND, sparkpost.KIND, mailgun.KIND, smtp.KIND, outbox.KIND)
+    for kind in (sendgrid.KIND, sparkpost.KIND, mailgun.KIND, ses.KIND, smtp.KIND, outbox.KIND)
 }
 DEFAULT_TIMEOUT = 30.0
 
@@ -174,12 +176,13 @@ def _check_secrets(record: ProviderKind, secrets: Mapping[str, Any]) -> None:
         if key not in SECRETS:
             raise Invalid(f"unknown secret {key!r}", key)
     if record.api is not None and not transports(record.name, secrets):
+        need = record.api_secret
         if record.smtp is None:
-            raise Invalid(f"a {record.name} provider needs api_key", "api_key")
+            raise Invalid(f"a {record.name} provider needs {need}", need)
         raise Invalid(
-            f"a {record.name} provider needs api_key (its API), smtp_password (its SMTP "
+            f"a {record.name} provider needs {need} (its API), smtp_password (its SMTP "
             "relay), or both",
-            "api_key",
+            need,
         )
     if secrets.get("webhook_key"):
         if record.webhook is None:
@@ -190,20 +193,21 @@ def _check_secrets(record: ProviderKind, secrets: Mapping[str, Any]) -> None:
 def transports(kind: str, secrets: Mapping[str, Any]) -> list[str]:
     """The legs a row of ``kind`` with these secrets has, in order: api, smtp, file.
 
-    The API leg needs ``api_key``; a provider's SMTP relay takes
-    ``smtp_password``, or the API key where the provider's relay takes it
-    (SendGrid, SparkPost). A custom smtp provider is always its SMTP leg.
+    The API leg needs ``api_key`` (SES: ``secret_access_key``); a provider's
+    SMTP relay takes ``smtp_password``, or the API's secret where the
+    provider's relay takes it (SendGrid, SparkPost) or derives its password
+    from it (SES). A custom smtp provider is always its SMTP leg.
     """
     record = kind_of(kind)
     if record.file is not None:
         return ["file"]
     out = []
-    if record.api is not None and secrets.get("api_key"):
+    if record.api is not None and secrets.get(record.api_secret):
         out.append("api")
     if record.smtp is not None and (
         record.api is None
         or secrets.get("smtp_password")
-        or (record.smtp.key_is_password and secrets.get("api_key"))
+        or (record.smtp.key_is_password and secrets.get(record.api_secret))
     ):
         out.append("smtp")
     return out
@@ -243,11 +247,15 @@ def _endpoint(
     password = _secret(secrets, "smtp_password")
     if not password and relay.key_is_password:
         password = _secret(secrets, "api_key")
+    user = options.get("smtp_user") or relay.user or None
+    if relay.login is not None:  # derived from the row (SES)
+        derived_user, derived = relay.login(options, secrets)
+        user, password = options.get("smtp_user") or derived_user or None, Secret(derived)
     return SmtpEndpoint(
-        host=str(options.get("smtp_host") or relay.host),
+        host=relay.host_for(options),
         port=port,
         tls=_tls_mode(options, port),
-        username=options.get("smtp_user") or relay.user or None,
+        username=user,
         password=password,
         auth_mechanism=relay.auth_mechanism,
         allow_insecure_tls=bool(options.get("allow_insecure_tls")),
@@ -376,13 +384,13 @@ def _legs(
     legs = []
     present = transports(record.name, secrets)
     if record.api is not None and "api" in present:
-        url = str(options.get("api_url") or record.api_url)
+        url = record.url_for(options)
         timeout = float(options.get("timeout") or DEFAULT_TIMEOUT)
         client = _http_for(options, http, tls_context)
         legs.append(_api_leg(record.api, name, url, options, secrets, client, timeout))
     if record.smtp is not None and "smtp" in present:
         endpoint = _endpoint(record.smtp, options, secrets, tls_context)
-        transport = SmtpTransport(name, endpoint, prepare=record.smtp.prepare)
+        transport = SmtpTransport(name, endpoint, prepare=record.smtp.prepare_of(options))
         legs.append(Leg("smtp", transport))
     return legs
 

@@ -218,11 +218,11 @@ def _targets(config: ProviderConfig) -> list[tuple[str, str, int]]:
     legs = transports(config.kind, config.secrets)
     out = []
     if kind.api is not None and "api" in legs:
-        url = httpx.URL(str(opts.get("api_url") or kind.api_url))
+        url = httpx.URL(kind.url_for(opts))
         out.append(("api", url.host, url.port or (443 if url.scheme == "https" else 80)))
     if kind.smtp is not None and "smtp" in legs:
-        host, port = kind.smtp.host, kind.smtp.port
-        out.append(("smtp", str(opts.get("smtp_host") or host), int(opts.get("smtp_port") or port)))
+        host, port = kind.smtp.host_for(opts), kind.smtp.port
+        out.append(("smtp", host, int(opts.get("smtp_port") or port)))
     return out
 
 

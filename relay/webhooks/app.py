@@ -2,7 +2,9 @@
 
 A request is taken in this order, and stores nothing until the last step:
 the token names a provider (else 404), the provider's own authentication
-passes (401 without credentials, 403 with wrong ones or a stale signature),
+passes (401 without credentials, 403 with wrong ones or a stale signature;
+a kind whose posts need the network first, Amazon SNS, fetches its signing
+certificate and confirms a subscription in ``Webhook.receive`` before that),
 the body parses (400), then the events are stored once each and tied to
 Relay's message and recipient (``relay.webhooks.store``). The sinks get the
 events just stored, after their commit, in a worker thread; a sink that
@@ -83,6 +85,10 @@ def make_webhook_app(
         try:
             if provider.key is None:
                 raise WebhookRefused("this provider has no webhook key set", 403)
+            if webhook.receive is not None:  # SNS: the certificate, a subscription
+                handled = await webhook.receive(provider.key, headers, body)
+                if handled is not None:
+                    return JSONResponse({"handled": handled})
             webhook.authenticate(provider.key, headers, body, clock())
         except WebhookRefused as exc:
             metrics.webhook_events.labels(provider.kind, "none", "refused").inc()
