@@ -66,7 +66,11 @@ async def sign_in_page(request: Request) -> Response:
 
 
 def _sign_in_form(request: Request, status: int, notice: Notice | None) -> Response:
-    token = new_csrf()
+    # One token per browser while it signs in: pages loaded in between (another
+    # tab, the favicon's redirect) must not make the open form's token stale.
+    token = request.cookies.get(SIGN_IN_CSRF_COOKIE) or new_csrf()
+    if len(token) > 100:
+        token = new_csrf()
     response = render(
         request,
         "sign_in.html",
