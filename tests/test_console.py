@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from sqlalchemy import Engine, func, select
 
@@ -205,7 +206,8 @@ def test_credentials_create_reset_delete_and_the_limit(
     created = console.post("/domains/a-one.test/credentials", {"local": "shop"})
     assert created.status_code == 200
     assert "shop@a-one.test" in created.text and 'id="new-password"' in created.text
-    assert "Host: relay.test" in created.text and "587" in created.text
+    assert "Host: relay.test" in created.text and "Port: 587 with STARTTLS" in created.text
+    assert "Port: 465 with SSL/TLS" in created.text
     listed = console.get("/domains/a-one.test/credentials")
     assert 'id="new-password"' not in listed.text  # shown once
     for n in range(3):
@@ -327,3 +329,69 @@ def test_users_service_rules(settings: Settings, engine: Engine, world: World) -
     console_users.remove_user(engine, "gen@agency-a.test")
     with pytest.raises(NotFound):
         console_users.remove_user(engine, "gen@agency-a.test")
+
+
+# -- the command line: relay user ... -------------------------------------------------
+
+
+def test_relay_user_verbs(
+    settings: Settings,
+    engine: Engine,
+    world: World,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from relay.auth.passwords import make_hasher
+    from relay.cli import main
+    from tests.api_support import local_cli_reads
+
+    local_cli_reads(settings, monkeypatch)
+    hasher = make_hasher(settings)
+    assert main(["user", "create", "ops@a-one.test", "--account", "a-one", "--role", "viewer"]) == 0
+    out = capsys.readouterr().out
+    password = next(
+        line.split(": ", 1)[1] for line in out.splitlines() if line.startswith("password: ")
+    )
+    assert console_users.sign_in(engine, hasher, "ops@a-one.test", password, 60)
+    secret = tmp_path / "pw"
+    secret.write_text("from-a-file-0123\n")
+    assert main(["user", "reset-password", "ops@a-one.test", "--password-file", str(secret)]) == 0
+    assert "password:" not in capsys.readouterr().out  # given, so never printed
+    assert console_users.sign_in(engine, hasher, "ops@a-one.test", "from-a-file-0123", 60)
+    assert main(["user", "list"]) == 0
+    listed = capsys.readouterr().out
+    assert "ops@a-one.test" in listed and "viewer" in listed and "operator" in listed
+    assert main(["user", "create", "ops@a-one.test", "--account", "a-one"]) == 1
+    assert "already exists" in capsys.readouterr().err
+    assert main(["user", "create", "nobody@x.test"]) == 1
+    assert "name the user's account" in capsys.readouterr().err
+    assert main(["user", "remove", "ops@a-one.test"]) == 0
+    assert main(["user", "remove", "ops@a-one.test"]) == 1
+    with engine.connect() as conn:
+        actions = conn.execute(
+            select(AuditEntry.action, AuditEntry.via).where(AuditEntry.target == "ops@a-one.test")
+        ).all()
+    assert ("user.create", "cli") in actions and ("user.remove", "cli") in actions
+
+
+def test_console_changes_are_in_the_apis_audit_log_as_documented(
+    console: ConsoleClient, world: World
+) -> None:
+    signed_in(console, "boss@agency-a.test")
+    assert (
+        console.post("/domains", {"domain": "audit.a-one.test", "account": "a-one"}).status_code
+        == 200
+    )
+    api = httpx.Client(
+        base_url=console.base + "/api/v1",
+        headers={"Authorization": f"Bearer {world['agency-a'].token}"},
+        timeout=10,
+    )
+    with api:
+        entries = api.get("/audit").json()["items"]
+        document = api.get("/openapi.json").json()
+    entry = next(e for e in entries if e["target"] == "audit.a-one.test")
+    assert entry["via"] == "console" and entry["actor"].startswith("user:")
+    via = document["components"]["schemas"]["AuditOut"]["properties"]["via"]["enum"]
+    assert entry["via"] in via

@@ -47,6 +47,7 @@ from relay.service import (
     console_users,
     dashboard,
     dnsverify,
+    notifications,
     provider_checks,
     providers,
     scope,
@@ -334,18 +335,26 @@ async def sender_confirm(request: Request) -> Response:
 
 # -- SMTP credentials ---------------------------------------------------------------------
 
-SMTP_PORTS = (587, 465, 2525)
+# What a mail plugin is told when the configuration names no submission port
+# (the usual ones: RFC 6409 submission, RFC 8314 implicit TLS, the common alternative).
+USUAL_PORTS = ((587, "STARTTLS"), (465, "SSL/TLS"), (2525, "STARTTLS"))
+_TLS_WORDS = {
+    "implicit": "SSL/TLS",
+    "starttls-required": "STARTTLS",
+    "starttls-optional": "STARTTLS",
+}
 
 
 def _smtp_settings(request: Request) -> dict[str, Any]:
-    """What a mail plugin needs: the relay's host name and the ports it listens on."""
+    """What a mail plugin needs: the relay's host name, and each submission port with
+    its TLS mode as configured (port 25, ``smtp``, is for servers, not plugins)."""
     s = context(request).settings
-    ports = sorted({item.port for item in s.listeners}) or list(SMTP_PORTS)
-    tls_modes = {
-        item.port: "SSL/TLS (implicit)" if item.mode == "implicit" else "STARTTLS"
+    ports = [
+        (item.port, _TLS_WORDS[item.mode])
         for item in s.listeners
-    }
-    return {"host": s.server.hostname, "ports": ports, "tls": tls_modes}
+        if item.name != "smtp" and item.port
+    ]
+    return {"host": s.server.hostname, "ports": sorted(ports) or list(USUAL_PORTS)}
 
 
 async def _credentials_page(
@@ -600,6 +609,10 @@ async def provider_test(request: Request) -> Response:
         )
     except RelayError as exc:
         return await _provider_page(request, who, status_of(exc), failed(exc))
+    if not result.ok and ctx.notify is not None:  # the owner is told, as by the API
+        notice = await call(who, notifications.check_failed, ctx.engine, name, result.detail)
+        if notice is not None:
+            ctx.notify(notice)
     if result.ok:
         return await _provider_page(
             request, who, 200, ok("The test message was accepted."), result.legs
