@@ -9,6 +9,8 @@ service, as ``relay user create`` makes them.
 
 from __future__ import annotations
 
+import html
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,12 +20,13 @@ from sqlalchemy import Engine, func, select
 
 from relay.core.errors import Conflict, Invalid, NotFound, OperatorOnly
 from relay.core.settings import Settings
-from relay.service import console_users, dnsverify
+from relay.service import accounts, console_users, dnsverify
 from relay.service.scope import Actor, acting
 from relay.store.models import AuditEntry, ConsoleSession, Credential, Message
 from tests.api_support import World, api_settings, build_world
 from tests.console_support import ConsoleClient, make_user, text_of
-from tests.support import RelayThread
+from tests.support import RelayThread, fresh_engine
+from tests.test_dns_verify import TinyDNS
 
 
 @pytest.fixture
@@ -395,3 +398,69 @@ def test_console_changes_are_in_the_apis_audit_log_as_documented(
     assert entry["via"] == "console" and entry["actor"].startswith("user:")
     via = document["components"]["schemas"]["AuditOut"]["properties"]["via"]["enum"]
     assert entry["via"] in via
+
+
+def test_provider_edit_test_default_and_assign(console: ConsoleClient, engine: Engine) -> None:
+    signed_in(console, "boss@agency-a.test")
+    # a-one-smtp points at a port nothing listens on: the edit's check fails, nothing changes.
+    edit = console.post(
+        "/providers/a-one-smtp/edit",
+        {"smtp_host": "127.0.0.1", "smtp_port": "3", "check": "on", "has_insecure_switch": "1"},
+    )
+    assert edit.status_code == 422 and "the edit was not applied" in edit.text
+    assert "smtp_port</dt><dd>2<" in edit.text.replace("\n", "")
+    test = console.post("/providers/a-one-smtp/test", {"to": "someone@example.org"})
+    assert test.status_code == 422 and "The test failed" in test.text
+    saved = console.post(
+        "/providers/a-one-smtp/edit",
+        {"allow_insecure_tls": "on", "domain": "a-one.test", "has_insecure_switch": "1"},
+    )
+    assert saved.status_code == 200 and "Saved." in saved.text
+    flat = saved.text.replace("\n", "")
+    assert "allow_insecure_tls</dt><dd>True<" in flat and "a-one.test" in flat
+    assigned = console.post("/providers/a-one-smtp/assign", {"account": "a-one"})
+    assert assigned.status_code == 200 and "a-one now sends through a-one-smtp" in assigned.text
+    default = console.post(
+        "/providers/agency-a-outbox/default", {"account": "agency-a", "scope": "subaccounts"}
+    )
+    assert default.status_code == 200 and "default of agency-a" in default.text
+    refused = console.post("/providers/a-one-smtp/assign", {"account": "b-one"})
+    assert refused.status_code == 404  # another tenant's account does not exist for this user
+
+
+def test_a_code_that_is_wrong_is_refused(console: ConsoleClient) -> None:
+    signed_in(console, "boss@agency-a.test")
+    wrong = console.post(
+        "/senders/confirm", {"address": "x@a-one.test", "account": "a-one", "code": "000000"}
+    )
+    assert wrong.status_code in (404, 409, 422) and 'class="notice error"' in wrong.text
+
+
+def test_a_domain_verified_by_dns(tmp_path: Path, dns: TinyDNS) -> None:
+    settings = api_settings(
+        tmp_path / "dnsvar",
+        None,
+        dns={"nameservers": ["127.0.0.1"], "port": dns.port, "timeout": 2},
+    )
+    engine = fresh_engine(settings)
+    accounts.create_account(engine, "solo")
+    make_user(settings, engine, "me@solo.test", "solo")
+    thread = RelayThread(settings, engine).start()
+    client = ConsoleClient(thread)
+    try:
+        signed_in(client, "me@solo.test")
+        assert (
+            client.post("/domains", {"domain": "solo.test", "account": "solo"}).status_code == 200
+        )
+        first = client.post("/domains/solo.test/verify", {"account": "solo"})
+        assert first.status_code == 422 and "not found yet" in first.text
+        value = re.search(r'id="record-value">([^<]+)<', first.text)
+        assert value is not None
+        dns.records[dnsverify.record_name("solo.test")] = [html.unescape(value.group(1))]
+        second = client.post("/domains/solo.test/verify", {"account": "solo"})
+        assert second.status_code == 200 and "solo.test is verified by DNS" in second.text
+        assert "yes (dns)" in second.text
+    finally:
+        client.close()
+        thread.stop()
+        engine.dispose()
