@@ -9,6 +9,7 @@ service, as ``relay user create`` makes them.
 
 from __future__ import annotations
 
+import datetime as dt
 import html
 import re
 from collections.abc import Iterator
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, func, select, update
 
 from relay.core.errors import Conflict, Invalid, NotFound, OperatorOnly
 from relay.core.settings import Settings
@@ -464,3 +465,23 @@ def test_a_domain_verified_by_dns(tmp_path: Path, dns: TinyDNS) -> None:
         client.close()
         thread.stop()
         engine.dispose()
+
+
+def test_a_malformed_name_in_a_path_is_a_clear_error(console: ConsoleClient) -> None:
+    signed_in(console, "boss@agency-a.test")
+    page = console.get("/domains/not a domain!/credentials")
+    assert page.status_code == 422 and "<h1>" in page.text
+    assert console.get("/no/such/page").status_code == 404
+    assert console.post("/mail/explode", {}).status_code == 404
+
+
+def test_an_expired_session_signs_out(console: ConsoleClient, engine: Engine) -> None:
+    signed_in(console, "boss@agency-a.test")
+    assert console.get("/").status_code == 200
+    with engine.begin() as conn:
+        conn.execute(
+            update(ConsoleSession).values(
+                expires_at=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
+            )
+        )
+    assert console.get("/").status_code == 303

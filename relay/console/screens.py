@@ -119,7 +119,8 @@ async def sign_in(request: Request) -> Response:
         return _sign_in_form(request, 401, Notice("error", "Wrong email or password."))
     ctx.by_user.succeed(pair)
     response = RedirectResponse(_safe_next(fields.get("next", "/")), status_code=303)
-    set_cookie(request, response, SESSION_COOKIE, signed.cookie, int(lifetime))
+    # A browser-session cookie: the server's expiry, renewed as it is used, decides.
+    set_cookie(request, response, SESSION_COOKIE, signed.cookie)
     response.delete_cookie(SIGN_IN_CSRF_COOKIE, path="/")
     return response
 

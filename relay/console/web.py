@@ -105,7 +105,10 @@ def secure(request: Request) -> bool:
     return mode == "always" or (mode == "auto" and request.url.scheme == "https")
 
 
-def set_cookie(request: Request, response: Response, name: str, value: str, max_age: int) -> None:
+def set_cookie(
+    request: Request, response: Response, name: str, value: str, max_age: int | None = None
+) -> None:
+    """A cookie only this site's pages send back, never readable by a script."""
     response.set_cookie(
         name,
         value,
@@ -244,8 +247,8 @@ def guarded(
         except Refused as exc:
             who = await identity(request)
             return render(request, "error.html", who, 403, message=str(exc))
-        except NotFound as exc:
+        except RelayError as exc:  # NotFound above all: out of scope reads as absent
             who = await identity(request)
-            return render(request, "error.html", who, 404, message=str(exc))
+            return render(request, "error.html", who, status_of(exc), message=str(exc))
 
     return run

@@ -228,6 +228,12 @@ def sign_in(
         session.execute(
             update(ConsoleUser).where(ConsoleUser.id == user_id).values(last_sign_in_at=now)
         )
+        # The user's expired sessions go now: nothing else would remove them.
+        session.execute(
+            delete(ConsoleSession).where(
+                ConsoleSession.user_id == user_id, ConsoleSession.expires_at <= now
+            )
+        )
     return SignedIn(cookie, csrf)
 
 
