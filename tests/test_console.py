@@ -485,3 +485,11 @@ def test_an_expired_session_signs_out(console: ConsoleClient, engine: Engine) ->
             )
         )
     assert console.get("/").status_code == 303
+
+
+def test_names_are_escaped(console: ConsoleClient, engine: Engine) -> None:
+    accounts.create_account(engine, "<script>alert(1)</script>", agency="agency-a")
+    signed_in(console, "boss@agency-a.test")
+    page = console.get("/").text
+    assert "<script>alert(1)</script>" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page

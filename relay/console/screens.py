@@ -911,6 +911,10 @@ async def audit_page(request: Request) -> Response:
 
 
 async def limits_page(request: Request) -> Response:
+    """The seam for LIMITS (issue 14): until its service exists this screen says so.
+    Wiring it: read the user's accounts' limits and usage through LIMITS's service
+    function as ``await call(who, fn, ctx.engine, account)`` and pass them to
+    ``limits.html``, with an empty state (no limit set) and its error state."""
     who = await signed_in(request)
     return render(request, "limits.html", who)
 
