@@ -376,7 +376,8 @@ class AuditEntry(Base):
     __tablename__ = "audit_log"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
-    # "operator" or "token:<id>"; via "cli", "api" or "local" (a direct call).
+    # "operator", "token:<id>" or "user:<id>" (console); via "cli", "api", "console" or
+    # "local" (a direct call).
     actor: Mapped[str] = mapped_column(String(100))
     via: Mapped[str] = mapped_column(String(10))
     # The account of the token that acted, if any: its tenants may read the entry.
