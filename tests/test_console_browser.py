@@ -94,6 +94,7 @@ def world(settings: Settings, engine: Engine) -> World:
     make_user(settings, engine, "boss@agency-a.test", "agency-a")
     make_user(settings, engine, "viewer@agency-a.test", "agency-a", role="viewer")
     make_user(settings, engine, "b@agency-b.test", "agency-b")
+    make_user(settings, engine, "locked@agency-a.test", "agency-a")  # the lock-out test's own
     return world
 
 
@@ -283,9 +284,9 @@ def test_a_viewer_has_no_buttons_and_a_form_without_csrf_is_refused(
 
 def test_lock_out_after_failed_sign_ins(browser: WebDriver, site: str) -> None:
     for _ in range(3):
-        sign_in(browser, site, "viewer@agency-a.test", "wrong-password-x")
+        sign_in(browser, site, "locked@agency-a.test", "wrong-password-x")
         assert "Wrong email or password" in notice(browser)
-    sign_in(browser, site, "viewer@agency-a.test")
+    sign_in(browser, site, "locked@agency-a.test")
     assert "Too many failed sign-ins" in notice(browser)
 
 
