@@ -493,3 +493,15 @@ def test_names_are_escaped(console: ConsoleClient, engine: Engine) -> None:
     page = console.get("/").text
     assert "<script>alert(1)</script>" not in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+
+
+def test_an_operator_acts_on_a_sub_account_by_its_qualified_name(
+    console: ConsoleClient, engine: Engine
+) -> None:
+    accounts.create_account(engine, "a-one", agency="agency-b")  # the same name in another tree
+    signed_in(console, "root@relay.test")
+    page = console.get("/domains").text
+    assert 'value="agency-a:a-one"' in page and 'value="agency-b:a-one"' in page
+    added = console.post("/domains", {"domain": "op.a-one.test", "account": "agency-b:a-one"})
+    assert added.status_code == 200
+    assert "agency-b:a-one" in text_of(added.text)

@@ -144,7 +144,14 @@ async def _accounts(request: Request, who: Identity) -> list[str]:
     engine = context(request).engine
 
     def read() -> list[str]:
-        return [a.name for a, _ in accounts.list_accounts(engine) if who.actor.scope.sees(a.id)]
+        # An operator sees every tree, where two agencies may each have a "shop":
+        # sub-accounts are written AGENCY:NAME, the one spelling that names one.
+        qualify = who.actor.scope.everything
+        return [
+            f"{parent}{scope.QUALIFIER}{a.name}" if qualify and parent else a.name
+            for a, parent in accounts.list_accounts(engine)
+            if who.actor.scope.sees(a.id)
+        ]
 
     return await anyio.to_thread.run_sync(read)
 
