@@ -28,6 +28,7 @@ from relay.admin.api.context import ApiContext
 from relay.admin.http import AdminServer, make_app
 from relay.auth.authenticator import Authenticator
 from relay.auth.passwords import make_hasher
+from relay.console import ConsoleContext, make_console
 from relay.core.crypto import derive_key, secret_box, secret_key
 from relay.core.events import EventSink
 from relay.core.files import secure_var
@@ -220,7 +221,18 @@ class Relay:
                 notify=self.notifier.notify if self.notifier else None,
             )
         )
-        self._admin = AdminServer(make_app(self.registry, self.ready, api), sock)
+        console = None
+        if s.admin.console:
+            console = make_console(
+                ConsoleContext(
+                    self.engine,
+                    s,
+                    make_hasher(s),
+                    secret_box(s),
+                    notify=self.notifier.notify if self.notifier else None,
+                )
+            )
+        self._admin = AdminServer(make_app(self.registry, self.ready, api, console), sock)
         self._admin_task = asyncio.create_task(self._admin.serve())
 
     async def _start_webhooks(self) -> None:

@@ -1,4 +1,5 @@
-"""The admin listener: /metrics, /healthz, /readyz, and the admin API under /api/v1.
+"""The admin listener: /metrics, /healthz, /readyz, the admin API under /api/v1, and
+the web console (``relay.console``) at / for every other path.
 
 Served by uvicorn inside the relay's own event loop; the relay owns the
 signals, so uvicorn's signal capture is turned off.
@@ -40,6 +41,7 @@ def make_app(
     registry: Callable[[], CollectorRegistry],
     ready: Callable[[], Awaitable[dict[str, bool]]],
     api: ASGIApp | None = None,
+    console: ASGIApp | None = None,
 ) -> Starlette:
     async def metrics(_: Request) -> Response:
         return Response(generate_latest(registry()), media_type=CONTENT_TYPE_LATEST)
@@ -62,6 +64,8 @@ def make_app(
     ]
     if api is not None:
         routes.append(_Mount("/api/v1", api))
+    if console is not None:  # last: everything the routes above do not match
+        routes.append(Mount("/", app=console))
     return Starlette(routes=routes)
 
 

@@ -21,7 +21,17 @@ import os
 import sys
 from collections.abc import Sequence
 
-from relay.cli import accounts, providers, queue, senders, serve, suppression, tokens, usage
+from relay.cli import (
+    accounts,
+    providers,
+    queue,
+    senders,
+    serve,
+    suppression,
+    tokens,
+    usage,
+    users,
+)
 from relay.cli._common import dispose_engines
 from relay.core.errors import RelayError
 from relay.core.settings import load_settings
@@ -50,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     providers.register(sub)
     suppression.register(sub)
     tokens.register(sub)
+    users.register(sub)
     serve.register_emulator(sub)
     _config_after_the_verb(p)
     return p

@@ -181,6 +181,22 @@ class AdminSettings:
         "127.0.0.1:8025",
         check=_host_port_or_empty,
     )
+    console: bool = _doc(
+        "Serve the web console at / on the admin listener (sign-in with `relay user create`).",
+        True,
+    )
+    session_lifetime: float = _doc(
+        "Seconds a console sign-in lasts without use (8 hours); each request renews it.",
+        8 * 3600.0,
+        gt=0,
+        le=30 * 86400.0,
+    )
+    secure_cookie: str = _doc(
+        "Mark the console's session cookie Secure: auto = when the request came over HTTPS "
+        "(a TLS proxy saying so in X-Forwarded-Proto from 127.0.0.1), always, never.",
+        "auto",
+        choices=("auto", "always", "never"),
+    )
 
 
 def _http_url_or_empty(value: str) -> None:

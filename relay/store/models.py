@@ -332,6 +332,40 @@ class ApiToken(Base):
     revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
 
 
+class ConsoleUser(Base):
+    """A person who signs in to the web console (``relay user create``).
+
+    Acts as its account with that account's scope (an agency's user sees its
+    sub-accounts), or as the operator with ``operator``. ``role`` viewer may
+    read, admin may also change. The password is an argon2id hash, as SMTP's.
+    """
+
+    __tablename__ = "console_users"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    email: Mapped[str] = mapped_column(String(320), unique=True)
+    account_id: Mapped[int | None] = mapped_column(ForeignKey("accounts.id"), index=True)
+    operator: Mapped[bool] = mapped_column(Boolean, default=False)
+    role: Mapped[str] = mapped_column(String(10))  # admin | viewer
+    password_hash: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    last_sign_in_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+
+
+class ConsoleSession(Base):
+    """A signed-in browser: the cookie's SHA-256 digest (the cookie is never stored)."""
+
+    __tablename__ = "console_sessions"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[int] = mapped_column(
+        ForeignKey("console_users.id", ondelete="CASCADE"), index=True
+    )
+    # Sent in every form and compared on every POST (synchroniser token).
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    last_seen_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
 class AuditEntry(Base):
     """One change asked through the API or the command line, and how it ended.
 
@@ -342,7 +376,8 @@ class AuditEntry(Base):
     __tablename__ = "audit_log"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
-    # "operator" or "token:<id>"; via "cli", "api" or "local" (a direct call).
+    # "operator", "token:<id>" or "user:<id>" (console); via "cli", "api", "console" or
+    # "local" (a direct call).
     actor: Mapped[str] = mapped_column(String(100))
     via: Mapped[str] = mapped_column(String(10))
     # The account of the token that acted, if any: its tenants may read the entry.

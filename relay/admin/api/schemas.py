@@ -342,8 +342,8 @@ class AuditQuery(Request):
 class AuditOut(BaseModel):
     id: int
     at: dt.datetime
-    actor: str = Field(description="operator, or token:<id>")
-    via: str = Field(json_schema_extra={"enum": ["api", "cli", "local"]})
+    actor: str = Field(description="operator, token:<id>, or user:<id> (a console user)")
+    via: str = Field(json_schema_extra={"enum": ["api", "cli", "local", "console"]})
     action: str
     target: str
     account: str | None
