@@ -7,10 +7,11 @@ each message: it takes a *lease* of units (at most ``[limits] lease_units``,
 fewer near the limit: ``lease_size``) with one conditional UPDATE,
 ``used + n <= limit``, and spends them from memory. The sum over processes
 never passes the limit; a process holding unspent units leaves the others
-at most that many short, and units a process took but never spent (a crash, a quiet process) lapse with their
-window. The check on the message path is a dictionary look-up; a database hop
-(on a worker thread, never on the loop) comes once per lease, and once per
-``[limits] lease_refresh`` seconds to read the limits of a credential again.
+at most that many short, and units a process took but never spent (a crash,
+a quiet process) lapse with their window. The check on the message path is a
+dictionary look-up; a database hop (on a worker thread, never on the loop)
+comes once per lease, and once per ``[limits] lease_refresh`` seconds to read
+the limits of a credential again.
 
 Concurrent sessions are counted at AUTH: each process keeps its own count per
 subject and writes it to ``limit_sessions`` with an expiry that its heartbeat
