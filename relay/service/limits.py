@@ -153,7 +153,8 @@ def _credential(session: Session, username: str) -> tuple[Credential, Account]:
 def set_credential_limits(
     engine: Engine, username: str, changes: Mapping[str, int | None]
 ) -> LimitsView:
-    """Set (or clear) a credential's limits, each within its account's."""
+    """Set (or clear) a credential's limits, each within its account's (a credential
+    without one is held by its account's alone)."""
     if not changes:
         raise Invalid("nothing to change: give --max-messages, --max-recipients or --max-sessions")
     with Session(engine, expire_on_commit=False) as session, session.begin():
@@ -165,7 +166,7 @@ def set_credential_limits(
             raise OperatorOnly("only an operator or the account's agency may set its limits")
         for name, value in changes.items():
             cap = getattr(account, f"max_{name}")
-            if cap is not None and (value is None or value > cap):
+            if cap is not None and value is not None and value > cap:
                 raise Conflict(
                     f"{name} of credential {credential.username} would be "
                     f"{spell(BY_NAME[name], value)}, past its account {account.name}'s "
