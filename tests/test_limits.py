@@ -24,6 +24,7 @@ from relay.store.models import Account, LimitCounter, Message
 from tests.support import (
     RelayThread,
     Tenant,
+    client_context,
     connect,
     make_settings,
     message,
@@ -316,3 +317,71 @@ def test_an_agency_ceiling_counts_its_whole_tree(
     assert scrape(relay)[("relay_limited_total", "agency", "messages_per_minute")] == 1
     with engine.connect() as conn:
         assert conn.execute(select(func.sum(LimitCounter.used))).scalar_one() == 3
+
+
+# -- relay serve --processes 2 -------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_two_processes_share_the_rate_and_the_sessions(
+    settings: Settings, engine: Engine, tenant: Tenant
+) -> None:
+    """``relay serve --processes 2``: connections spread over both processes
+    (SO_REUSEPORT); the rate and the session limit hold for their sum."""
+    from tests.test_ingest import free_port, wait_port
+    from tests.test_nodes import node_config, start, stop
+
+    limits.set_account_limits(engine, tenant.account, limits.parse_changes(["6/min"], None, "2"))
+    port, admin = free_port(), free_port()
+    config = node_config(settings, "multi", extra=f'[listeners]\nalt = "127.0.0.1:{port}"\n')
+    config.write_text(config.read_text().replace('listen = ""', f'listen = "127.0.0.1:{admin}"'))
+    steady_minute()
+    proc = start(config, "--processes", "2")
+    try:
+        wait_port(port, proc, 120)
+        wait_port(admin, proc, 120)
+        # Both processes serve once each has set its sessions gauge (a file per process).
+        deadline = time.monotonic() + 120
+        for _ in range(2400):
+            live = {p.name for p in (settings.var_path / "metrics").glob("gauge_livesum_*.db")}
+            if len(live) == 2 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert len(live) == 2, live
+        codes = []
+        for i in range(12):
+            with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+                client.starttls(context=client_context())
+                client.login(tenant.username, tenant.password)
+                code, _ = client.mail(tenant.username)
+                codes.append(code)
+                if code == 250:
+                    client.rcpt(f"r{i}@example.org")
+                    client.data(message(tenant.username, to=f"r{i}@example.org"))
+        assert sorted(codes) == [250] * 6 + [451] * 6
+        assert accepted(engine) == 6
+        sessions = [smtplib.SMTP("127.0.0.1", port, timeout=10) for _ in range(4)]
+        try:
+            answers = []
+            for client in sessions:
+                client.starttls(context=client_context())
+                try:
+                    client.login(tenant.username, tenant.password)
+                    answers.append(235)
+                except smtplib.SMTPAuthenticationError as exc:
+                    answers.append(exc.smtp_code)
+            assert answers == [235, 235, 454, 454]
+        finally:
+            for client in sessions:
+                client.close()
+        body = httpx.get(f"http://127.0.0.1:{admin}/metrics", timeout=5).text
+        limited = {
+            s.labels["limit"]: s.value
+            for family in text_string_to_metric_families(body)
+            for s in family.samples
+            if s.name == "relay_limited_total"
+        }
+        assert limited == {"messages_per_minute": 6, "sessions": 2}
+    finally:
+        stop(proc)
+        assert proc.returncode == 0
