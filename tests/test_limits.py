@@ -4,6 +4,7 @@ counter, the gauge; who may set them, and agency ceilings."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import smtplib
 import time
@@ -17,8 +18,10 @@ from sqlalchemy.orm import Session
 
 from relay.core.errors import Conflict, Invalid, OperatorOnly
 from relay.core.limits import parse_spec
+from relay.core.metrics import Metrics
 from relay.core.settings import Settings
 from relay.limits.leases import lease_size
+from relay.limits.usage import refresh_gauges
 from relay.service import limits, scope
 from relay.store.models import Account, LimitCounter, Message
 from tests.support import (
@@ -153,6 +156,14 @@ def test_daily_recipient_quota_refuses_at_rcpt_naming_the_reset(
     assert use.resets_at == f"{tomorrow.isoformat()}T00:00:00Z"
     metrics = scrape(relay)
     assert metrics[("relay_limited_total", "acme", "recipients_per_day")] == 1
+    # The gauge the 80% alert watches, as each process's gauge loop reads it.
+    gauges = Metrics()
+    with engine.connect() as conn:
+        refresh_gauges(conn, gauges, time.time())
+    value = gauges.registry.get_sample_value(
+        "relay_quota_used_ratio", {"account": "acme", "limit": "recipients_per_day"}
+    )
+    assert value == 1.0
 
 
 def test_credential_limit_is_its_own(
@@ -381,7 +392,38 @@ def test_two_processes_share_the_rate_and_the_sessions(
             for s in family.samples
             if s.name == "relay_limited_total"
         }
-        assert limited == {"messages_per_minute": 6, "sessions": 2}
+        # smtplib tries AUTH PLAIN, then LOGIN: two refusals per refused client.
+        assert limited == {"messages_per_minute": 6, "sessions": 4}
     finally:
         stop(proc)
         assert proc.returncode == 0
+
+
+def test_concurrent_sessions_of_one_process_get_exactly_the_limit(
+    settings: Settings, engine: Engine, tenant: Tenant
+) -> None:
+    """Many sessions spending at once on one loop: none is refused below the limit
+    (each hop's own lease serves its caller), none passes it."""
+    from relay.limits.leases import Limits
+
+    with engine.connect() as conn:
+        credential = conn.execute(
+            text("SELECT id FROM credentials WHERE username = :u"), {"u": tenant.username}
+        ).scalar_one()
+    now = time.time()  # one window for the whole test, whatever the clock does
+
+    async def spend(limit: Limits, n: int) -> list[str | None]:
+        replies = await asyncio.gather(*(limit.spend(credential, "messages") for _ in range(n)))
+        return [None if r is None else str(r) for r in replies]
+
+    limits.set_account_limits(engine, tenant.account, limits.parse_changes(["1000/hour"]))
+    one = Limits(engine, settings.limits, clock=lambda: now)
+    assert asyncio.run(spend(one, 200)) == [None] * 200
+    limits.set_credential_limits(engine, tenant.username, limits.parse_changes(["150/hour"]))
+    two = Limits(engine, settings.limits, clock=lambda: now)  # reads the new limits
+    replies = asyncio.run(spend(two, 200))
+    assert replies.count(None) == 150
+    assert {r for r in replies if r} == {
+        f"451 4.7.1 Rate limit 150/hour for credential {tenant.username} reached; "
+        f"try again in {3600 - int(now) % 3600} s"
+    }

@@ -182,7 +182,6 @@ def holder_name() -> str:
 class _Taken:
     subjects: tuple[Subject, ...]
     grants: dict[tuple[str, str, int], int] = field(default_factory=dict)
-    refusal: Refusal | None = None
 
 
 class Limits:
@@ -208,6 +207,7 @@ class Limits:
         # subject key -> sessions open in this process (subjects with a session limit)
         self._sessions: dict[str, int] = {}
         self._admitting = asyncio.Lock()
+        self._hops: dict[tuple[int, str], asyncio.Lock] = {}
         self._writes: set[asyncio.Task[None]] = set()
 
     # -- reads ---------------------------------------------------------------
@@ -247,21 +247,19 @@ class Limits:
         return True
 
     def _take(self, credential_id: int, counts: str, now: float, read: bool) -> _Taken:
-        """Off the loop: read the limits when asked, then lease what is missing."""
+        """Off the loop: read the limits when asked, then lease units of every limit
+        this unit needs. Each gets a lease of its own (the caller spends one of it,
+        the rest joins the pool), so that sessions spending from the pool meanwhile
+        never leave the caller short; a limit with none left is recorded, not leased."""
         most = self._settings.lease_units
         with self._engine.begin() as conn:
             subjects = self._read(conn, credential_id) if read else self._cached(credential_id)
             taken = _Taken(subjects)
             for subject, kind, period in self._wanted(subjects, counts, now):
-                key = (subject.key, kind.name, period)
-                if self._leases.get(key, 0) > 0:
-                    continue
                 limit = subject.limits[kind.name]
                 n = take_lease(conn, subject.key, kind, period, limit, most)
-                if n == 0:
-                    taken.refusal = Refusal(subject, kind, period)
-                    break
-                taken.grants[key] = n
+                if n:
+                    taken.grants[(subject.key, kind.name, period)] = n
         return taken
 
     def _cached(self, credential_id: int) -> tuple[Subject, ...]:
@@ -277,20 +275,39 @@ class Limits:
             wanted = self._wanted(subjects, counts, now)
             if not wanted or self._spend_here(wanted):
                 return None
-        read = subjects is None
-        for _ in range(3):  # bounded: others on this loop may spend the new units first
-            taken = await asyncio.to_thread(self._take, credential_id, counts, now, read)
-            read = False
-            self._remember(credential_id, taken.subjects)
-            for key, n in taken.grants.items():
-                self._leases[key] = self._leases.get(key, 0) + n
-            self._prune(now)
-            if taken.refusal is not None:
-                return self._refused(taken.refusal, now)
-            wanted = self._wanted(taken.subjects, counts, now)
-            if not wanted or self._spend_here(wanted):
-                return None
-        return self._refused(Refusal(*self._wanted(taken.subjects, counts, now)[0]), now)
+        # One hop at a time per credential: a burst of sessions waits for the
+        # lease the first one fetches instead of each taking one (which would
+        # hold units a burst-wide many, away from the other processes).
+        lock = self._hops.setdefault((credential_id, counts), asyncio.Lock())
+        async with lock:
+            subjects = self._fresh(credential_id)
+            if subjects is not None:
+                wanted = self._wanted(subjects, counts, now)
+                if not wanted or self._spend_here(wanted):
+                    return None
+            return await self._hop(credential_id, counts, now, subjects is None)
+
+    async def _hop(self, credential_id: int, counts: str, now: float, read: bool) -> Reply | None:
+        taken = await asyncio.to_thread(self._take, credential_id, counts, now, read)
+        self._remember(credential_id, taken.subjects)
+        self._prune(now)
+        short, spent = None, []
+        for subject, kind, period in self._wanted(taken.subjects, counts, now):
+            key = (subject.key, kind.name, period)
+            # The unit comes from this hop's own lease, or from the pool (other
+            # sessions' leases): none anywhere is a refusal.
+            pool = self._leases.get(key, 0) + taken.grants.pop(key, 0)
+            if pool > 0:
+                self._leases[key] = pool - 1
+                spent.append(key)
+            else:
+                self._leases[key] = 0
+                short = short or Refusal(subject, kind, period)
+        if short is None:
+            return None
+        for key in spent:  # refused: the units of the other limits go back to the pool
+            self._leases[key] += 1
+        return self._refused(short, now)
 
     def _prune(self, now: float) -> None:
         """Forget leases of windows that have ended (their units lapse with them)."""
