@@ -262,8 +262,9 @@ class LimitSettings:
     # Account and credential limits (relay.limits; set with `relay account edit`).
     lease_units: int = _doc(
         "Most units of a rate or quota one process takes from the database at a time "
-        "(fewer near the limit; unused ones lapse with their window).",
-        10,
+        "(fewer near the limit; unused ones lapse with their window), and most spare "
+        "session slots it reserves.",
+        50,
         ge=1,
         le=1000,
     )

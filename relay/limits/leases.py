@@ -206,6 +206,10 @@ class Limits:
         self._leases: dict[tuple[str, str, int], int] = {}
         # subject key -> sessions open in this process (subjects with a session limit)
         self._sessions: dict[str, int] = {}
+        # subject key -> slots this process holds in limit_sessions (open + spare),
+        # and whether the limit was near at the last admission (write releases at once)
+        self._reserved: dict[str, int] = {}
+        self._tight: dict[str, bool] = {}
         self._admitting = asyncio.Lock()
         self._hops: dict[tuple[int, str], asyncio.Lock] = {}
         self._writes: set[asyncio.Task[None]] = set()
@@ -329,74 +333,109 @@ class Limits:
 
     async def admit(self, credential_id: int) -> Reply | tuple[str, ...]:
         """At AUTH: the subjects whose session count this login now holds (give
-        them back with ``release``), or the reply refusing it."""
+        them back with ``release``), or the reply refusing it.
+
+        A process reserves a few slots beyond its open sessions when the limit is
+        far (``lease_size`` of what is left, as for units), so that most logins
+        need no database hop; near the limit it reserves none, and then each
+        session that ends is written back at once."""
         subjects = self._fresh(credential_id)
         if subjects is None:
             subjects = await asyncio.to_thread(self._read_now, credential_id)
             self._remember(credential_id, subjects)
-        limited = sorted((s for s in subjects if SESSIONS.name in s.limits), key=lambda s: s.key)
-        if not limited:
+        keys = tuple(sorted(s.key for s in subjects if SESSIONS.name in s.limits))
+        if not keys:
             return ()
+        if self._open_here(keys):
+            return keys
         async with self._admitting:
-            mine = {s.key: self._sessions.get(s.key, 0) for s in limited}
+            if self._open_here(keys):
+                return keys
+            limited = sorted((s for s in subjects if s.key in keys), key=lambda s: s.key)
+            mine = {k: self._sessions.get(k, 0) for k in keys}
             now = self._clock()
-            refusal = await asyncio.to_thread(self._admit, limited, mine, now)
-            if refusal is not None:
-                return self._refused(refusal, now)
-            for s in limited:
-                self._sessions[s.key] = self._sessions.get(s.key, 0) + 1
-        return tuple(s.key for s in limited)
+            result = await asyncio.to_thread(self._admit, limited, mine, now)
+            if isinstance(result, Refusal):
+                return self._refused(result, now)
+            for key, reserved in result.items():
+                self._sessions[key] = mine[key] + 1
+                self._reserved[key] = reserved
+                self._tight[key] = reserved == mine[key] + 1  # no spare slot: near the limit
+        return keys
+
+    def _open_here(self, keys: tuple[str, ...]) -> bool:
+        """Open a session within the slots this process has reserved, if it has them."""
+        if any(self._sessions.get(k, 0) >= self._reserved.get(k, 0) for k in keys):
+            return False
+        for k in keys:
+            self._sessions[k] = self._sessions.get(k, 0) + 1
+        return True
 
     def _read_now(self, credential_id: int) -> tuple[Subject, ...]:
         with self._engine.connect() as conn:
             return self._read(conn, credential_id)
 
-    def _admit(self, limited: list[Subject], mine: dict[str, int], now: float) -> Refusal | None:
+    def _admit(
+        self, limited: list[Subject], mine: dict[str, int], now: float
+    ) -> Refusal | dict[str, int]:
+        """Off the loop: the slots to reserve per subject (open + 1 + slack), or a refusal."""
         expires = int(now + self._settings.session_lease)
+        reserve = {}
         with self._engine.begin() as conn:
             for s in limited:  # in key order: two admissions never wait on each other in a ring
                 params = {"subject": s.key, "name": SESSIONS.name, "period": 0}
                 conn.execute(_TOUCH, params)
                 conn.execute(_LOCK, params)  # held to the commit: admissions of s one at a time
-                others = conn.execute(
-                    _OTHERS, {"subject": s.key, "holder": self.holder, "now": int(now)}
-                ).scalar_one()
-                if int(others) + mine[s.key] + 1 > s.limits[SESSIONS.name]:
+                others = int(
+                    conn.execute(
+                        _OTHERS, {"subject": s.key, "holder": self.holder, "now": int(now)}
+                    ).scalar_one()
+                )
+                most = s.limits[SESSIONS.name]
+                if others + mine[s.key] + 1 > most:
                     conn.rollback()  # nothing written; the lock goes with it
                     return Refusal(s, SESSIONS, 0)
-            for s in limited:
+                slack = lease_size(most, others + mine[s.key] + 1, self._settings.lease_units)
+                reserve[s.key] = mine[s.key] + 1 + max(slack - 1, 0)
+            for key, count in reserve.items():
                 conn.execute(
                     _HOLD,
-                    {
-                        "subject": s.key,
-                        "holder": self.holder,
-                        "count": mine[s.key] + 1,
-                        "expires_at": expires,
-                    },
+                    {"subject": key, "holder": self.holder, "count": count, "expires_at": expires},
                 )
-        return None
+        return reserve
 
     def release(self, keys: tuple[str, ...]) -> None:
-        """A session admitted by ``admit`` ended: its count goes back at once
-        (written off the loop; the heartbeat rewrites it if this write fails)."""
+        """A session admitted by ``admit`` ended. Near the limit its slot is written
+        back at once (off the loop); else it stays reserved here for the next login
+        until the heartbeat gives the spare slots back."""
         if not keys:
             return
         for key in keys:
             self._sessions[key] = max(self._sessions.get(key, 0) - 1, 0)
-        counts = {key: self._sessions[key] for key in keys}
-        task = asyncio.get_running_loop().create_task(self._write_later(counts))
-        self._writes.add(task)
-        task.add_done_callback(self._writes.discard)
+        if any(self._tight.get(key, True) for key in keys):
+            task = asyncio.get_running_loop().create_task(self._write_later(keys))
+            self._writes.add(task)
+            task.add_done_callback(self._writes.discard)
 
-    async def _write_later(self, counts: dict[str, int]) -> None:
+    async def _write_later(self, keys: tuple[str, ...] | None = None) -> None:
         try:
-            await asyncio.to_thread(self.write_sessions, counts)
+            await self.write_sessions(keys)
         except Exception as exc:
             log.warning("limits: writing session counts: %s", exc)
 
-    def write_sessions(self, counts: dict[str, int] | None = None) -> None:
-        """Write this process's session counts with a new expiry (the heartbeat: all)."""
-        counts = dict(self._sessions) if counts is None else counts
+    async def write_sessions(self, keys: tuple[str, ...] | None = None) -> None:
+        """Write this process's open sessions (of ``keys``; the heartbeat: all) as its
+        reservation, with a new expiry. Under the admission lock: an admission's
+        larger reservation is never overwritten by an older count."""
+        async with self._admitting:
+            chosen = tuple(self._reserved) if keys is None else keys
+            counts = {k: self._sessions.get(k, 0) for k in chosen}
+            await asyncio.to_thread(self._write, counts)
+            for key, count in counts.items():
+                self._reserved[key] = count
+                self._tight[key] = True
+
+    def _write(self, counts: dict[str, int]) -> None:
         expires = int(self._clock() + self._settings.session_lease)
         with self._engine.begin() as conn:
             for key, count in counts.items():
@@ -427,7 +466,7 @@ class Limits:
         while True:
             await asyncio.sleep(self._settings.session_lease / 3)
             try:
-                await asyncio.to_thread(self.write_sessions)
+                await self.write_sessions()
                 if rounds % 100 == 0:
                     await asyncio.to_thread(self.sweep)
             except Exception as exc:
@@ -439,6 +478,7 @@ class Limits:
         with self._engine.begin() as conn:
             conn.execute(_FORGET, {"holder": self.holder})
         self._sessions.clear()
+        self._reserved.clear()
 
 
 def _seconds(name: str) -> int:
