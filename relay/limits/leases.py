@@ -18,7 +18,9 @@ subject and writes it to ``limit_sessions`` with an expiry that its heartbeat
 renews, so the sessions of a crashed process free themselves when its row
 expires (``[limits] session_lease``). An admission locks the subject's row of
 ``limit_counters`` (period 0) for its transaction, so two processes never
-both take the last session.
+both take the last session. While the limit is far a process reserves spare
+slots (``lease_size`` of what is free) and opens sessions within them without
+a trip to the database; its heartbeat gives the spare ones back.
 
 Counted: a message at MAIL FROM, a recipient at RCPT TO (an attempt counts,
 as Postfix's anvil counts them, even when DATA refuses the message later).
