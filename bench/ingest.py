@@ -200,6 +200,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="DIR",
         help="py-spy the relay during each mode: DIR/ingest-K.txt (collapsed stacks)",
     )
+    p.add_argument(
+        "--limits",
+        action="store_true",
+        help="give the agency, account and credential every sending limit, too high to refuse "
+        "anything: measures what checking them costs",
+    )
     p.add_argument("--keep", action="store_true", help="keep the temporary var dirs")
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
@@ -278,6 +284,9 @@ def prepare(args: argparse.Namespace, server: RelayServer, k: int) -> tuple[Load
     quiet = args.quiet
     with stage(f"{k}/conn: seeding a tenant", quiet):
         tenant = seed_tenant(server.config_path)
+    if args.limits:
+        with stage(f"{k}/conn: setting limits", quiet):
+            set_limits(server.config_path, tenant)
     with stage(f"{k}/conn: starting relay serve ({server.var_dir})", quiet):
         server.start()
     spec = load_spec(args, server, tenant, k)
@@ -289,6 +298,35 @@ def prepare(args: argparse.Namespace, server: RelayServer, k: int) -> tuple[Load
             f"relay log:\n{server.log_tail()}"
         )
     return spec, tenant
+
+
+def set_limits(config_path: Path, tenant: Tenant) -> None:
+    """Every limit on the tenant's agency, account and credential, none ever reached."""
+    from sqlalchemy import text
+
+    from relay.core.settings import load_settings
+    from relay.service import limits
+    from relay.store.engine import make_engine
+
+    settings = load_settings(config_path, env={})
+    engine = make_engine(settings.database.url)
+    high = limits.parse_changes(
+        ["100000000/min", "100000000/hour"], ["100000000/hour", "100000000/day"], "100000"
+    )
+    try:
+        with engine.connect() as conn:
+            parent = conn.execute(
+                text(
+                    "SELECT p.name FROM accounts a JOIN accounts p ON p.id = a.parent_id "
+                    "WHERE a.name = :name"
+                ),
+                {"name": tenant.account},
+            ).scalar_one()
+        limits.set_account_limits(engine, parent, high)
+        limits.set_account_limits(engine, tenant.account, high)
+        limits.set_credential_limits(engine, tenant.username, high)
+    finally:
+        engine.dispose()
 
 
 def measure(
@@ -334,7 +372,8 @@ def describe(args: argparse.Namespace) -> list[str]:
     return [
         f"relay serve --processes {args.server_processes}; "
         f"database {_database(args.database_url)}; "
-        f"delivery workers {'on' if args.workers else 'off'}; log level {args.log_level}",
+        f"delivery workers {'on' if args.workers else 'off'}; log level {args.log_level}; "
+        f"sending limits {'set (never reached)' if args.limits else 'none'}",
         f"client: {args.client}, {args.processes} process(es) on uvloop; "
         f"{'plaintext AUTH' if args.plaintext else 'STARTTLS then AUTH PLAIN'}; "
         f"{args.size}-byte messages, 1 recipient; argon2 cost: {argon}; "

@@ -16,6 +16,7 @@ import contextlib
 import logging
 import signal
 import ssl
+import time
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -38,6 +39,8 @@ from relay.core.unsubscribe import UNSUBSCRIBE_LABEL
 from relay.delivery.pool import ProviderPool
 from relay.delivery.worker import Deliverer, Worker, node_identity
 from relay.intake import Intake, IntakeConfig
+from relay.limits.leases import Limits
+from relay.limits.usage import refresh_gauges as limit_gauges
 from relay.queue import store
 from relay.queue.spool import Spool
 from relay.queue.sweeper import PausedExpiry
@@ -97,6 +100,13 @@ class Relay:
         self._gauge_task: asyncio.Task[None] | None = None
         self._sweeper_task: asyncio.Task[None] | None = None
         self._notifier_task: asyncio.Task[None] | None = None
+        self._limits_task: asyncio.Task[None] | None = None
+        # Account and credential limits, this process's leases and sessions.
+        self.limits = Limits(
+            self.engine,
+            settings.limits,
+            on_limited=lambda account, limit: self.metrics.limited.labels(account, limit).inc(),
+        )
         self.notifier: Notifier | None = None
         # Trust for the notifier's provider and POST connections (None: the
         # system store; tests put the emulator's CA here).
@@ -160,6 +170,7 @@ class Relay:
                 if s.reputation.suspend_action == "reject"
                 else None
             ),
+            limits=self.limits,
         )
         intake = Intake(
             IntakeConfig(
@@ -186,6 +197,7 @@ class Relay:
         if self.worker:
             self.worker.start()
         self._gauge_task = asyncio.create_task(self._gauges())
+        self._limits_task = asyncio.create_task(self.limits.run())
         sweeper = PausedExpiry(self.engine, on_expired=self.counters.count_expired)
         self._sweeper_task = asyncio.create_task(sweeper.run())
         await self._start_admin()
@@ -274,7 +286,7 @@ class Relay:
     # -- housekeeping -------------------------------------------------------
 
     async def _gauges(self) -> None:
-        """Queue gauges every few seconds; reputation gauges every minute."""
+        """Queue and quota gauges every few seconds; reputation gauges every minute."""
         reputation = ReputationGauges(
             self.engine, self.metrics, self.settings.reputation.min_volume
         )
@@ -287,6 +299,10 @@ class Relay:
                     log.warning("reputation gauges: %s", exc)
             rounds += 1
             try:
+                await asyncio.to_thread(self._limit_gauges)
+            except Exception as exc:
+                log.warning("limit gauges: %s", exc)
+            try:
                 counts = await asyncio.to_thread(store.queue_counts, self.engine)
                 for state, n in counts.items():
                     self.metrics.queue_messages.labels(state).set(n)
@@ -294,6 +310,10 @@ class Relay:
             except Exception as exc:
                 log.warning("queue gauges: %s", exc)
             await asyncio.sleep(5)
+
+    def _limit_gauges(self) -> None:
+        with self.engine.connect() as conn:
+            limit_gauges(conn, self.metrics, time.time())
 
     # -- stop -----------------------------------------------------------------
 
@@ -313,7 +333,7 @@ class Relay:
         await self.spool.aclose()
         if worker_stop is not None:
             await worker_stop
-        for task in (self._gauge_task, self._sweeper_task):
+        for task in (self._gauge_task, self._sweeper_task, self._limits_task):
             if task:
                 task.cancel()
         for server, task in (
@@ -327,6 +347,10 @@ class Relay:
         if self.notifier is not None:
             await self.notifier.aclose(max(deadline - loop.time(), 0.5))
         await self.pool.aclose()
+        try:
+            await asyncio.to_thread(self.limits.close)
+        except Exception as exc:  # its rows expire on their own
+            log.warning("limits: giving back sessions: %s", exc)
         self.engine.dispose()
         log.info("stopped")
 

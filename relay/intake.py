@@ -21,8 +21,10 @@ reply that refuses the message, out. In order:
    write is 451 4.3.0, never a 250 for what was not persisted.
 
 Nothing here knows about sockets: the SMTP handler calls ``accept`` and
-turns its result into a reply line, and the tests call it directly. Checks
-still to come (quotas) belong here, between policy and spool.
+turns its result into a reply line, and the tests call it directly. Sending
+limits and quotas are not checked here but as each unit is asked for: a
+message at MAIL FROM, a recipient at RCPT TO, a session at AUTH
+(``relay.limits``, called by the SMTP handler).
 """
 
 from __future__ import annotations

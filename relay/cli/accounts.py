@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from relay.cli._common import Verbs, add_group, add_verb, open_db, print_rows
+from relay.cli.limits import add_limit_options, limit_options_given, print_limits
 from relay.core.settings import Settings
 
 
@@ -50,9 +51,18 @@ def print_edited(name: str, changed: list[str], view: dict[str, Any], secret: st
     )
 
 
+def _limit_changes(args: argparse.Namespace) -> dict[str, int | None]:
+    from relay.service.limits import parse_changes
+
+    return parse_changes(args.max_messages, args.max_recipients, args.max_sessions)
+
+
 def cmd_account_edit(args: argparse.Namespace, settings: Settings) -> int:
+    from dataclasses import asdict
+
     from relay.core.crypto import secret_box
     from relay.service.account_settings import AccountChanges, edit_account
+    from relay.service.limits import set_account_limits
 
     notify = [] if args.no_notify else args.notify
     changes = AccountChanges(
@@ -63,6 +73,12 @@ def cmd_account_edit(args: argparse.Namespace, settings: Settings) -> int:
         open_tracking=args.open_tracking,
         click_tracking=args.click_tracking,
     )
+    limits = None
+    if limit_options_given(args):  # the limits first: the agency's ceilings may refuse them
+        limits = asdict(set_account_limits(open_db(settings), args.name, _limit_changes(args)))
+        if changes.empty():
+            print_limits(limits)
+            return 0
     edited = edit_account(open_db(settings), secret_box(settings), args.name, changes)
     a = edited.account
     print_edited(
@@ -78,6 +94,8 @@ def cmd_account_edit(args: argparse.Namespace, settings: Settings) -> int:
         },
         edited.notify_secret,
     )
+    if limits is not None:
+        print_limits(limits)
     return 0
 
 
@@ -155,6 +173,16 @@ def cmd_credential_delete(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_credential_edit(args: argparse.Namespace, settings: Settings) -> int:
+    from dataclasses import asdict
+
+    from relay.service.limits import set_credential_limits
+
+    view = set_credential_limits(open_db(settings), args.username, _limit_changes(args))
+    print_limits(asdict(view))
+    return 0
+
+
 def cmd_credential_list(args: argparse.Namespace, settings: Settings) -> int:
     from relay.service.accounts import list_credentials
 
@@ -188,8 +216,11 @@ def register(sub: Verbs) -> None:
         acc, "resume", cmd_account_resume, "lift a suspension for bounce or complaint rates"
     )
     s.add_argument("name")
-    s = add_verb(acc, "edit", cmd_account_edit, "notifications, unsubscribe, tracking...")
+    s = add_verb(
+        acc, "edit", cmd_account_edit, "notifications, unsubscribe, tracking, sending limits..."
+    )
     s.add_argument("name")
+    add_limit_options(s)
     s.add_argument(
         "--notify",
         action="append",
@@ -230,5 +261,8 @@ def register(sub: Verbs) -> None:
     s.add_argument("--password")
     s = add_verb(cred, "delete", cmd_credential_delete, "delete an SMTP user")
     s.add_argument("username", metavar="USER@DOMAIN")
+    s = add_verb(cred, "edit", cmd_credential_edit, "an SMTP user's own sending limits")
+    s.add_argument("username", metavar="USER@DOMAIN")
+    add_limit_options(s)
     s = add_verb(cred, "list", cmd_credential_list, "list a domain's SMTP users (never passwords)")
     s.add_argument("domain")

@@ -22,6 +22,7 @@ import httpx
 
 from relay.cli._common import print_rows
 from relay.cli.accounts import ACCOUNT_COLUMNS, print_edited, print_resumed, suspension
+from relay.cli.limits import limit_body, limit_options_given, print_limited, print_limits
 from relay.cli.providers import print_webhook
 from relay.cli.senders import SENDER_COLUMNS, check_review, code_sent, sender_row
 from relay.cli.tokens import print_audit
@@ -120,8 +121,16 @@ def account_edit(r: Remote, args: argparse.Namespace) -> None:
         "click_tracking": args.click_tracking,
     }
     body = {key: value for key, value in body.items() if value is not None}
+    limits = None
+    if limit_options_given(args):  # as the local verb: the limits first
+        limits = r.json("PATCH", f"/accounts/{part(args.name)}/limits", json=limit_body(args))
+        if not body:
+            print_limits(limits)
+            return
     a = r.json("PATCH", f"/accounts/{part(args.name)}", json=body)
     print_edited(a["name"], a["changed"], a, a["notify_secret"])
+    if limits is not None:
+        print_limits(limits)
 
 
 def domain_add(r: Remote, args: argparse.Namespace) -> None:
@@ -158,6 +167,11 @@ def credential_reset(r: Remote, args: argparse.Namespace) -> None:
 def credential_delete(r: Remote, args: argparse.Namespace) -> None:
     gone = r.json("DELETE", f"/credentials/{part(args.username)}")
     print(f"deleted credential {gone['username']}")
+
+
+def credential_edit(r: Remote, args: argparse.Namespace) -> None:
+    path = f"/credentials/{part(args.username)}/limits"
+    print_limits(r.json("PATCH", path, json=limit_body(args)))
 
 
 def credential_list(r: Remote, args: argparse.Namespace) -> None:
@@ -312,6 +326,12 @@ def queue_discard(r: Remote, args: argparse.Namespace) -> None:
 
 
 def usage(r: Remote, args: argparse.Namespace) -> None:
+    if args.limits:
+        if args.account:
+            print_limits(r.json("GET", f"/accounts/{part(args.account)}/limits"))
+        else:
+            print_limited(r.json("GET", "/limits"))
+        return
     params = {"account": args.account, "from": args.first, "to": args.last, "format": args.format}
     response = r.call("GET", "/usage", params={k: v for k, v in params.items() if v is not None})
     if args.format == "json":
@@ -400,6 +420,7 @@ VERBS: dict[tuple[str, str | None], Verb] = {
     ("credential", "reset"): credential_reset,
     ("credential", "delete"): credential_delete,
     ("credential", "list"): credential_list,
+    ("credential", "edit"): credential_edit,
     ("sender", "verify"): sender_verify,
     ("sender", "verify-dns"): sender_verify_dns,
     ("sender", "list"): sender_list,

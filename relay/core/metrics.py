@@ -121,6 +121,25 @@ class Metrics:
             registry=r,
             multiprocess_mode="mostrecent",
         )
+        # Sending limits (relay.limits). limit: messages_per_minute,
+        # messages_per_hour, recipients_per_hour, recipients_per_day, sessions,
+        # each also with "credential_" before it when a credential's own limit
+        # refused; account: the account whose limit it is (an agency's for its tree).
+        self.limited = Counter(
+            "relay_limited",
+            "Sessions, messages and recipients refused by an account or credential limit",
+            ["account", "limit"],
+            registry=r,
+        )
+        # Taken over allowed in the current window, per account and limit, read
+        # from the shared counters by each process's gauge loop ("mostrecent").
+        self.quota_used_ratio = Gauge(
+            "relay_quota_used_ratio",
+            "Units taken over the limit in the current window, by account and limit",
+            ["account", "limit"],
+            registry=r,
+            multiprocess_mode="mostrecent",
+        )
 
 
 def scrape_registry(metrics: Metrics) -> CollectorRegistry:

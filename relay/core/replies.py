@@ -92,6 +92,30 @@ def suppressed_recipient(address: str, reason: str, since: str) -> Reply:
     return SUPPRESSED_RECIPIENT.with_text(f"{text} ({reason} since {since})")
 
 
+# Sending limits (relay.limits). RFC 3463 4.7.1 "delivery not authorized",
+# temporary: the client keeps the message and tries again (RFC 5321 4.2.5), as
+# Postfix's and SendGrid's rate replies do. The text names the limit, whose it
+# is, and when to try again (a rate) or when the quota resets (a quota).
+RATE_LIMITED = Reply(451, "4.7.1", "Rate limit {} for {} reached; try again in {} s")
+QUOTA_REACHED = Reply(451, "4.7.1", "{} recipient quota {} for {} reached; resets at {}")
+# At AUTH: RFC 4954 6's temporary authentication failure. The session stays
+# open (421 would close it) and the client may log in again later.
+TOO_MANY_SESSIONS = Reply(454, "4.7.0", "Too many concurrent sessions ({} at most) for {}")
+
+
+def rate_limited(limit: str, subject: str, retry_in: int) -> Reply:
+    return RATE_LIMITED.with_text(RATE_LIMITED.text.format(limit, subject, max(retry_in, 1)))
+
+
+def quota_reached(window: str, limit: int, subject: str, resets_at: str) -> Reply:
+    return QUOTA_REACHED.with_text(QUOTA_REACHED.text.format(window, limit, subject, resets_at))
+
+
+def too_many_sessions(limit: int, subject: str) -> Reply:
+    text = TOO_MANY_SESSIONS.text.format(limit, subject)
+    return TOO_MANY_SESSIONS.with_text(f"{text}; try again later")
+
+
 def queued(queue_id: str) -> Reply:
     return Reply(250, "2.0.0", f"Ok: queued as {queue_id}")
 

@@ -276,6 +276,29 @@ class LimitSettings:
         ge=1000,  # RFC 5322 2.1.1: a field line alone may be 998 octets and CRLF
     )
     max_headers: int = _doc("Header fields per message (552 5.3.4 past it).", 1000, ge=1)
+    # Account and credential limits (relay.limits; set with `relay account edit`).
+    lease_units: int = _doc(
+        "Most units of a rate or quota one process takes from the database at a time "
+        "(fewer near the limit; unused ones lapse with their window), and most spare "
+        "session slots it reserves.",
+        50,
+        ge=1,
+        le=1000,
+    )
+    lease_refresh: float = _doc(
+        "Seconds a process trusts the limits it read for a credential before reading "
+        "them again (an edit counts everywhere within this).",
+        10.0,
+        ge=0.5,
+        le=3600,
+    )
+    session_lease: float = _doc(
+        "Seconds a process's claim on concurrent sessions lasts unless renewed "
+        "(renewed at a third of this; a crashed process's sessions free after it).",
+        60.0,
+        ge=3,
+        le=3600,
+    )
 
 
 @dataclass(frozen=True)

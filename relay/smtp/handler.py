@@ -32,6 +32,7 @@ from relay.core.replies import (
     queued,
 )
 from relay.intake import Arrival, Intake
+from relay.limits.leases import Limits
 from relay.smtp.protocol import RelaySMTP
 
 log = logging.getLogger("relay.smtp")
@@ -46,6 +47,9 @@ class HandlerConfig:
     # The reply refusing a suspended account's mail at MAIL FROM, or None
     # (relay.reputation.suspension; unset: never refused there).
     suspension: Callable[[int], Awaitable[Reply | None]] | None = None
+    # Account and credential limits (relay.limits): sessions at AUTH, messages
+    # at MAIL FROM, recipients at RCPT TO; None: no limits checked.
+    limits: Limits | None = None
 
 
 def _decode(blob: bytes) -> str:
@@ -62,6 +66,8 @@ class SessionHandler:
         self._config = config
         self._auth = authenticator
         self._intake = intake
+        # Sessions counted against a session limit, by id(session): given back at its end.
+        self._admitted: dict[int, tuple[str, ...]] = {}
 
     # -- AUTH (RFC 4954), replacing aiosmtpd's synchronous authenticator ---------
 
@@ -81,7 +87,20 @@ class SessionHandler:
                 for counted in self._config.on_lockout:
                     counted(server.listener, scope)
             return AuthResult(success=False, handled=False, message=str(result.reply))
+        limits = self._config.limits
+        if limits is not None and session is not None:
+            admitted = await limits.admit(result.identity.credential_id)
+            if isinstance(admitted, Reply):
+                return AuthResult(success=False, handled=False, message=str(admitted))
+            if admitted:
+                self._admitted[id(session)] = admitted
         return AuthResult(success=True, auth_data=result.identity, message=str(result.reply))
+
+    def session_ended(self, session: Session) -> None:
+        """The connection closed (RelaySMTP calls this): give back its session slot."""
+        admitted = self._admitted.pop(id(session), None)
+        if admitted and self._config.limits is not None:
+            self._config.limits.release(admitted)
 
     async def _initial_or_challenge(
         self, server: RelaySMTP, args: list[str], challenge: str
@@ -146,6 +165,10 @@ class SessionHandler:
             if refusal is not None:
                 log.info("refused: account=%s suspended at MAIL", identity.account_name)
                 return str(refusal)
+        if self._config.limits is not None and isinstance(identity, Identity):
+            limited = await self._config.limits.spend(identity.credential_id, "messages")
+            if limited is not None:
+                return str(limited)
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         return str(SENDER_OK)
@@ -168,6 +191,10 @@ class SessionHandler:
             refused = await self._intake.check_recipient(identity, address)
             if refused is not None:
                 return str(refused)
+            if self._config.limits is not None:
+                limited = await self._config.limits.spend(identity.credential_id, "recipients")
+                if limited is not None:
+                    return str(limited)
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
         return str(RECIPIENT_OK)

@@ -443,3 +443,6 @@ class RelaySMTP(SMTP):
         finally:
             self._tracker.sessions.discard(self)
             self._tracker.leave(ip, self.listener)
+            ended = getattr(self.event_handler, "session_ended", None)
+            if ended is not None:  # the session handler's limits give back its slot
+                ended(self.session)

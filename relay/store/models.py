@@ -121,6 +121,12 @@ class Account(Base):
     # Provider tracking; NULL leaves the provider's own setting.
     open_tracking: Mapped[bool | None] = mapped_column(Boolean)
     click_tracking: Mapped[bool | None] = mapped_column(Boolean)
+    # -- sending limits (migration 0007a; relay.limits): NULL is no limit --
+    max_messages_per_minute: Mapped[int | None] = mapped_column(Integer)
+    max_messages_per_hour: Mapped[int | None] = mapped_column(Integer)
+    max_recipients_per_hour: Mapped[int | None] = mapped_column(Integer)
+    max_recipients_per_day: Mapped[int | None] = mapped_column(Integer)
+    max_sessions: Mapped[int | None] = mapped_column(Integer)
 
     parent: Mapped[Account | None] = relationship(remote_side=[id])
 
@@ -147,6 +153,12 @@ class Credential(Base):
     unverified_policy: Mapped[str | None] = mapped_column(String(10))
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # -- sending limits (migration 0007a; relay.limits): NULL is no limit --
+    max_messages_per_minute: Mapped[int | None] = mapped_column(Integer)
+    max_messages_per_hour: Mapped[int | None] = mapped_column(Integer)
+    max_recipients_per_hour: Mapped[int | None] = mapped_column(Integer)
+    max_recipients_per_day: Mapped[int | None] = mapped_column(Integer)
+    max_sessions: Mapped[int | None] = mapped_column(Integer)
 
     domain: Mapped[Domain] = relationship()
 
@@ -466,3 +478,34 @@ class Notification(Base):
     mail_error: Mapped[str | None] = mapped_column(Text)
     webhook_state: Mapped[str] = mapped_column(String(10), default="pending")
     webhook_error: Mapped[str | None] = mapped_column(Text)
+
+
+class LimitCounter(Base):
+    """Units of a limit taken in one window, by every process of every node.
+
+    ``subject`` is ``a:<account id>`` or ``c:<credential id>``; ``name`` a
+    limit (``relay.core.limits``); ``period`` the window's first second (UTC
+    epoch; 0 for the row that serialises session admissions). Processes take
+    leases of units with one conditional UPDATE (``used + n <= limit``), so
+    the sum over processes never passes the limit (``relay.limits.leases``).
+    """
+
+    __tablename__ = "limit_counters"
+    subject: Mapped[str] = mapped_column(String(40), primary_key=True)
+    name: Mapped[str] = mapped_column(String(40), primary_key=True)
+    period: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    used: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class LimitSession(Base):
+    """Open SMTP sessions of a subject held by one process (``holder``).
+
+    Refreshed by the holder's heartbeat; a row past ``expires_at`` (epoch
+    seconds) is a crashed holder's and no longer counts.
+    """
+
+    __tablename__ = "limit_sessions"
+    subject: Mapped[str] = mapped_column(String(40), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(200), primary_key=True)
+    count: Mapped[int] = mapped_column(Integer, default=0)
+    expires_at: Mapped[int] = mapped_column(BigInteger)

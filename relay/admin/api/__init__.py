@@ -22,7 +22,7 @@ from starlette.types import ASGIApp, Receive, Send
 from starlette.types import Scope as ASGIScope
 
 from relay import __version__
-from relay.admin.api import accounts, errors, providers, queue, reports, suppressions
+from relay.admin.api import accounts, errors, limits, providers, queue, reports, suppressions
 from relay.admin.api.context import ApiContext
 from relay.service.scope import Actor, Scope, acting
 
@@ -66,6 +66,7 @@ def build_app() -> FastAPI:
     errors.install(app)
     routers = (
         accounts.router,
+        limits.router,
         providers.router,
         queue.router,
         reports.router,

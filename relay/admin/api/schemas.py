@@ -405,3 +405,46 @@ class SuppressionPage(BaseModel):
     items: list[SuppressionOut]
     total: int = Field(description="Entries matching the filter, over all pages")
     offset: int
+
+
+# -- sending limits ------------------------------------------------------------------
+
+Spec = Annotated[str, text(40)]
+
+
+class LimitsPatch(Request):
+    """Only the fields given change. ``max_messages``: ``N/min`` or ``N/hour`` (a list
+    for both); ``max_recipients``: ``N/hour`` or ``N/day``; ``off`` clears every
+    window of its kind, ``off/min`` one. ``max_sessions``: a number or ``off``."""
+
+    max_messages: list[Spec] | Spec | None = Field(None, examples=["100/min"])
+    max_recipients: list[Spec] | Spec | None = Field(None, examples=["50000/day"])
+    max_sessions: int | Spec | None = Field(None, examples=[5])
+
+
+class LimitUseOut(BaseModel):
+    limit: str = Field(
+        json_schema_extra={
+            "enum": [
+                "messages_per_minute",
+                "messages_per_hour",
+                "recipients_per_hour",
+                "recipients_per_day",
+                "sessions",
+            ]
+        }
+    )
+    value: str = Field(description="As written: 100/min, 50000/day, 5")
+    max: int
+    used: int = Field(
+        description="Taken in the current window by every process (sent, plus units "
+        "leased and not yet spent); sessions: open now"
+    )
+    remaining: int
+    resets_at: str | None = Field(description="When the window ends (UTC); null for sessions")
+
+
+class LimitsOut(BaseModel):
+    subject: str = Field(description='"account NAME" or "credential USER@DOMAIN"')
+    limits: list[LimitUseOut]
+    changed: list[str] = Field(default_factory=list)

@@ -1,0 +1,1 @@
+"""Account and credential sending limits, enforced across processes and nodes."""
