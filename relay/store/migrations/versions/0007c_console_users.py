@@ -5,7 +5,7 @@ password hash. ``console_sessions``: the SHA-256 of the session cookie, its
 CSRF token and expiry.
 
 Revision ID: 0007c
-Revises: 0006d
+Revises: 0007a
 Create Date: 2026-12-01
 """
 
@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0007c"
-down_revision: str | None = "0006d"
+down_revision: str | None = "0007a"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
