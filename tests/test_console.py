@@ -303,7 +303,28 @@ def test_suppressions_usage_audit_and_limits(console: ConsoleClient) -> None:
     assert "a-one" in csv.text and "b-one" not in csv.text
     audit = console.get("/audit")
     assert "suppression.add" in audit.text
-    assert console.get("/limits").status_code == 200
+
+
+def test_limits_shown_and_set_within_the_agency(console: ConsoleClient) -> None:
+    """An agency sets its sub-account's limits and sees them with their use; a bad
+    spelling, its own limits and another tenant's account are refused."""
+    signed_in(console, "boss@agency-a.test")
+    empty = console.get("/limits", params={"account": "a-one"})
+    assert empty.status_code == 200 and "No sending limit is set for a-one" in empty.text
+    form = {"account": "a-one", "per_minute": "100/min", "rcpt_day": "50000/day"}
+    done = console.post("/limits", form)
+    assert done.status_code == 200 and "Limits of a-one changed" in done.text
+    table = text_of(done.text)
+    assert "100/min" in table and "50000/day" in table
+    assert "50000" in console.get("/limits", params={"account": "a-one"}).text
+    bad = console.post("/limits", {"account": "a-one", "per_minute": "lots/min"})
+    assert bad.status_code == 422 and "lots" in bad.text
+    nothing = console.post("/limits", {"account": "a-one"})
+    assert nothing.status_code == 422
+    own = console.post("/limits", {"account": "agency-a", "per_minute": "10/min"})
+    assert own.status_code == 403
+    assert console.post("/limits", {"account": "b-one", "per_minute": "1/min"}).status_code == 404
+    assert console.get("/limits", params={"account": "b-one"}).status_code == 404
 
 
 # -- the service: users ---------------------------------------------------------------

@@ -47,6 +47,7 @@ from relay.service import (
     console_users,
     dashboard,
     dnsverify,
+    limits,
     notifications,
     provider_checks,
     providers,
@@ -914,16 +915,61 @@ async def audit_page(request: Request) -> Response:
     return render(request, "audit.html", who, 200, notice, entries=entries, more=more)
 
 
-# -- limits (LIMITS builds account limits and quotas: their screen plugs in here) ---------
+# -- limits ---------------------------------------------------------------------------
+
+
+async def _limits_page(
+    request: Request, who: Identity, status: int = 200, notice: Notice | None = None
+) -> Response:
+    """An account's sending limits with what is used and left, and (for whoever may
+    set them: the operator, an agency for its sub-accounts) the form that sets them."""
+    ctx = context(request)
+    names = await _accounts(request, who)
+    account = request.query_params.get("account") or _own(who, names)
+    view = None
+    if account:
+        try:
+            view = await call(who, limits.account_limits, ctx.engine, account)
+        except RelayError as exc:
+            if status_of(exc) == 404:
+                raise
+            notice = notice or failed(exc)
+    return render(
+        request,
+        "limits.html",
+        who,
+        status,
+        notice,
+        view=view,
+        account=account,
+        accounts=names,
+    )
 
 
 async def limits_page(request: Request) -> Response:
-    """The seam for LIMITS (issue 14): until its service exists this screen says so.
-    Wiring it: read the user's accounts' limits and usage through LIMITS's service
-    function as ``await call(who, fn, ctx.engine, account)`` and pass them to
-    ``limits.html``, with an empty state (no limit set) and its error state."""
-    who = await signed_in(request)
-    return render(request, "limits.html", who)
+    return await _limits_page(request, await signed_in(request))
+
+
+async def limits_set(request: Request) -> Response:
+    """Set an account's limits: the service says who may and within what."""
+    who, form = await may_post(request)
+    ctx = context(request)
+    account = form.get("account", "")
+    try:
+        changes = limits.parse_changes(
+            [v for v in (form.get("per_minute", ""), form.get("per_hour", "")) if v.strip()],
+            [v for v in (form.get("rcpt_hour", ""), form.get("rcpt_day", "")) if v.strip()],
+            form.get("sessions", "").strip() or None,
+        )
+        if not changes:
+            raise Invalid("give at least one limit (for example 100/min, or off)", "limits")
+        view = await call(who, limits.set_account_limits, ctx.engine, account, changes)
+    except RelayError as exc:
+        request.scope["query_string"] = f"account={account}".encode()
+        return await _limits_page(request, who, status_of(exc), failed(exc))
+    request.scope["query_string"] = f"account={account}".encode()
+    changed = ", ".join(view.changed) or "nothing"
+    return await _limits_page(request, who, 200, ok(f"Limits of {account} changed: {changed}."))
 
 
 def _route(path: str, handler: Any, methods: list[str] | None = None) -> Route:
@@ -959,4 +1005,5 @@ ROUTES = [
     _route("/usage.csv", usage_csv),
     _route("/audit", audit_page),
     _route("/limits", limits_page),
+    _route("/limits", limits_set, ["POST"]),
 ]
