@@ -17,7 +17,8 @@ The same controls are reachable over HTTP on every emulated API::
     POST /_emulator/rate-limit  {"count": 1, "reset_in": 2}
     POST /_emulator/suppress    {"addresses": ["a@example.com"]}   (SparkPost)
     POST /_emulator/reset       {}
-    GET  /_emulator/requests    -> what was received
+    GET  /_emulator/requests    -> what was received (with arrival and answer times)
+    GET  /_emulator/concurrency -> {"in_flight": n, "max_in_flight": n} message requests
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,6 +47,10 @@ class Received:
     size: int
     status: int = 0
     message_id: str | None = None
+    # Wall-clock arrival and answer (epoch seconds): tests check a sender's
+    # rate and pauses against them.
+    at: float = field(default_factory=time.time)
+    answered_at: float = 0.0
 
 
 @dataclass
@@ -68,6 +74,10 @@ class ApiState:
     # "suppression-list"): seeded by tests with ``seed_list``.
     lists: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     faults: list[Fault] = field(default_factory=list)
+    # Requests being answered now, and the most seen at once (a sender's
+    # connection ceiling); reset by ``reset``.
+    in_flight: int = 0
+    max_in_flight: int = 0
     # Called with (request body, message id) for each accepted message: the
     # emulator posts its events from there (relay.emulator.events).
     on_accepted: Callable[[Any, str], None] | None = field(default=None, repr=False)
@@ -104,7 +114,19 @@ class ApiState:
         """Add entries to one of the provider's suppression lists (its JSON shape)."""
         self.lists.setdefault(name, []).extend(entries)
 
+    def arrive(self, seen: Received) -> None:
+        """A message request came in (answered with ``answered``)."""
+        self.received.append(seen)
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+
+    def answered(self, seen: Received, status: int) -> None:
+        seen.status = status
+        seen.answered_at = time.time()
+        self.in_flight -= 1
+
     def reset(self) -> None:
+        self.in_flight = self.max_in_flight = 0
         self.received.clear()
         self.faults.clear()
         self.suppressed.clear()
@@ -186,6 +208,9 @@ def control_routes(state: ApiState) -> list[Route]:
     async def requests(request: Request) -> Response:
         return JSONResponse([dataclasses.asdict(r) for r in state.received])
 
+    async def concurrency(request: Request) -> Response:
+        return JSONResponse({"in_flight": state.in_flight, "max_in_flight": state.max_in_flight})
+
     return [
         Route("/_emulator/fail", fail, methods=["POST"]),
         Route("/_emulator/stall", stall, methods=["POST"]),
@@ -193,6 +218,7 @@ def control_routes(state: ApiState) -> list[Route]:
         Route("/_emulator/suppress", suppress, methods=["POST"]),
         Route("/_emulator/reset", reset, methods=["POST"]),
         Route("/_emulator/requests", requests, methods=["GET"]),
+        Route("/_emulator/concurrency", concurrency, methods=["GET"]),
     ]
 
 

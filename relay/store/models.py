@@ -431,3 +431,29 @@ class Notification(Base):
     mail_error: Mapped[str | None] = mapped_column(Text)
     webhook_state: Mapped[str] = mapped_column(String(10), default="pending")
     webhook_error: Mapped[str | None] = mapped_column(Text)
+
+
+class ProviderThrottle(Base):
+    """A provider's shared sending budget: the token bucket of its ``max_rate``
+    and the pause its own 429/Retry-After asked for (``relay.delivery.throttle``).
+
+    Times are epoch seconds of the nodes' clocks (NTP-synchronised, like the
+    leases). No foreign key: a removed provider's row is inert.
+    """
+
+    __tablename__ = "provider_throttle"
+    provider_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    tokens: Mapped[float] = mapped_column(Float, default=0.0)
+    refilled_at: Mapped[float] = mapped_column(Float, default=0.0)
+    paused_until: Mapped[float | None] = mapped_column(Float)
+
+
+class ProviderLease(Base):
+    """Connection slots of a provider's ``max_connections`` held by one process
+    (its worker token) until ``expires_at``: a killed process frees them then."""
+
+    __tablename__ = "provider_leases"
+    provider_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    holder: Mapped[str] = mapped_column(String(200), primary_key=True)
+    slots: Mapped[int] = mapped_column(Integer)
+    expires_at: Mapped[float] = mapped_column(Float)
