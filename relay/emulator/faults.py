@@ -14,7 +14,8 @@ The same controls are reachable over HTTP on every emulated API::
 
     POST /_emulator/fail        {"status": 500, "count": 2, "code": "1902", "after": 0}
     POST /_emulator/stall       {"seconds": 5, "count": 1}
-    POST /_emulator/rate-limit  {"count": 1, "reset_in": 2}
+    POST /_emulator/rate-limit  {"count": 1, "reset_in": 2, "after": 0}
+    POST /_emulator/latency     {"seconds": 0.2}   (every message request; 0 ends it)
     POST /_emulator/suppress    {"addresses": ["a@example.com"]}   (SparkPost)
     POST /_emulator/reset       {}
     GET  /_emulator/requests    -> what was received (with arrival and answer times)
@@ -78,6 +79,8 @@ class ApiState:
     # connection ceiling); reset by ``reset``.
     in_flight: int = 0
     max_in_flight: int = 0
+    # Seconds every message request takes before its answer (``latency``).
+    delay: float = 0.0
     # Called with (request body, message id) for each accepted message: the
     # emulator posts its events from there (relay.emulator.events).
     on_accepted: Callable[[Any, str], None] | None = field(default=None, repr=False)
@@ -104,8 +107,15 @@ class ApiState:
     def stall(self, seconds: float, count: int = 1) -> None:
         self.faults.append(Fault("stall", count, seconds=seconds))
 
-    def rate_limit(self, count: int = 1, reset_in: float = 1.0) -> None:
-        self.faults.append(Fault("rate_limit", count, status=429, seconds=reset_in))
+    def latency(self, seconds: float) -> None:
+        """Make every message request take ``seconds`` (0: answer at once), so a
+        sender's concurrent requests overlap here as they would at a provider."""
+        self.delay = max(0.0, seconds)
+
+    def rate_limit(self, count: int = 1, reset_in: float = 1.0, *, after: int = 0) -> None:
+        """Answer 429 to ``count`` requests (after letting ``after`` through), asking
+        for ``reset_in`` seconds in the provider's own headers."""
+        self.faults.append(Fault("rate_limit", count, status=429, seconds=reset_in, after=after))
 
     def suppress(self, *addresses: str) -> None:
         self.suppressed.update(a.lower() for a in addresses)
@@ -127,6 +137,7 @@ class ApiState:
 
     def reset(self) -> None:
         self.in_flight = self.max_in_flight = 0
+        self.delay = 0.0
         self.received.clear()
         self.faults.clear()
         self.suppressed.clear()
@@ -151,7 +162,11 @@ class ApiState:
         return dataclasses.replace(fault)
 
     async def misbehave(self) -> Fault | None:
-        """Apply the next fault: sleep for a stall, or return a failure to answer with."""
+        """Apply the latency and the next fault: sleep for a stall, or return a
+        failure to answer with."""
+        if self.delay:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closing.wait(), self.delay)
         fault = self._take()
         while fault is not None and fault.kind == "stall":
             with contextlib.suppress(TimeoutError):
@@ -193,7 +208,16 @@ def control_routes(state: ApiState) -> list[Route]:
 
     async def rate_limit(request: Request) -> Response:
         data = await _json_body(request)
-        state.rate_limit(int(data.get("count", 1)), float(data.get("reset_in", 1)))
+        state.rate_limit(
+            int(data.get("count", 1)),
+            float(data.get("reset_in", 1)),
+            after=int(data.get("after", 0)),
+        )
+        return JSONResponse({"ok": True})
+
+    async def latency(request: Request) -> Response:
+        data = await _json_body(request)
+        state.latency(float(data.get("seconds", 0)))
         return JSONResponse({"ok": True})
 
     async def suppress(request: Request) -> Response:
@@ -215,6 +239,7 @@ def control_routes(state: ApiState) -> list[Route]:
         Route("/_emulator/fail", fail, methods=["POST"]),
         Route("/_emulator/stall", stall, methods=["POST"]),
         Route("/_emulator/rate-limit", rate_limit, methods=["POST"]),
+        Route("/_emulator/latency", latency, methods=["POST"]),
         Route("/_emulator/suppress", suppress, methods=["POST"]),
         Route("/_emulator/reset", reset, methods=["POST"]),
         Route("/_emulator/requests", requests, methods=["GET"]),
