@@ -121,7 +121,9 @@ def test_a_pause_stops_every_holder_until_it_ends(store: Engine) -> None:
 
 
 @pytest.fixture
-def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Path:
+def cli(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> Path:
     monkeypatch.setenv("RELAY_DATABASE_URL", f"sqlite:///{tmp_path}/p.db")
     monkeypatch.setenv("RELAY_SERVER_VAR_DIR", str(tmp_path / "var"))
     monkeypatch.setenv("RELAY_SECRET_KEY", "test-secret-key")

@@ -132,7 +132,9 @@ def test_max_rate_holds_across_processes(
     settings: Settings, engine: Engine, tenant: Tenant, emulator: Emulator, topology: str
 ) -> None:
     rate = 4.0
-    pid = add_emulated_provider(settings, engine, emulator, "sg", "sendgrid", "agency", max_rate=rate)
+    pid = add_emulated_provider(
+        settings, engine, emulator, "sg", "sendgrid", "agency", max_rate=rate
+    )
     providers.set_default(engine, "sg", "acme")
     queue_mail(engine, tenant, pid, 24)
     procs = relays(settings, topology)
@@ -169,8 +171,8 @@ def test_a_429_pauses_the_whole_provider(
     admin = free_port()
     procs = relays(settings, "processes", admin=admin)
     try:
-        wait_port(admin, procs[0])
         wait_delivered(engine, 30, procs, 90)
+        wait_port(admin, procs[0], timeout=60)
         text = httpx.get(f"http://127.0.0.1:{admin}/metrics", timeout=5).text
     finally:
         for proc in procs:
