@@ -9,6 +9,8 @@ arrived and how many it was answering at once.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -115,6 +117,9 @@ def test_a_pause_stops_every_holder_until_it_ends(store: Engine) -> None:
     assert held.paused_until == t + 5 and held.tokens == 0
     after = throttle.sync(store, 5, "b", ten, want_tokens=3, now=t + 6)
     assert after.paused_until is None and after.tokens == 3
+    # A provider without ceilings still learns the pause (a read, no lock).
+    assert throttle.sync(store, 5, "c", Limits(), now=t + 1).paused_until == t + 5
+    assert throttle.sync(store, 6, "c", Limits(), now=t + 1).paused_until is None
 
 
 # -- the command line and the API ---------------------------------------------
@@ -195,3 +200,39 @@ def test_the_api_sets_shows_and_refuses_ceilings(served: tuple[RelayThread, Worl
             assert bad.status_code == 422 and error(bad)["field"] == field, bad.text
     finally:
         op.close()
+
+
+# -- one process's gate ----------------------------------------------------------
+
+
+def test_a_delivery_waits_then_is_postponed_never_failed(store: Engine) -> None:
+    told: list[tuple[str, str]] = []
+    one = Limits(max_connections=1)
+
+    async def scenario() -> None:
+        gate = throttle.Throttle(store, "w#1", on_throttled=lambda p, r: told.append((p, r)))
+        first = await gate.acquire(9, "sg", one, wait=5)
+        assert isinstance(first, throttle.Ticket)
+        # The one slot is taken: the next delivery waits, then is postponed.
+        second = await gate.acquire(9, "sg", one, wait=0.3)
+        assert isinstance(second, throttle.Postponed) and second.reason == "connections"
+        # A slot freed here wakes a waiter at once.
+        waiter = asyncio.create_task(gate.acquire(9, "sg", one, wait=30))
+        await asyncio.sleep(0.1)
+        first.release()
+        third = await asyncio.wait_for(waiter, 10)
+        assert isinstance(third, throttle.Ticket)
+        third.release()
+        # The provider asked for 30 s: nothing is sent before; the delivery is
+        # postponed to the end of the pause, whatever its ceilings.
+        gate.pause(9, "sg", 30)
+        started = time.time()
+        later = await gate.acquire(9, "sg", Limits(), wait=0.2)
+        assert isinstance(later, throttle.Postponed) and later.reason == "retry_after"
+        assert later.at >= started + 29
+        await gate.aclose()
+
+    asyncio.run(scenario())
+    assert ("sg", "connections") in told and ("sg", "retry_after") in told
+    # Another process sees the pause in the database.
+    assert throttle.sync(store, 9, "w#2", Limits()).paused_until is not None

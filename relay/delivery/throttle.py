@@ -115,6 +115,8 @@ def sync(
     ``want_slots`` (its whole holding; ``busy`` of them are in use and are
     never given back here), in one transaction. Also reports the pause."""
     now = time.time() if now is None else now
+    if not limits.max_rate and not limits.max_connections:
+        return Grant(0, 0, 0, paused_until(engine, provider_id, now))
     with engine.begin() as conn:
         row = _lock_row(conn, provider_id, now, limits.burst)
         paused = row.paused_until if row.paused_until and row.paused_until > now else None
@@ -168,6 +170,15 @@ def _lease(
             )
         )
     return slots, held
+
+
+def paused_until(engine: Engine, provider_id: int, now: float) -> float | None:
+    """The provider's shared pause, read only (a provider without ceilings)."""
+    with engine.connect() as conn:
+        until = conn.execute(
+            select(ProviderThrottle.paused_until).where(ProviderThrottle.provider_id == provider_id)
+        ).scalar()
+    return until if until and until > now else None
 
 
 def pause(engine: Engine, provider_id: int, until: float, now: float | None = None) -> None:
