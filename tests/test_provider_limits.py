@@ -117,6 +117,10 @@ def test_a_pause_stops_every_holder_until_it_ends(store: Engine) -> None:
     assert held.paused_until == t + 5 and held.tokens == 0
     after = throttle.sync(store, 5, "b", ten, want_tokens=3, now=t + 6)
     assert after.paused_until is None and after.tokens == 3
+    # Once the pause ends the rate is halved, and grows back over a minute.
+    throttle.sync(store, 5, "b", ten, want_tokens=100, now=t + 10)  # the bucket, emptied
+    assert throttle.sync(store, 5, "b", ten, want_tokens=100, now=t + 11).tokens == 5
+    assert throttle.sync(store, 5, "b", ten, want_tokens=100, now=t + 200).tokens == 10
     # A provider without ceilings still learns the pause (a read, no lock).
     assert throttle.sync(store, 5, "c", Limits(), now=t + 1).paused_until == t + 5
     assert throttle.sync(store, 6, "c", Limits(), now=t + 1).paused_until is None

@@ -39,7 +39,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from sqlalchemy import Connection, Engine, delete, func, insert, select, update
+from sqlalchemy import Connection, Engine, delete, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from relay.store.models import ProviderLease, ProviderThrottle
@@ -54,6 +54,8 @@ TOKEN_LIFE = 0.5  # seconds a token taken ahead may wait for its delivery
 DEFAULT_PAUSE = 1.0  # seconds a 429 without Retry-After pauses the provider
 MIN_HOP = 0.05  # seconds between two hops of one provider's waiters
 MAX_PAUSE = 3600.0  # a Retry-After longer than this is not believed further
+MIN_FACTOR = 0.125  # a provider's rate is never cut below an eighth by its 429s
+RECOVERY = 0.5 / 60  # share of max_rate regained a second after a pause
 
 
 @dataclass(frozen=True)
@@ -91,10 +93,15 @@ def _lock_row(conn: Connection, provider_id: int, now: float, burst: float) -> A
     maker = postgresql.insert if dialect == "postgresql" else sqlite.insert
     conn.execute(
         maker(ProviderThrottle)
-        .values(provider_id=provider_id, tokens=burst, refilled_at=now)
+        .values(provider_id=provider_id, tokens=burst, refilled_at=now, rate_factor=1.0)
         .on_conflict_do_nothing()
     )
-    columns = (ProviderThrottle.tokens, ProviderThrottle.refilled_at, ProviderThrottle.paused_until)
+    columns = (
+        ProviderThrottle.tokens,
+        ProviderThrottle.refilled_at,
+        ProviderThrottle.paused_until,
+        ProviderThrottle.rate_factor,
+    )
     return conn.execute(
         select(*columns).where(ProviderThrottle.provider_id == provider_id).with_for_update()
     ).one()
@@ -122,14 +129,15 @@ def sync(
         paused = row.paused_until if row.paused_until and row.paused_until > now else None
         tokens = 0
         if limits.max_rate:
-            level = min(
-                limits.burst, row.tokens + max(0.0, now - row.refilled_at) * limits.max_rate
-            )
+            elapsed = max(0.0, now - row.refilled_at)
+            # Additive increase after the pause's multiplicative decrease (AIMD).
+            factor = row.rate_factor if paused else min(1.0, row.rate_factor + elapsed * RECOVERY)
+            level = min(limits.burst, row.tokens + elapsed * limits.max_rate * factor)
             tokens = 0 if paused else max(0, min(want_tokens, math.floor(level)))
             conn.execute(
                 update(ProviderThrottle)
                 .where(ProviderThrottle.provider_id == provider_id)
-                .values(tokens=level - tokens, refilled_at=now)
+                .values(tokens=level - tokens, refilled_at=now, rate_factor=factor)
             )
         slots = held = 0
         if limits.max_connections:
@@ -182,17 +190,21 @@ def paused_until(engine: Engine, provider_id: int, now: float) -> float | None:
 
 
 def pause(engine: Engine, provider_id: int, until: float, now: float | None = None) -> None:
-    """Pause the provider for every process until ``until`` (never shortens a pause)."""
+    """Pause the provider for every process until ``until`` (never shortens a
+    pause), and halve the share of its ``max_rate`` in force once the pause ends
+    (AIMD: it grows back by half the rate a minute; two 429s in a row quarter it)."""
     now = time.time() if now is None else now
     with engine.begin() as conn:
-        _lock_row(conn, provider_id, now, 1.0)
+        row = _lock_row(conn, provider_id, now, 1.0)
+        if (row.paused_until or 0.0) >= until:
+            return
+        values: dict[str, float] = {"paused_until": until}
+        if (row.paused_until or 0.0) <= now:  # a new pause, not news of the same one
+            values["rate_factor"] = max(MIN_FACTOR, row.rate_factor / 2)
         conn.execute(
             update(ProviderThrottle)
-            .where(
-                ProviderThrottle.provider_id == provider_id,
-                func.coalesce(ProviderThrottle.paused_until, 0.0) < until,
-            )
-            .values(paused_until=until)
+            .where(ProviderThrottle.provider_id == provider_id)
+            .values(**values)
         )
 
 

@@ -446,6 +446,8 @@ class ProviderThrottle(Base):
     tokens: Mapped[float] = mapped_column(Float, default=0.0)
     refilled_at: Mapped[float] = mapped_column(Float, default=0.0)
     paused_until: Mapped[float | None] = mapped_column(Float)
+    # The share of max_rate in force: halved by each pause, back to 1 over a minute.
+    rate_factor: Mapped[float] = mapped_column(Float, default=1.0)
 
 
 class ProviderLease(Base):

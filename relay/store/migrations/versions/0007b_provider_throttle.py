@@ -1,8 +1,9 @@
 """provider ceilings: shared token buckets, pauses and connection leases
 
-``provider_throttle``: one row per provider with a ``max_rate`` or a pause
-(tokens, last refill, paused until). ``provider_leases``: the connection slots
-of a provider's ``max_connections`` each process holds, with an expiry.
+``provider_throttle``: one row per provider with a ceiling or a pause (tokens,
+last refill, paused until, the share of the rate in force). ``provider_leases``:
+the connection slots of a provider's ``max_connections`` each process holds,
+with an expiry.
 
 Revision ID: 0007b
 Revises: 0006d
@@ -27,6 +28,7 @@ def upgrade() -> None:
         sa.Column("tokens", sa.Float(), nullable=False),
         sa.Column("refilled_at", sa.Float(), nullable=False),
         sa.Column("paused_until", sa.Float(), nullable=True),
+        sa.Column("rate_factor", sa.Float(), nullable=False),
         sa.PrimaryKeyConstraint("provider_id", name=op.f("pk_provider_throttle")),
     )
     op.create_table(
