@@ -382,6 +382,8 @@ class Throttle:
         """One hop: tokens for those waiting, the slots wanted, the shared pause."""
         async with gate.lock:
             now = self._clock()
+            if now - gate.synced_at < MIN_HOP and self._lacking(gate, now) is None:
+                return  # another waiter's hop just brought what this one needs
             limits = gate.limits
             want_tokens = 0
             if limits.max_rate and not gate.fresh_token(now):
