@@ -230,6 +230,7 @@ class _Gate:
     waiting: int = 0
     paused_until: float = 0.0
     synced_at: float = 0.0
+    used: int = 0  # tokens used since the last hop: the next batch follows demand
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -349,6 +350,7 @@ class Throttle:
     def _take(self, provider_id: int, gate: _Gate, now: float) -> Ticket:
         if gate.limits.max_rate:
             gate.tokens.popleft()
+            gate.used += 1
         slot = bool(gate.limits.max_connections)
         if slot:
             gate.busy += 1
@@ -387,8 +389,12 @@ class Throttle:
             limits = gate.limits
             want_tokens = 0
             if limits.max_rate and not gate.fresh_token(now):
+                # As many as wait now, or twice what the last hop's tokens
+                # served: a busy process hops a few times a second at most,
+                # an idle one takes no tokens it would let expire.
                 batch = max(1, math.ceil(limits.max_rate * BATCH))
-                want_tokens = max(1, min(gate.waiting, batch))
+                want_tokens = max(1, min(batch, max(gate.waiting, 2 * gate.used)))
+                gate.used = 0
             want_slots = min(limits.max_connections or 0, gate.busy + gate.waiting)
             try:
                 grant = await asyncio.to_thread(
