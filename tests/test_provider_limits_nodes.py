@@ -23,6 +23,7 @@ from relay.core.settings import Settings
 from relay.emulator import Emulator
 from relay.queue.spool import Acceptance, write_batch
 from relay.service import providers
+from relay.smtp.tls import certificate_paths
 from relay.store.models import Account, Attempt, Message
 from tests.emulated import EmulatorThread, add_emulated_provider
 from tests.support import Tenant, message
@@ -49,6 +50,10 @@ def emulator() -> Iterator[Emulator]:
 def relays(settings: Settings, topology: str, admin: int | None = None) -> list[Popen[bytes]]:
     """Two processes of one node, or two nodes (``admin``: the first one's /metrics)."""
     names = ["multi"] if topology == "processes" else ["a", "b"]
+    if topology == "nodes":
+        # The two nodes share a var directory here: its certificate is made
+        # first, as `relay serve --processes` does, not raced for by both.
+        certificate_paths(settings)
     started = []
     for i, name in enumerate(names):
         config = node_config(settings, name)
