@@ -214,6 +214,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--smtp-pool-size", type=int, help="the SMTP provider's smtp_pool_size (relay default 2)"
     )
+    p.add_argument(
+        "--max-rate", type=float, help="the provider's max_rate, messages a second (none)"
+    )
+    p.add_argument("--max-connections", type=int, help="the provider's max_connections (none)")
     p.add_argument("--log-level", default="INFO", help="the relay's log level (INFO)")
     p.add_argument(
         "--profile", type=Path, metavar="DIR", help="py-spy the relay: DIR/deliver-CASE.txt"
@@ -266,9 +270,14 @@ def database_for(args: argparse.Namespace, case: Case) -> Iterator[str]:
 
 
 def provider_extra(args: argparse.Namespace, case: Case) -> dict[str, Any]:
+    extra: dict[str, Any] = {}
     if case.transport == "smtp" and args.smtp_pool_size:
-        return {"smtp_pool_size": args.smtp_pool_size}
-    return {}
+        extra["smtp_pool_size"] = args.smtp_pool_size
+    if args.max_rate:  # the shared token bucket's cost (relay.delivery.throttle)
+        extra["max_rate"] = args.max_rate
+    if args.max_connections:
+        extra["max_connections"] = args.max_connections
+    return extra
 
 
 def run_case(args: argparse.Namespace, case: Case) -> CaseResult:

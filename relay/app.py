@@ -37,6 +37,7 @@ from relay.core.metrics import Metrics, scrape_registry
 from relay.core.settings import ListenerSettings, Settings, parse_hostport
 from relay.core.unsubscribe import UNSUBSCRIBE_LABEL
 from relay.delivery.pool import ProviderPool
+from relay.delivery.throttle import Throttle
 from relay.delivery.worker import Deliverer, Worker, node_identity
 from relay.intake import Intake, IntakeConfig
 from relay.limits.leases import Limits
@@ -152,12 +153,21 @@ class Relay:
             on_circuit_open=self.notifier.circuit_open,
         )
         if s.queue.workers:
+            deliverer = Deliverer(self.pool, s.queue)
             self.worker = Worker(
                 self.engine,
                 s.queue,
-                Deliverer(self.pool, s.queue),
+                deliverer,
                 on_outcome=self.counters.count_outcome,
                 identity=node_identity(s.server, s.var_path, self.process_index),
+            )
+            # Providers' max_rate, max_connections and pauses, with every other
+            # process; this process's slots are leased under its worker token.
+            deliverer.throttle = Throttle(
+                self.engine,
+                self.worker.token,
+                on_throttled=lambda p, why: self.metrics.provider_throttled.labels(p, why).inc(),
+                on_pause=lambda p, left: self.metrics.provider_paused.labels(p).set(left),
             )
             self.spool.on_commit(lambda _: self.worker.wake() if self.worker else None)
         self.spool.on_commit(self.counters.count_accepted)

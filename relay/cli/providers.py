@@ -35,6 +35,28 @@ def _kind(value: str) -> str:
     return value
 
 
+def _rate(value: str) -> float | str:
+    """``--max-rate``: N/s, N/min or N/h, or off (read when the verb runs, as ``_kind``)."""
+    from relay.core.errors import Invalid
+    from relay.providers.registry import parse_rate
+
+    try:
+        return parse_rate(value)
+    except Invalid as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _connections(value: str) -> int | str:
+    """``--max-connections``: a whole number, or off."""
+    from relay.core.errors import Invalid
+    from relay.providers.registry import parse_connections
+
+    try:
+        return parse_connections(value)
+    except Invalid as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _options(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "api_url": args.api_url,
@@ -51,6 +73,8 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
         "sending_domain": args.sending_domain,
         "configuration_set": args.configuration_set,
         "access_key_id": args.access_key_id,
+        "max_rate": args.max_rate,
+        "max_connections": args.max_connections,
     }
 
 
@@ -256,6 +280,20 @@ def _connection_options(s: argparse.ArgumentParser) -> None:
             "event webhook: SendGrid's verification key; SparkPost's USER:PASSWORD;"
             " Mailgun's HTTP webhook signing key; Amazon SES: the SNS topic's ARN"
         ),
+    )
+    s.add_argument(
+        "--max-rate",
+        type=_rate,
+        metavar="N/s",
+        help="most messages a second to this provider, all processes and nodes together: "
+        "N/s, N/min or N/h; off clears it",
+    )
+    s.add_argument(
+        "--max-connections",
+        type=_connections,
+        metavar="N",
+        help="most deliveries at once to this provider, all processes and nodes together; "
+        "off clears it",
     )
     s.add_argument("--no-check", action="store_true", help="skip the live check")
 

@@ -88,6 +88,21 @@ class Metrics:
             ["provider"],
             registry=r,
         )
+        # reason: rate (max_rate) | connections (max_connections) | retry_after
+        # (paused after the provider's 429/Retry-After); once per waiting delivery.
+        self.provider_throttled = Counter(
+            "relay_provider_throttled",
+            "Deliveries held back by a provider's ceiling or pause",
+            ["provider", "reason"],
+            registry=r,
+        )
+        self.provider_paused = Gauge(
+            "relay_provider_paused_seconds",
+            "Seconds left of the pause a provider's 429/Retry-After asked for (0: none)",
+            ["provider"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
         # result: stored | duplicate (an event id already stored, or a batch
         # already taken) | unmatched (no message of this provider's accounts)
         # | refused (authentication failed; type "none").

@@ -112,6 +112,9 @@ class Outcome:
     reason: str | None = None
     next_attempt_at: dt.datetime | None = None
     fell_back: bool = False  # went by SMTP although the provider has an API
+    # Not sent: the provider's ceiling or pause held it back (no attempt, no
+    # backoff); the worker gives the claim back due at ``next_attempt_at``.
+    throttled: bool = False
 
 
 @dataclass(frozen=True)

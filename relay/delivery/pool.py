@@ -23,6 +23,7 @@ from relay.core.crypto import SecretBox
 from relay.core.errors import ConfigError, Invalid
 from relay.core.message import OutboundMessage
 from relay.core.outcomes import Attempt
+from relay.delivery.throttle import Limits
 from relay.providers.base import Receipt
 from relay.providers.chain import CircuitBreaker, ProviderChain
 from relay.providers.registry import build_provider, make_http_client
@@ -51,6 +52,8 @@ class ProviderPool:
         # One pooled HTTP client for every provider of the process.
         self._http = make_http_client()
         self._live: dict[int, tuple[str, float, ProviderChain]] = {}
+        # Each provider's ceilings (max_rate, max_connections), from the same row.
+        self._limits: dict[int, Limits] = {}
         self._lock = asyncio.Lock()
 
     def _row(self, provider_id: int) -> tuple[str, str, dict[str, Any], dict[str, str], str]:
@@ -74,6 +77,7 @@ class ProviderPool:
             name, kind, options, secrets, fingerprint = await asyncio.to_thread(
                 self._row, provider_id
             )
+            self._limits[provider_id] = Limits.of(options)
             live = self._live.get(provider_id)
             if live is not None and live[0] == fingerprint:
                 self._live[provider_id] = (fingerprint, time.monotonic(), live[2])
@@ -98,6 +102,10 @@ class ProviderPool:
         if live is not None:
             await live[2].aclose()
         return provider
+
+    def limits(self, provider_id: int) -> Limits:
+        """The provider's ceilings as of its last look (``get`` reads them)."""
+        return self._limits.get(provider_id) or Limits()
 
     def _breaker(self, provider_id: int) -> CircuitBreaker | None:
         if self._on_circuit_open is None:

@@ -36,6 +36,7 @@ from relay.core.message import OutboundMessage
 from relay.core.outcomes import Attempt, Claimed, MessageState, Outcome, Recorded, Result
 from relay.core.settings import QueueSettings, ServerSettings
 from relay.delivery.pool import ProviderPool
+from relay.delivery.throttle import Postponed, Throttle
 from relay.providers.base import Receipt
 from relay.providers.chain import UNNAMED_RECIPIENTS, ProviderChain, result_of
 from relay.queue import store
@@ -79,10 +80,16 @@ class Deliverer:
         pool: ProviderPool,
         settings: QueueSettings,
         clock: Callable[[], dt.datetime] = store.now_utc,
+        throttle: Throttle | None = None,
     ) -> None:
         self._pool = pool
         self._settings = settings
         self._clock = clock
+        # The providers' own ceilings and pauses, shared by every process.
+        self.throttle = throttle
+        # A delivery waits for its provider's slot, token or pause this long at
+        # most, then gives its claim back: well inside the lease.
+        self._wait = min(settings.lease / 3, 60.0)
 
     async def run(self, msg: Claimed) -> Outcome:
         now = self._clock()
@@ -94,7 +101,40 @@ class Deliverer:
             provider = await self._pool.get(msg.provider_id)
         except ConfigError as exc:
             return self._defer(msg, [], f"provider unavailable: {exc}", None)
-        return await self._send(msg, provider)
+        if self.throttle is None:
+            return await self._send(msg, provider)
+        ticket = await self.throttle.acquire(
+            msg.provider_id, provider.name, self._pool.limits(msg.provider_id), self._wait
+        )
+        if isinstance(ticket, Postponed):
+            return self._postponed(msg, provider.name, ticket)
+        try:
+            outcome = await self._send(msg, provider)
+        finally:
+            ticket.release()
+        # The provider's 429 or Retry-After slows the whole provider (every
+        # message, every process), not only this message.
+        asked = [a for a in outcome.attempts if a.retry_after or a.code == "429"]
+        if asked:
+            seconds = max(a.retry_after or 0.0 for a in asked)
+            self.throttle.pause(msg.provider_id, provider.name, seconds)
+        return outcome
+
+    def cap(self, provider_id: int | None, limit: int) -> int:
+        """Deliveries this process may run at once for the provider: ``limit``,
+        or its ``max_connections`` when lower (so no claim waits for a slot here)."""
+        if provider_id is None or self.throttle is None:
+            return limit
+        ceiling = self._pool.limits(provider_id).max_connections
+        return min(limit, ceiling) if ceiling else limit
+
+    def _postponed(self, msg: Claimed, name: str, later: Postponed) -> Outcome:
+        at = dt.datetime.fromtimestamp(later.at, dt.UTC)
+        reason = {"rate": "max_rate", "connections": "max_connections"}.get(later.reason)
+        why = f"waiting for provider {name}: " + (
+            f"{reason} reached" if reason else "paused at its request (429/Retry-After)"
+        )
+        return Outcome(MessageState.DEFERRED, [], reason=why, next_attempt_at=at, throttled=True)
 
     async def _send(self, msg: Claimed, provider: ProviderChain) -> Outcome:
         attempts: list[Attempt] = []
@@ -261,6 +301,8 @@ class Worker:
         self._wake.set()
 
     def start(self) -> None:
+        if self._deliverer.throttle is not None:
+            self._deliverer.throttle.start()
         self._task = asyncio.create_task(self._loop(), name="delivery-worker")
 
     async def _loop(self) -> None:
@@ -270,7 +312,9 @@ class Worker:
             want = min(self._settings.concurrency - len(self._inflight), self._settings.batch_size)
             # Only what can start now is claimed: a claim waiting for a slot
             # would be stranded for the whole lease if this process were killed.
-            room = {p: limit - n for p, n in self._busy.items() if p is not None}
+            room = {
+                p: self._deliverer.cap(p, limit) - n for p, n in self._busy.items() if p is not None
+            }
             batch: list[Claimed] = []
             if want > 0:
                 try:
@@ -294,7 +338,8 @@ class Worker:
                 await self._idle()
 
     def _start(self, msg: Claimed, limit: int) -> bool:
-        if msg.provider_id is not None and self._busy[msg.provider_id] >= limit:
+        cap = self._deliverer.cap(msg.provider_id, limit)
+        if msg.provider_id is not None and self._busy[msg.provider_id] >= cap:
             return False
         self._busy[msg.provider_id] += 1
         task = asyncio.create_task(self._deliver(msg))
@@ -326,6 +371,9 @@ class Worker:
     async def _deliver(self, msg: Claimed) -> None:
         try:
             outcome = await self._deliverer.run(msg)
+            if outcome.throttled and outcome.next_attempt_at is not None:
+                await self._postpone(msg, outcome.next_attempt_at, outcome.reason)
+                return
             recorded = await self._outcomes.submit((msg, outcome))
             if recorded is not None:
                 log.info(
@@ -346,6 +394,15 @@ class Worker:
                 del self._busy[msg.provider_id]
             self._wake.set()
 
+    async def _postpone(self, msg: Claimed, at: dt.datetime, reason: str | None) -> None:
+        """Not sent (its provider's ceiling): the claim goes back, due at ``at``."""
+        try:
+            await asyncio.to_thread(store.postpone, self._engine, self.token, msg.id, at)
+        except Exception as exc:  # the lease expires instead; nothing is lost
+            log.error("%s: postponing failed: %s", msg.id, exc)
+            return
+        log.info("%s: postponed: %s", msg.id, reason)
+
     async def stop(self, grace: float | None = None) -> None:
         """Stop claiming; let the deliveries in flight finish within ``grace`` seconds,
         cancel the rest (recorded, deferred); give back every lease still held."""
@@ -361,4 +418,6 @@ class Worker:
                     task.cancel()
                 await asyncio.gather(*late, return_exceptions=True)
         await self._outcomes.aclose()
+        if self._deliverer.throttle is not None:
+            await self._deliverer.throttle.aclose()
         await asyncio.to_thread(store.release_lease, self._engine, self.token)

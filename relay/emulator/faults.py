@@ -14,10 +14,12 @@ The same controls are reachable over HTTP on every emulated API::
 
     POST /_emulator/fail        {"status": 500, "count": 2, "code": "1902", "after": 0}
     POST /_emulator/stall       {"seconds": 5, "count": 1}
-    POST /_emulator/rate-limit  {"count": 1, "reset_in": 2}
+    POST /_emulator/rate-limit  {"count": 1, "reset_in": 2, "after": 0}
+    POST /_emulator/latency     {"seconds": 0.2}   (every message request; 0 ends it)
     POST /_emulator/suppress    {"addresses": ["a@example.com"]}   (SparkPost)
     POST /_emulator/reset       {}
-    GET  /_emulator/requests    -> what was received
+    GET  /_emulator/requests    -> what was received (with arrival and answer times)
+    GET  /_emulator/concurrency -> {"in_flight": n, "max_in_flight": n} message requests
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,6 +48,10 @@ class Received:
     size: int
     status: int = 0
     message_id: str | None = None
+    # Wall-clock arrival and answer (epoch seconds): tests check a sender's
+    # rate and pauses against them.
+    at: float = field(default_factory=time.time)
+    answered_at: float = 0.0
 
 
 @dataclass
@@ -68,6 +75,12 @@ class ApiState:
     # "suppression-list"): seeded by tests with ``seed_list``.
     lists: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     faults: list[Fault] = field(default_factory=list)
+    # Requests being answered now, and the most seen at once (a sender's
+    # connection ceiling); reset by ``reset``.
+    in_flight: int = 0
+    max_in_flight: int = 0
+    # Seconds every message request takes before its answer (``latency``).
+    delay: float = 0.0
     # Called with (request body, message id) for each accepted message: the
     # emulator posts its events from there (relay.emulator.events).
     on_accepted: Callable[[Any, str], None] | None = field(default=None, repr=False)
@@ -94,8 +107,15 @@ class ApiState:
     def stall(self, seconds: float, count: int = 1) -> None:
         self.faults.append(Fault("stall", count, seconds=seconds))
 
-    def rate_limit(self, count: int = 1, reset_in: float = 1.0) -> None:
-        self.faults.append(Fault("rate_limit", count, status=429, seconds=reset_in))
+    def latency(self, seconds: float) -> None:
+        """Make every message request take ``seconds`` (0: answer at once), so a
+        sender's concurrent requests overlap here as they would at a provider."""
+        self.delay = max(0.0, seconds)
+
+    def rate_limit(self, count: int = 1, reset_in: float = 1.0, *, after: int = 0) -> None:
+        """Answer 429 to ``count`` requests (after letting ``after`` through), asking
+        for ``reset_in`` seconds in the provider's own headers."""
+        self.faults.append(Fault("rate_limit", count, status=429, seconds=reset_in, after=after))
 
     def suppress(self, *addresses: str) -> None:
         self.suppressed.update(a.lower() for a in addresses)
@@ -104,7 +124,20 @@ class ApiState:
         """Add entries to one of the provider's suppression lists (its JSON shape)."""
         self.lists.setdefault(name, []).extend(entries)
 
+    def arrive(self, seen: Received) -> None:
+        """A message request came in (answered with ``answered``)."""
+        self.received.append(seen)
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+
+    def answered(self, seen: Received, status: int) -> None:
+        seen.status = status
+        seen.answered_at = time.time()
+        self.in_flight -= 1
+
     def reset(self) -> None:
+        self.in_flight = self.max_in_flight = 0
+        self.delay = 0.0
         self.received.clear()
         self.faults.clear()
         self.suppressed.clear()
@@ -129,7 +162,11 @@ class ApiState:
         return dataclasses.replace(fault)
 
     async def misbehave(self) -> Fault | None:
-        """Apply the next fault: sleep for a stall, or return a failure to answer with."""
+        """Apply the latency and the next fault: sleep for a stall, or return a
+        failure to answer with."""
+        if self.delay:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closing.wait(), self.delay)
         fault = self._take()
         while fault is not None and fault.kind == "stall":
             with contextlib.suppress(TimeoutError):
@@ -171,7 +208,16 @@ def control_routes(state: ApiState) -> list[Route]:
 
     async def rate_limit(request: Request) -> Response:
         data = await _json_body(request)
-        state.rate_limit(int(data.get("count", 1)), float(data.get("reset_in", 1)))
+        state.rate_limit(
+            int(data.get("count", 1)),
+            float(data.get("reset_in", 1)),
+            after=int(data.get("after", 0)),
+        )
+        return JSONResponse({"ok": True})
+
+    async def latency(request: Request) -> Response:
+        data = await _json_body(request)
+        state.latency(float(data.get("seconds", 0)))
         return JSONResponse({"ok": True})
 
     async def suppress(request: Request) -> Response:
@@ -186,13 +232,18 @@ def control_routes(state: ApiState) -> list[Route]:
     async def requests(request: Request) -> Response:
         return JSONResponse([dataclasses.asdict(r) for r in state.received])
 
+    async def concurrency(request: Request) -> Response:
+        return JSONResponse({"in_flight": state.in_flight, "max_in_flight": state.max_in_flight})
+
     return [
         Route("/_emulator/fail", fail, methods=["POST"]),
         Route("/_emulator/stall", stall, methods=["POST"]),
         Route("/_emulator/rate-limit", rate_limit, methods=["POST"]),
+        Route("/_emulator/latency", latency, methods=["POST"]),
         Route("/_emulator/suppress", suppress, methods=["POST"]),
         Route("/_emulator/reset", reset, methods=["POST"]),
         Route("/_emulator/requests", requests, methods=["GET"]),
+        Route("/_emulator/concurrency", concurrency, methods=["GET"]),
     ]
 
 

@@ -296,9 +296,13 @@ def create_app(state: ApiState) -> Starlette:
             None,
             len(raw),
         )
-        state.received.append(seen)
-        response = await _mail_send(state, request, raw, seen)
-        seen.status = response.status_code
+        state.arrive(seen)
+        status = 500  # cancelled or crashed: counted as answered all the same
+        try:
+            response = await _mail_send(state, request, raw, seen)
+            status = response.status_code
+        finally:
+            state.answered(seen, status)
         return response
 
     async def scopes(request: Request) -> Response:

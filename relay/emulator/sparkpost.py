@@ -162,9 +162,13 @@ def create_app(state: ApiState) -> Starlette:
         raw = await request.body()
         header = request.headers.get("authorization")
         seen = Received("POST", "/api/v1/transmissions", auth_scheme(header), None, len(raw))
-        state.received.append(seen)
-        response = await _transmissions(state, request, raw, seen)
-        seen.status = response.status_code
+        state.arrive(seen)
+        status = 500  # cancelled or crashed: counted as answered all the same
+        try:
+            response = await _transmissions(state, request, raw, seen)
+            status = response.status_code
+        finally:
+            state.answered(seen, status)
         return response
 
     async def account(request: Request) -> Response:

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import math
 import ssl
 from collections.abc import Mapping
 from pathlib import Path
@@ -81,6 +82,8 @@ OPTIONS: dict[str, tuple[tuple[type, ...], str]] = {
     "max_rate": ((int, float), "messages per second to this provider, all processes"),
     "max_connections": ((int,), "concurrent deliveries to this provider, all processes"),
 }
+MAX_RATE = 100_000.0  # messages a second: far above any provider's published ceiling
+MAX_CONNECTIONS = 10_000
 SECRETS = ("api_key", "smtp_password", "webhook_key", "secret_access_key")
 
 
@@ -160,6 +163,49 @@ def _check_values(options: Mapping[str, Any]) -> None:
     for key in ("smtp_pool_size", "smtp_max_messages"):
         if options.get(key) is not None and options[key] < (1 if key == "smtp_pool_size" else 0):
             raise Invalid(f"{key} is out of range", key)
+    rate = options.get("max_rate")
+    if rate is not None and not 0 < rate <= MAX_RATE:
+        raise Invalid(f"max_rate must be more than 0 and at most {MAX_RATE:g}/s", "max_rate")
+    conns = options.get("max_connections")
+    if conns is not None and not 1 <= conns <= MAX_CONNECTIONS:
+        raise Invalid(f"max_connections must be 1 to {MAX_CONNECTIONS}", "max_connections")
+
+
+def parse_rate(value: str) -> float | str:
+    """``N/s``, ``N/min`` or ``N/h`` (a bare N is per second) as messages a second;
+    ``off`` as "" (clears the option on edit). ``Invalid`` (field max_rate) otherwise."""
+    text = value.strip().lower()
+    if text == "off":
+        return ""
+    number, _, unit = text.partition("/")
+    per = {"": 1.0, "s": 1.0, "sec": 1.0, "min": 60.0, "m": 60.0, "h": 3600.0}.get(unit.strip())
+    try:
+        rate = float(number) / per if per else math.nan
+    except ValueError:
+        rate = math.nan
+    if not math.isfinite(rate) or not 0 < rate <= MAX_RATE:
+        raise Invalid(
+            f"max rate {value!r}: give N/s, N/min or N/h, more than 0 and at most "
+            f"{MAX_RATE:g}/s, or off",
+            "max_rate",
+        )
+    return rate
+
+
+def parse_connections(value: str) -> int | str:
+    """A whole number from 1 to MAX_CONNECTIONS, or ``off`` as "" (clears it)."""
+    text = value.strip().lower()
+    if text == "off":
+        return ""
+    try:
+        count = int(text)
+    except ValueError:
+        count = 0
+    if not 1 <= count <= MAX_CONNECTIONS:
+        raise Invalid(
+            f"max connections {value!r}: give 1 to {MAX_CONNECTIONS}, or off", "max_connections"
+        )
+    return count
 
 
 def _check_url(url: str) -> None:

@@ -248,6 +248,18 @@ def release_lease(engine: Engine, token: str, ids: Collection[str] | None = None
         )
 
 
+def postpone(engine: Engine, token: str, message_id: str, at: dt.datetime) -> bool:
+    """Give one claim back due at ``at``, nothing else changed: not sent (its
+    provider's ceiling held it back), so no attempt and no state change."""
+    with engine.begin() as conn:
+        done = conn.execute(
+            update(Message)
+            .where(Message.id == message_id, Message.locked_by == token)
+            .values(locked_by=None, locked_until=None, next_attempt_at=at)
+        ).rowcount
+    return bool(done)
+
+
 def take_back(engine: Engine, identity: str, token: str) -> int:
     """Free the claims an earlier run of this identity left (killed, so never released).
 

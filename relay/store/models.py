@@ -509,3 +509,31 @@ class LimitSession(Base):
     holder: Mapped[str] = mapped_column(String(200), primary_key=True)
     count: Mapped[int] = mapped_column(Integer, default=0)
     expires_at: Mapped[int] = mapped_column(BigInteger)
+
+
+class ProviderThrottle(Base):
+    """A provider's shared sending budget: the token bucket of its ``max_rate``
+    and the pause its own 429/Retry-After asked for (``relay.delivery.throttle``).
+
+    Times are epoch seconds of the nodes' clocks (NTP-synchronised, like the
+    leases). No foreign key: a removed provider's row is inert.
+    """
+
+    __tablename__ = "provider_throttle"
+    provider_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    tokens: Mapped[float] = mapped_column(Float, default=0.0)
+    refilled_at: Mapped[float] = mapped_column(Float, default=0.0)
+    paused_until: Mapped[float | None] = mapped_column(Float)
+    # The share of max_rate in force: halved by each pause, back to 1 over a minute.
+    rate_factor: Mapped[float] = mapped_column(Float, default=1.0)
+
+
+class ProviderLease(Base):
+    """Connection slots of a provider's ``max_connections`` held by one process
+    (its worker token) until ``expires_at``: a killed process frees them then."""
+
+    __tablename__ = "provider_leases"
+    provider_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    holder: Mapped[str] = mapped_column(String(200), primary_key=True)
+    slots: Mapped[int] = mapped_column(Integer)
+    expires_at: Mapped[float] = mapped_column(Float)

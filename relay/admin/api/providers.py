@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field
 from relay.admin.api import schemas as s
 from relay.admin.api.auth import Authenticated
 from relay.admin.api.errors import responses
-from relay.providers.registry import KINDS, SECRETS
+from relay.providers.registry import KINDS, SECRETS, parse_connections, parse_rate
 from relay.service import notifications, provider_checks, providers, scope
 from relay.service.accounts import list_accounts
 
@@ -73,6 +73,16 @@ class ConnectionIn(s.Request):
     secret_access_key: Annotated[str | None, s.text(500)] = Field(
         None, description="Amazon SES: the IAM secret (stored sealed, shown masked)"
     )
+    max_rate: float | Annotated[str, s.text(32)] | None = Field(
+        None,
+        description="Most messages a second to this provider, all processes and nodes together: "
+        'a number (per second), or "N/s", "N/min", "N/h"; "off" clears it',
+    )
+    max_connections: int | Annotated[str, s.text(8)] | None = Field(
+        None,
+        description='Most deliveries at once to this provider, all processes together; "off" '
+        "clears it",
+    )
     check: bool = Field(True, description="Run the live check first (false: save unchecked)")
 
     def options(self) -> dict[str, Any]:
@@ -91,7 +101,15 @@ class ConnectionIn(s.Request):
             "configuration_set",
             "access_key_id",
         )
-        return {k: getattr(self, k) for k in keys}
+        return {k: getattr(self, k) for k in keys} | self.ceilings()
+
+    def ceilings(self) -> dict[str, Any]:
+        """max_rate and max_connections as stored (``Invalid``, a 422, if malformed)."""
+        rate, conns = self.max_rate, self.max_connections
+        return {
+            "max_rate": parse_rate(rate) if isinstance(rate, str) else rate,
+            "max_connections": parse_connections(conns) if isinstance(conns, str) else conns,
+        }
 
     def secrets(self) -> dict[str, str]:
         return {

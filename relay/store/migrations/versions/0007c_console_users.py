@@ -5,7 +5,7 @@ password hash. ``console_sessions``: the SHA-256 of the session cookie, its
 CSRF token and expiry.
 
 Revision ID: 0007c
-Revises: 0007a
+Revises: 0007b
 Create Date: 2026-12-01
 """
 
@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0007c"
-down_revision: str | None = "0007a"
+down_revision: str | None = "0007b"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
