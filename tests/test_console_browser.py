@@ -31,11 +31,13 @@ from sqlalchemy import Engine, select
 
 from relay.core.settings import Settings
 from relay.emulator import Emulator
-from relay.store.models import Credential, Message
+from relay.service import providers
+from relay.store.models import Credential, Message, Sender
 from tests.api_support import World, api_settings, build_world
 from tests.console_support import USER_PASSWORD, make_user
-from tests.emulated import API_KEY, EmulatorThread
+from tests.emulated import API_KEY, EmulatorThread, add_emulated_provider
 from tests.support import RelayThread, connect, fresh_engine, message
+from tests.test_sender_proof import TEST_ADDRESS, mailed_code
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 pytestmark = [
@@ -255,6 +257,42 @@ def test_pause_and_release_a_campaign_message(
     with engine.connect() as conn:
         state = conn.execute(select(Message.state).where(Message.id == queue_id)).scalar_one()
     assert state == "queued"
+
+
+def test_verify_an_address_by_the_code_mailed_to_it(
+    browser: WebDriver, site: str, settings: Settings, engine: Engine, emulator: Emulator
+) -> None:
+    """Mail a code from the senders screen, read it from the mail the emulated
+    SendGrid took (as tests/test_sender_proof.py does), type it in: verified."""
+    add_emulated_provider(
+        settings, engine, emulator, "a-one-codes", "sendgrid", "agency-a", test_address=TEST_ADDRESS
+    )
+    providers.assign(engine, "a-one-codes", "a-one")
+    address = "owner@example.org"
+    sign_in(browser, site, "boss@agency-a.test")
+    browser.get(site + "/domains")
+    browser.find_element(By.ID, "address").send_keys(address)
+    Select(browser.find_element(By.ID, "code-account")).select_by_value("a-one")
+    submit(browser, button(browser, "Mail a code"))
+    assert f"A code was mailed to {address}" in notice(browser)
+    code = mailed_code(emulator, address)
+    # The confirm form starts on the address and account the code went to.
+    assert browser.find_element(By.ID, "confirm-address").get_attribute("value") == address
+    chosen = Select(browser.find_element(By.ID, "confirm-account")).first_selected_option
+    assert chosen.get_attribute("value") == "a-one"
+    submit(browser, browser.find_element(By.ID, "code"), code + Keys.ENTER)
+    assert f"{address} is verified." in notice(browser)
+    rows = [
+        r.text
+        for r in browser.find_elements(By.CSS_SELECTOR, "main table tbody tr")
+        if r.text.startswith(address)
+    ]
+    assert rows == [f"{address} a-one yes (confirmation)"]
+    with engine.connect() as conn:
+        stored = conn.execute(
+            select(Sender.verified, Sender.method).where(Sender.pattern == address)
+        ).all()
+    assert [tuple(r) for r in stored] == [(True, "confirmation")]
 
 
 def test_a_tenant_cannot_see_another_tenants_domain(browser: WebDriver, site: str) -> None:
