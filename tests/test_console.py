@@ -19,6 +19,7 @@ import httpx
 import pytest
 from sqlalchemy import Engine, func, select, update
 
+from relay.console import screens
 from relay.core.errors import Conflict, Invalid, NotFound, OperatorOnly
 from relay.core.settings import Settings
 from relay.service import accounts, console_users, dnsverify
@@ -264,7 +265,7 @@ def test_paused_mail_filter_release_and_discard(
 
 
 def test_paused_mail_filters_are_the_services_and_release_all_moves_what_they_show(
-    console: ConsoleClient, engine: Engine, world: World
+    console: ConsoleClient, engine: Engine, world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Reason and campaign filter in SQL (not over a first page), and "Release all"
     with those filters moves exactly the rows the filtered screen showed."""
@@ -283,6 +284,16 @@ def test_paused_mail_filters_are_the_services_and_release_all_moves_what_they_sh
     assert {i for i in spring if i in page.text} == set(spring)
     assert world["a-one"].paused not in page.text and world["a-two"].paused not in page.text
     assert 'name="campaign" value="spring"' in page.text  # "Release all" keeps the filters
+    # A page at a time (made 2 here), the filters kept on the link to older mail.
+    monkeypatch.setattr(screens, "MAIL_PAGE", 2)
+    first = console.get("/mail", params={"campaign": "spring"})
+    older = re.search(r'href="/mail\?([^"]+)">Older paused mail', first.text)
+    assert older and "campaign=spring" in html.unescape(older.group(1))
+    rest = console.get("/mail?" + html.unescape(older.group(1)))
+    shown = [{i for i in spring if i in p.text} for p in (first, rest)]
+    assert len(shown[0]) == 2 and shown[0] | shown[1] == set(spring) and len(shown[1]) == 1
+    assert "Older paused mail" not in rest.text
+    monkeypatch.undo()
     bad = console.get("/mail", params={"campaign": "x" * 201})
     assert bad.status_code == 422 and "campaign must be 1 to 200" in text_of(bad.text)
     released = console.post(
