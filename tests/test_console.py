@@ -19,12 +19,13 @@ import httpx
 import pytest
 from sqlalchemy import Engine, func, select, update
 
+from relay.console import screens
 from relay.core.errors import Conflict, Invalid, NotFound, OperatorOnly
 from relay.core.settings import Settings
 from relay.service import accounts, console_users, dnsverify
 from relay.service.scope import Actor, acting
 from relay.store.models import AuditEntry, ConsoleSession, Credential, Message
-from tests.api_support import World, api_settings, build_world
+from tests.api_support import World, account_id, api_settings, build_world, put_message
 from tests.console_support import ConsoleClient, make_user, text_of
 from tests.support import RelayThread, fresh_engine
 from tests.test_dns_verify import TinyDNS
@@ -261,6 +262,51 @@ def test_paused_mail_filter_release_and_discard(
     assert states[world["a-one"].paused] == "queued"
     assert states[world["a-two"].paused] == "dropped"
     assert states[world["b-one"].paused] == "paused"
+
+
+def test_paused_mail_filters_are_the_services_and_release_all_moves_what_they_show(
+    console: ConsoleClient, engine: Engine, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reason and campaign filter in SQL (not over a first page), and "Release all"
+    with those filters moves exactly the rows the filtered screen showed."""
+    spring = [
+        put_message(engine, account_id(engine, "a-one"), "news@a-one.test", "paused")
+        for _ in range(3)
+    ]
+    with engine.begin() as conn:
+        conn.execute(
+            update(Message)
+            .where(Message.id.in_(spring))
+            .values(campaign="spring", reason="hourly quota reached")
+        )
+    signed_in(console, "boss@agency-a.test")
+    page = console.get("/mail", params={"campaign": "spring", "reason": "QUOTA"})
+    assert {i for i in spring if i in page.text} == set(spring)
+    assert world["a-one"].paused not in page.text and world["a-two"].paused not in page.text
+    assert 'name="campaign" value="spring"' in page.text  # "Release all" keeps the filters
+    # A page at a time (made 2 here), the filters kept on the link to older mail.
+    monkeypatch.setattr(screens, "MAIL_PAGE", 2)
+    first = console.get("/mail", params={"campaign": "spring"})
+    older = re.search(r'href="/mail\?([^"]+)">Older paused mail', first.text)
+    assert older and "campaign=spring" in html.unescape(older.group(1))
+    rest = console.get("/mail?" + html.unescape(older.group(1)))
+    shown = [{i for i in spring if i in p.text} for p in (first, rest)]
+    assert len(shown[0]) == 2 and shown[0] | shown[1] == set(spring) and len(shown[1]) == 1
+    assert "Older paused mail" not in rest.text
+    monkeypatch.undo()
+    bad = console.get("/mail", params={"campaign": "x" * 201})
+    assert bad.status_code == 422 and "campaign must be 1 to 200" in text_of(bad.text)
+    released = console.post(
+        "/mail/release?state=paused&campaign=spring",
+        {"account": "a-one", "campaign": "spring", "reason": "quota"},
+    )
+    assert released.status_code == 200
+    assert "Released 3 paused message(s) of a-one." in text_of(released.text)
+    assert "No paused mail matches these filters" in text_of(released.text)
+    with engine.connect() as conn:
+        now = dict(conn.execute(select(Message.id, Message.state)).all())
+    assert {now[i] for i in spring} == {"queued"}
+    assert now[world["a-one"].paused] == "paused"
 
 
 def test_providers_list_detail_and_a_failing_live_check(console: ConsoleClient) -> None:

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
@@ -31,11 +32,13 @@ from sqlalchemy import Engine, select
 
 from relay.core.settings import Settings
 from relay.emulator import Emulator
-from relay.store.models import Credential, Message
+from relay.service import providers
+from relay.store.models import Credential, Message, Sender
 from tests.api_support import World, api_settings, build_world
 from tests.console_support import USER_PASSWORD, make_user
-from tests.emulated import API_KEY, EmulatorThread
+from tests.emulated import API_KEY, EmulatorThread, add_emulated_provider
 from tests.support import RelayThread, connect, fresh_engine, message
+from tests.test_sender_proof import TEST_ADDRESS, mailed_code
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 pytestmark = [
@@ -257,6 +260,42 @@ def test_pause_and_release_a_campaign_message(
     assert state == "queued"
 
 
+def test_verify_an_address_by_the_code_mailed_to_it(
+    browser: WebDriver, site: str, settings: Settings, engine: Engine, emulator: Emulator
+) -> None:
+    """Mail a code from the senders screen, read it from the mail the emulated
+    SendGrid took (as tests/test_sender_proof.py does), type it in: verified."""
+    add_emulated_provider(
+        settings, engine, emulator, "a-one-codes", "sendgrid", "agency-a", test_address=TEST_ADDRESS
+    )
+    providers.assign(engine, "a-one-codes", "a-one")
+    address = "owner@example.org"
+    sign_in(browser, site, "boss@agency-a.test")
+    browser.get(site + "/domains")
+    browser.find_element(By.ID, "address").send_keys(address)
+    Select(browser.find_element(By.ID, "code-account")).select_by_value("a-one")
+    submit(browser, button(browser, "Mail a code"))
+    assert f"A code was mailed to {address}" in notice(browser)
+    code = mailed_code(emulator, address)
+    # The confirm form starts on the address and account the code went to.
+    assert browser.find_element(By.ID, "confirm-address").get_attribute("value") == address
+    chosen = Select(browser.find_element(By.ID, "confirm-account")).first_selected_option
+    assert chosen.get_attribute("value") == "a-one"
+    submit(browser, browser.find_element(By.ID, "code"), code + Keys.ENTER)
+    assert f"{address} is verified." in notice(browser)
+    rows = [
+        r.text
+        for r in browser.find_elements(By.CSS_SELECTOR, "main table tbody tr")
+        if r.text.startswith(address)
+    ]
+    assert rows == [f"{address} a-one yes (confirmation)"]
+    with engine.connect() as conn:
+        stored = conn.execute(
+            select(Sender.verified, Sender.method).where(Sender.pattern == address)
+        ).all()
+    assert [tuple(r) for r in stored] == [(True, "confirmation")]
+
+
 def test_a_tenant_cannot_see_another_tenants_domain(browser: WebDriver, site: str) -> None:
     sign_in(browser, site, "b@agency-b.test")
     browser.get(site + "/domains")
@@ -327,3 +366,107 @@ def test_every_screen_fits_a_phone_and_labels_every_field(browser: WebDriver, si
             assert overflow <= 1, (name, width, overflow)
             if out:
                 browser.save_screenshot(str(out / f"{name}-{width}.png"))
+
+
+# -- the keyboard alone ----------------------------------------------------------------
+#
+# Keys go to whatever has focus (ActionChains), never to an element found by the
+# test: what a keyboard user cannot reach, these tests cannot either.
+
+FOCUSABLE = "a[href], button, input:not([type=hidden]), select, textarea"
+
+
+def press(browser: WebDriver, keys: str) -> None:
+    ActionChains(browser).send_keys(keys).perform()
+
+
+def tab_to(browser: WebDriver, selector: str, limit: int = 80) -> None:
+    """Press Tab until the focused element matches ``selector`` (at most ``limit`` times)."""
+    for _ in range(limit):
+        press(browser, Keys.TAB)
+        if browser.execute_script("return document.activeElement.matches(arguments[0])", selector):
+            return
+    raise AssertionError(f"{selector} is not reachable with Tab")
+
+
+def enter_and_wait(browser: WebDriver) -> None:
+    """Press Enter on the focused link or field and wait, at most 15 s, for the next page."""
+    page = browser.find_element(By.TAG_NAME, "html")
+    press(browser, Keys.ENTER)
+    WebDriverWait(browser, 15).until(expected_conditions.staleness_of(page))
+
+
+def focus_ring(browser: WebDriver) -> tuple[str, float]:
+    """The focused element's outline: (style, width in px)."""
+    style, width = browser.execute_script(
+        "const s = getComputedStyle(document.activeElement);"
+        "return [s.outlineStyle, parseFloat(s.outlineWidth)];"
+    )
+    return str(style), float(width)
+
+
+def test_sign_in_and_create_a_credential_with_the_keyboard_alone(
+    browser: WebDriver, site: str, engine: Engine
+) -> None:
+    browser.get(site + "/sign-in")  # the email field has autofocus
+    assert browser.execute_script("return document.activeElement.id") == "email"
+    press(browser, "boss@agency-a.test")
+    tab_to(browser, "#password")
+    press(browser, USER_PASSWORD)
+    tab_to(browser, "button[type=submit]")
+    assert focus_ring(browser)[0] != "none"
+    enter_and_wait(browser)
+    assert heading(browser) == "Dashboard"
+    tab_to(browser, "a[href='/domains']")
+    style, width = focus_ring(browser)
+    assert style != "none" and width >= 2, (style, width)
+    enter_and_wait(browser)
+    tab_to(browser, "a[href='/domains/a-one.test/credentials']")
+    enter_and_wait(browser)
+    assert heading(browser).startswith("SMTP credentials")
+    tab_to(browser, "#local")
+    assert focus_ring(browser)[0] != "none"
+    press(browser, "keys")
+    tab_to(browser, "#purpose")
+    press(browser, Keys.ARROW_DOWN)  # transactional -> campaign, as a select takes keys
+    tab_to(browser, "form[action$='/credentials'] button[type=submit]")
+    enter_and_wait(browser)
+    assert "Created keys@a-one.test" in notice(browser)
+    with engine.connect() as conn:
+        purpose = conn.execute(
+            select(Credential.purpose).where(Credential.username == "keys@a-one.test")
+        ).scalar_one()
+    assert purpose == "campaign"
+
+
+def test_every_control_of_every_screen_is_reached_with_tab_and_shows_focus(
+    browser: WebDriver, site: str
+) -> None:
+    css = Path(__file__).parents[1] / "relay" / "console" / "static" / "console.css"
+    assert ":focus-visible" in css.read_text()
+    sign_in(browser, site, "boss@agency-a.test")
+    for name, path in (*SCREENS, ("limits", "/limits")):
+        for size in (DESKTOP, PHONE):
+            browser.set_window_size(*size)
+            browser.get(site + path)
+            wanted = browser.execute_script(
+                "window.relaySeen = new Set(); window.relayRings = [];"
+                "document.addEventListener('focusin', e => {"
+                "  window.relaySeen.add(e.target);"
+                "  const s = getComputedStyle(e.target);"
+                "  if (s.outlineStyle === 'none' || parseFloat(s.outlineWidth) < 2)"
+                "    window.relayRings.push(e.target.outerHTML.slice(0, 80)); });"
+                "return [...document.querySelectorAll(arguments[0])]"
+                "  .filter(e => !e.disabled && e.getClientRects().length > 0).length;",
+                FOCUSABLE,
+            )
+            press(browser, Keys.TAB * (int(wanted) + 2))
+            missed, unringed = browser.execute_script(
+                "return [[...document.querySelectorAll(arguments[0])]"
+                "  .filter(e => !e.disabled && e.getClientRects().length > 0)"
+                "  .filter(e => !window.relaySeen.has(e)).map(e => e.outerHTML.slice(0, 80)),"
+                " window.relayRings];",
+                FOCUSABLE,
+            )
+            assert missed == [], (name, size, missed)
+            assert unringed == [], (name, size, unringed)

@@ -4,14 +4,35 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import Any
 
 from relay.cli._common import Verbs, add_group, add_verb, open_db, print_rows
 from relay.core.settings import Settings
 
 
 def cmd_queue_list(args: argparse.Namespace, settings: Settings) -> int:
-    from relay.service.queue import list_messages
+    from relay.service.pages import MAX_LIMIT
+    from relay.service.queue import page_messages
 
+    engine = open_db(settings)
+    found: list[Any] = []
+    cursor = None
+    # Page after page up to --limit, as the remote form does through the API.
+    for _ in range(max(1, -(-args.limit // MAX_LIMIT))):
+        page = page_messages(
+            engine,
+            state=args.state,
+            account=args.account,
+            sender=args.sender,
+            reason=args.reason,
+            campaign=args.campaign,
+            cursor=cursor,
+            limit=max(1, min(MAX_LIMIT, args.limit - len(found))),
+        )
+        found += page.items
+        cursor = page.next_cursor
+        if cursor is None or len(found) >= args.limit:
+            break
     rows = [
         (
             m.id,
@@ -23,7 +44,7 @@ def cmd_queue_list(args: argparse.Namespace, settings: Settings) -> int:
             m.created_at.strftime("%Y-%m-%d %H:%M:%S"),
             m.reason or "",
         )
-        for m, a in list_messages(open_db(settings), args.state, args.limit)
+        for m, a in found[: max(args.limit, 0)]
     ]
     print_rows(rows, ("ID", "STATE", "ACCOUNT", "FROM", "SIZE", "TRIES", "CREATED", "REASON"))
     return 0
@@ -90,7 +111,7 @@ def cmd_queue_retry(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_queue_release(args: argparse.Namespace, settings: Settings) -> int:
     from relay.service.queue import release_messages
 
-    moved = release_messages(open_db(settings), args.id, sender=args.sender, account=args.account)
+    moved = release_messages(open_db(settings), args.id, **_held(args))
     print(f"released {len(moved)} paused message(s)" + "".join(f"\n  {m}" for m in moved))
     return 0
 
@@ -98,7 +119,7 @@ def cmd_queue_release(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_queue_discard(args: argparse.Namespace, settings: Settings) -> int:
     from relay.service.queue import discard_messages
 
-    rows = discard_messages(open_db(settings), args.id, sender=args.sender, account=args.account)
+    rows = discard_messages(open_db(settings), args.id, **_held(args))
     ids = sorted({r[0] for r in rows})
     print(
         f"discarded {len(ids)} paused message(s), recorded as dropped"
@@ -107,11 +128,25 @@ def cmd_queue_discard(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _held(args: argparse.Namespace) -> dict[str, str | None]:
+    """The listing's filters, which select paused mail in bulk."""
+    keys = ("sender", "account", "reason", "campaign")
+    return {key: getattr(args, key) for key in keys}
+
+
+def _add_filters(s: argparse.ArgumentParser, what: str) -> None:
+    s.add_argument("--sender", help=f"{what} from this address or domain (envelope or From)")
+    s.add_argument("--account", help=f"{what} of this account")
+    s.add_argument("--reason", help=f"{what} whose reason contains these words (any case)")
+    s.add_argument("--campaign", help=f"{what} of this campaign (exactly)")
+
+
 def register(sub: Verbs) -> None:
     q = add_group(sub, "queue", "the message queue")
     s = add_verb(q, "list", cmd_queue_list, "list messages, newest first")
     s.add_argument("--state", help="queued, deferred, paused, delivered, failed or dropped")
-    s.add_argument("--limit", type=int, default=100)
+    s.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
+    _add_filters(s, "messages")
     s = add_verb(q, "show", cmd_queue_show, "one message with its recipients, attempts and events")
     s.add_argument("id")
     s = add_verb(q, "retry", cmd_queue_retry, "deliver a queued or deferred message now")
@@ -120,7 +155,6 @@ def register(sub: Verbs) -> None:
         ("release", cmd_queue_release, "deliver paused mail now"),
         ("discard", cmd_queue_discard, "drop paused mail (recorded as dropped)"),
     ):
-        s = add_verb(q, verb, handler, f"{what}: one message, or in bulk by sender or account")
+        s = add_verb(q, verb, handler, f"{what}: one message, or in bulk by filters")
         s.add_argument("id", nargs="?")
-        s.add_argument("--sender", help="every paused message from this address or domain")
-        s.add_argument("--account", help="every paused message of this account")
+        _add_filters(s, "every paused message")

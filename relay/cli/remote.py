@@ -254,17 +254,19 @@ def queue_list(r: Remote, args: argparse.Namespace) -> None:
             _time(m["created_at"], "%Y-%m-%d %H:%M:%S"),
             m["reason"] or "",
         )
-        for m in _messages(r, args.state, args.limit)
+        for m in _messages(r, args)
     ]
     print_rows(rows, ("ID", "STATE", "ACCOUNT", "FROM", "SIZE", "TRIES", "CREATED", "REASON"))
 
 
-def _messages(r: Remote, state: str | None, limit: int) -> list[dict[str, Any]]:
-    """Up to ``limit`` messages, newest first, page after page."""
+def _messages(r: Remote, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Up to ``--limit`` messages the filters select, newest first, page after page."""
     out: list[dict[str, Any]] = []
     cursor = None
+    limit = args.limit
+    filters = {k: getattr(args, k) for k in ("state", "account", "sender", "reason", "campaign")}
     while len(out) < limit:
-        params = {"state": state, "cursor": cursor, "limit": min(PAGE, limit - len(out))}
+        params = {**filters, "cursor": cursor, "limit": min(PAGE, limit - len(out))}
         page = r.json("GET", "/queue", params={k: v for k, v in params.items() if v is not None})
         out += page["items"]
         cursor = page["next_cursor"]
@@ -306,9 +308,8 @@ def _held(r: Remote, args: argparse.Namespace, verb: str) -> list[str]:
     if args.id:
         moved = r.json("POST", f"/queue/{part(args.id)}/{verb}")
     else:
-        moved = r.json(
-            "POST", f"/queue/{verb}", json={"sender": args.sender, "account": args.account}
-        )
+        keys = ("sender", "account", "reason", "campaign")
+        moved = r.json("POST", f"/queue/{verb}", json={k: getattr(args, k) for k in keys})
     return list(moved["messages"])
 
 

@@ -14,6 +14,7 @@ import datetime as dt
 import math
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlencode
 
 import anyio.to_thread
 from starlette.requests import Request
@@ -662,18 +663,23 @@ async def provider_assign(request: Request) -> Response:
 # -- paused and failed mail --------------------------------------------------------------
 
 
+MAIL_PAGE = 100  # rows a screen of paused or failed mail shows; "Older" pages on
+
+
 async def _mail_page(
     request: Request, who: Identity, status: int = 200, notice: Notice | None = None
 ) -> Response:
+    """The filters are the service's (SQL, paged, scoped): what a page shows is
+    what "release all" or "discard all" with the same filters moves."""
     ctx = context(request)
     q = request.query_params
-    account = q.get("account") or None
-    sender = q.get("sender") or None
-    reason = (q.get("reason") or "").strip().lower()
-    campaign = (q.get("campaign") or "").strip()
+    filters = {
+        key: (q.get(key) or "").strip() for key in ("account", "sender", "reason", "campaign")
+    }
     state = q.get("state") if q.get("state") in ("paused", "failed") else "paused"
     error = None
     rows: list[Any] = []
+    more = None
     try:
         page = await call(
             who,
@@ -681,19 +687,15 @@ async def _mail_page(
             ctx.engine,
             who.actor.scope,
             state=state,
-            account=account,
-            sender=sender,
-            limit=500,
+            **{key: value or None for key, value in filters.items()},
+            cursor=q.get("cursor") or None,
+            limit=MAIL_PAGE,
         )
-        rows = [
-            (m, a)
-            for m, a in page.items
-            if (not reason or reason in (m.reason or "").lower())
-            and (not campaign or (m.campaign or "") == campaign)
-        ]
+        rows, more = page.items, page.next_cursor
     except RelayError as exc:
         error, status = failed(exc), status_of(exc)
     names = await _accounts(request, who)
+    here = {"state": state, **{k: v for k, v in filters.items() if v}}
     return render(
         request,
         "mail.html",
@@ -704,12 +706,9 @@ async def _mail_page(
         state=state,
         accounts=names,
         own=_own(who, names),
-        filters={
-            "account": account or "",
-            "sender": sender or "",
-            "reason": reason,
-            "campaign": campaign,
-        },
+        filters=filters,
+        here=urlencode(here),
+        older=urlencode({**here, "cursor": more}) if more else None,
     )
 
 
@@ -729,7 +728,9 @@ async def mail_act(request: Request) -> Response:
     queue_id = form.get("queue_id") or None
     kwargs: dict[str, Any] = {}
     if not queue_id:
-        kwargs = {"account": form.get("account") or None, "sender": form.get("sender") or None}
+        # The same filters as the listing: one service call selects and moves them.
+        keys = ("account", "sender", "reason", "campaign")
+        kwargs = {key: (form.get(key) or "").strip() or None for key in keys}
         if not kwargs["account"]:
             return await _mail_page(
                 request,
@@ -744,10 +745,9 @@ async def mail_act(request: Request) -> Response:
     what = "Released" if action == "release" else "Discarded"
     if queue_id:
         text = f"{what} {queue_id}."
-    elif action == "release":
-        text = f"{what} {len(done)} paused message(s)."
     else:
-        text = f"{what} the paused mail of {kwargs['account']}."
+        count = len(done) if action == "release" else len({row[0] for row in done})
+        text = f"{what} {count} paused message(s) of {kwargs['account']}."
     return await _mail_page(request, who, 200, ok(text))
 
 

@@ -57,10 +57,11 @@ def arg(name: str) -> Target:
 
 
 def held_mail(args: Mapping[str, Any]) -> str:
-    """One message by id, or paused mail in bulk by sender and/or account."""
+    """One message by id, or paused mail in bulk by the listing's filters."""
     if args.get("queue_id"):
         return str(args["queue_id"])
-    parts = [f"{key} {args[key]}" for key in ("sender", "account") if args.get(key)]
+    keys = ("sender", "account", "reason", "campaign")
+    parts = [f"{key} {args[key]}" for key in keys if args.get(key)]
     return "paused mail of " + ", ".join(parts) if parts else "paused mail"
 
 

@@ -1,8 +1,11 @@
 """The queue as an operator sees it: list, show, retry, release, discard.
 
-The admin API pages through the same listing (``page_messages``): filters, a
-tenant's scope, cursors. Newest first by (created_at, id); the cursor is that
-key of the last row shown (see ``relay.service.pages``).
+The admin API, the console and the CLI page through the same listing
+(``page_messages``): filters as SQL (state, account, sender, reason, campaign),
+a tenant's scope, cursors. Newest first by (created_at, id); the cursor is that
+key of the last row shown (see ``relay.service.pages``). Release and discard in
+bulk select paused mail with the same filters, so "release all" moves exactly
+what the listing of paused mail with those filters shows.
 """
 
 from __future__ import annotations
@@ -52,18 +55,8 @@ class MessageView:
 def list_messages(
     engine: Engine, state: str | None = None, limit: int = 100
 ) -> list[tuple[Message, str]]:
-    if state is not None and state not in STATES:
-        raise Invalid(f"state must be one of {', '.join(STATES)}", "state")
-    query = (
-        select(Message, Account.name)
-        .join(Account, Account.id == Message.account_id)
-        .order_by(Message.created_at.desc())
-        .limit(limit)
-    )
-    if state:
-        query = query.where(Message.state == state)
-    with Session(engine) as session:
-        return [(m, a) for m, a in session.execute(query).all()]
+    """The first page of ``page_messages`` (kept for callers that want no cursor)."""
+    return page_messages(engine, state=state, limit=limit).items
 
 
 def show_message(engine: Engine, queue_id: str) -> MessageView:
@@ -117,7 +110,12 @@ def retry_message(engine: Engine, queue_id: str) -> None:
 
 
 def _paused_ids(
-    engine: Engine, queue_id: str | None, sender: str | None, account: str | None
+    engine: Engine,
+    queue_id: str | None,
+    sender: str | None,
+    account: str | None,
+    reason: str | None = None,
+    campaign: str | None = None,
 ) -> list[str]:
     if queue_id:
         with Session(engine) as session:
@@ -127,13 +125,14 @@ def _paused_ids(
             if msg.state != MessageState.PAUSED:
                 raise Conflict(f"message {queue_id} is {msg.state}, not paused")
         return [queue_id]
-    if not (sender or account):
-        raise Invalid("name a message ID, --sender or --account", "id")
-    account_id = None
-    if account:
-        with Session(engine) as session:
-            account_id = get_account(session, account).id
-    return [m[0] for m in held.paused(engine, account_id, check_sender(sender) if sender else None)]
+    if not (sender or account or reason or campaign):
+        raise Invalid("name a message ID, --sender, --account, --reason or --campaign", "id")
+    where = _filters(MessageState.PAUSED.value, sender, reason, campaign, None)
+    with Session(engine) as session:
+        if account:
+            where.append(Message.account_id == get_account(session, account).id)
+        query = select(Message.id).where(*where).order_by(Message.created_at, Message.id)
+        return list(session.scalars(query))
 
 
 @audited("message.release", held_mail, scope.of_held("queue_id", "account"))
@@ -143,9 +142,12 @@ def release_messages(
     *,
     sender: str | None = None,
     account: str | None = None,
+    reason: str | None = None,
+    campaign: str | None = None,
 ) -> list[str]:
-    """Deliver paused mail now, whatever held it (one message, or in bulk)."""
-    return held.release(engine, _paused_ids(engine, queue_id, sender, account))
+    """Deliver paused mail now, whatever held it: one message, or every paused
+    message that the listing's filters (``page_messages``) select."""
+    return held.release(engine, _paused_ids(engine, queue_id, sender, account, reason, campaign))
 
 
 @audited("message.discard", held_mail, scope.of_held("queue_id", "account"))
@@ -155,9 +157,11 @@ def discard_messages(
     *,
     sender: str | None = None,
     account: str | None = None,
+    reason: str | None = None,
+    campaign: str | None = None,
 ) -> held.LedgerRows:
-    """Drop paused mail for good; it is recorded as dropped."""
-    ids = _paused_ids(engine, queue_id, sender, account)
+    """Drop paused mail for good (one, or by the listing's filters); recorded as dropped."""
+    ids = _paused_ids(engine, queue_id, sender, account, reason, campaign)
     return held.discard(engine, ids, "discarded by the operator")
 
 
@@ -168,12 +172,18 @@ def page_messages(
     state: str | None = None,
     account: str | None = None,
     sender: str | None = None,
+    reason: str | None = None,
+    campaign: str | None = None,
     cursor: str | None = None,
     limit: int = 100,
 ) -> Page[tuple[Message, str]]:
-    """(message, account name) newest first, filtered, within ``seen_by``."""
+    """(message, account name) newest first, filtered, within ``seen_by``.
+
+    ``sender``: an address or a domain, matched against the envelope sender and
+    the header From (as release and discard by sender always have); ``reason``:
+    words the reason contains, any case; ``campaign``: the campaign exactly."""
     limit = check_limit(limit)
-    where = _filters(state, sender, cursor)
+    where = _filters(state, sender, reason, campaign, cursor)
     if seen_by.accounts is not None:
         where.append(Message.account_id.in_(seen_by.accounts))
     query = (
@@ -193,8 +203,17 @@ def page_messages(
     )
 
 
+# The longest reason words and campaign a filter takes (campaign: its column's size).
+MAX_REASON = 200
+MAX_CAMPAIGN = 200
+
+
 def _filters(
-    state: str | None, sender: str | None, cursor: str | None
+    state: str | None,
+    sender: str | None,
+    reason: str | None,
+    campaign: str | None,
+    cursor: str | None,
 ) -> list[ColumnElement[bool]]:
     where: list[ColumnElement[bool]] = []
     if state is not None:
@@ -203,18 +222,45 @@ def _filters(
         where.append(Message.state == state)
     if sender is not None:
         where.append(_from_sender(check_sender(sender)))
+    if reason is not None:
+        words = reason.strip().lower()
+        if not words or len(words) > MAX_REASON:
+            raise Invalid(f"reason must be 1 to {MAX_REASON} characters", "reason")
+        where.append(func.lower(Message.reason).contains(words, autoescape=True))
+    if campaign is not None:
+        if not campaign or len(campaign) > MAX_CAMPAIGN:
+            raise Invalid(f"campaign must be 1 to {MAX_CAMPAIGN} characters", "campaign")
+        where.append(Message.campaign == campaign)
     if cursor is not None:
         where.append(_after(cursor))
     return where
 
 
 def _from_sender(pattern: str) -> ColumnElement[bool]:
-    """An address matches the envelope sender; a domain every address in it.
-    (``check_sender`` leaves no LIKE wildcard in a domain.)"""
+    """An address matches the envelope sender or one of the header From addresses
+    (stored joined by ", ", see ``relay.intake``); a domain every address in it.
+    The same test as ``relay.queue.held``'s, in SQL so that it pages."""
     mail_from = func.lower(Message.mail_from)
+    header = func.lower(func.coalesce(Message.header_from, ""))
+    lit = _like_literal(pattern)
     if "@" in pattern:
-        return mail_from == pattern
-    return mail_from.like(f"%@{pattern}")
+        return or_(
+            mail_from == pattern,
+            header == pattern,
+            header.like(f"{lit}, %", escape="\\"),
+            header.like(f"%, {lit}", escape="\\"),
+            header.like(f"%, {lit}, %", escape="\\"),
+        )
+    return or_(
+        mail_from.like(f"%@{lit}", escape="\\"),
+        header.like(f"%@{lit}", escape="\\"),
+        header.like(f"%@{lit}, %", escape="\\"),
+    )
+
+
+def _like_literal(text: str) -> str:
+    """``text`` matched literally by LIKE (a local part may hold ``_`` or ``%``)."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 def _after(cursor: str) -> ColumnElement[bool]:
@@ -228,12 +274,24 @@ def _after(cursor: str) -> ColumnElement[bool]:
     return or_(Message.created_at < at, and_(Message.created_at == at, Message.id < queue_id))
 
 
-def accounts_holding(engine: Engine, seen_by: Scope, sender: str) -> list[str]:
-    """The accounts within ``seen_by`` that hold paused mail from ``sender``."""
-    ids = {row[1] for row in held.paused(engine, None, check_sender(sender))}
-    visible = sorted(i for i in ids if seen_by.sees(i))
-    if not visible:
-        return []
+def accounts_holding(
+    engine: Engine,
+    seen_by: Scope,
+    sender: str | None = None,
+    *,
+    reason: str | None = None,
+    campaign: str | None = None,
+) -> list[str]:
+    """The accounts within ``seen_by`` that hold paused mail these filters select."""
+    where = _filters(MessageState.PAUSED.value, sender, reason, campaign, None)
+    if seen_by.accounts is not None:
+        where.append(Message.account_id.in_(seen_by.accounts))
+    query = (
+        select(Account.name)
+        .distinct()
+        .join(Message, Message.account_id == Account.id)
+        .where(*where)
+        .order_by(Account.name)
+    )
     with Session(engine) as session:
-        query = select(Account.name).where(Account.id.in_(visible)).order_by(Account.name)
         return list(session.scalars(query))

@@ -40,6 +40,8 @@ def list_messages(caller: Authenticated, q: Annotated[s.QueueQuery, Query()]) ->
         state=q.state,
         account=q.account,
         sender=q.sender,
+        reason=q.reason,
+        campaign=q.campaign,
         cursor=q.cursor,
         limit=q.limit,
     )
@@ -124,37 +126,47 @@ def discard(queue_id: QueueId, caller: Authenticated) -> s.Moved:
 
 @router.post(
     "/release",
-    summary="Deliver paused mail now, in bulk by sender and/or account",
+    summary="Deliver paused mail now, in bulk by the listing's filters",
     responses=responses(404, 422),
 )
 def release_bulk(body: s.HeldIn, caller: Authenticated) -> s.Moved:
     moved: list[str] = []
     for account in _accounts_for(caller, body):
-        moved += caller.run(
-            queue.release_messages, caller.engine, sender=body.sender, account=account
-        )
+        moved += caller.run(queue.release_messages, caller.engine, account=account, **_held(body))
     return s.Moved(messages=moved)
 
 
 @router.post(
     "/discard",
-    summary="Drop paused mail, in bulk by sender and/or account (recorded as dropped)",
+    summary="Drop paused mail, in bulk by the listing's filters (recorded as dropped)",
     responses=responses(404, 422),
 )
 def discard_bulk(body: s.HeldIn, caller: Authenticated) -> s.Moved:
     ids: set[str] = set()
     for account in _accounts_for(caller, body):
-        rows = caller.run(
-            queue.discard_messages, caller.engine, sender=body.sender, account=account
-        )
+        rows = caller.run(queue.discard_messages, caller.engine, account=account, **_held(body))
         ids.update(r[0] for r in rows)
     return s.Moved(messages=sorted(ids))
 
 
+def _held(body: s.HeldIn) -> dict[str, str | None]:
+    """The filters besides the account, as the service takes them."""
+    return {"sender": body.sender, "reason": body.reason, "campaign": body.campaign}
+
+
 def _accounts_for(caller: Caller, body: s.HeldIn) -> list[str | None]:
-    """The service's bulk calls to make. By sender alone, an operator's one call
-    covers every account; a tenant's is made once per account of its own that
-    holds such mail, so that it never reaches another tenant's queue."""
-    if body.account or not body.sender or caller.scope.everything:
+    """The service's bulk calls to make. Without an account, an operator's one
+    call covers every account; a tenant's is made once per account of its own
+    that holds such mail, so that it never reaches another tenant's queue."""
+    filtered = body.sender or body.reason or body.campaign
+    if body.account or not filtered or caller.scope.everything:
         return [body.account]
-    return list(queue.accounts_holding(caller.engine, caller.scope, body.sender))
+    return list(
+        queue.accounts_holding(
+            caller.engine,
+            caller.scope,
+            body.sender,
+            reason=body.reason,
+            campaign=body.campaign,
+        )
+    )

@@ -53,6 +53,9 @@ class Request(BaseModel):
 
 Cursor = Annotated[str, StringConstraints(max_length=400, pattern=r"^[A-Za-z0-9_-]*$")]
 Limit = Annotated[int, Field(ge=1, le=MAX_LIMIT)]
+# Queue filters: a generous bound here, the service's rules (1 to 200) come back as 422.
+Reason = Annotated[str, text(1000)]
+Campaign = Annotated[str, text(1000)]
 
 
 # -- accounts, domains, credentials, senders ----------------------------------------
@@ -221,7 +224,12 @@ class DnsOut(BaseModel):
 class QueueQuery(Request):
     state: State | None = None
     account: Name | None = None
-    sender: Name | None = Field(None, description="An address, or a domain for all its addresses")
+    sender: Name | None = Field(
+        None,
+        description="Envelope sender or header From: an address, or a domain for all its addresses",
+    )
+    reason: Reason | None = Field(None, description="Words the reason contains (any case)")
+    campaign: Campaign | None = Field(None, description="The campaign, exactly")
     cursor: Cursor | None = Field(None, description="`next_cursor` of the page before")
     limit: Limit = 100
 
@@ -284,10 +292,12 @@ class MessageDetail(MessageOut):
 
 
 class HeldIn(Request):
-    """Paused mail in bulk: by sender, by account, or both."""
+    """Paused mail in bulk, selected as the queue listing's filters select it."""
 
     sender: Name | None = None
     account: Name | None = None
+    reason: Reason | None = Field(None, description="Words the reason contains (any case)")
+    campaign: Campaign | None = Field(None, description="The campaign, exactly")
 
 
 class Moved(BaseModel):
