@@ -139,6 +139,7 @@ class Relay:
             s.var_path / "outbox",
             s.server.hostname,
             on_circuit_open=self.notifier.circuit_open,
+            http_connections=max(s.queue.concurrency, s.queue.provider_concurrency_max),
         )
         if s.queue.workers:
             self.worker = Worker(

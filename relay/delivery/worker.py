@@ -35,6 +35,7 @@ from relay.core.errors import ConfigError, PermanentError, ProviderError, Transi
 from relay.core.message import OutboundMessage
 from relay.core.outcomes import Attempt, Claimed, MessageState, Outcome, Recorded, Result
 from relay.core.settings import QueueSettings, ServerSettings
+from relay.delivery.pace import Pace
 from relay.delivery.pool import ProviderPool
 from relay.providers.base import Receipt
 from relay.providers.chain import UNNAMED_RECIPIENTS, ProviderChain, result_of
@@ -253,6 +254,8 @@ class Worker:
         # Deliveries in flight per provider: its own limit, so one slow
         # provider cannot take every slot.
         self._busy: Counter[int | None] = Counter()
+        # ... and that limit follows the provider's answer time (relay.delivery.pace).
+        self._pace: dict[int, Pace] = {}
         self._inflight: set[asyncio.Task[None]] = set()
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
@@ -263,14 +266,26 @@ class Worker:
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="delivery-worker")
 
+    def _limit(self, provider_id: int | None) -> int:
+        """Deliveries ``provider_id`` may have in flight now."""
+        pace = self._pace.get(provider_id) if provider_id is not None else None
+        return pace.limit if pace is not None else self._settings.provider_concurrency
+
+    def _total(self) -> int:
+        """Deliveries in flight in all: ``concurrency``, plus the slots slow providers
+        were given beyond the usual (their deliveries wait on the network, not on us)."""
+        floor = self._settings.provider_concurrency
+        extra = sum(max(p.limit - floor, 0) for p in self._pace.values())
+        return self._settings.concurrency + extra
+
     async def _loop(self) -> None:
         await self._take_back()
-        limit = self._settings.provider_concurrency
+        limit = self._settings.provider_concurrency  # for a provider not busy here yet
         while not self._stopping:
-            want = min(self._settings.concurrency - len(self._inflight), self._settings.batch_size)
+            want = min(self._total() - len(self._inflight), self._settings.batch_size)
             # Only what can start now is claimed: a claim waiting for a slot
             # would be stranded for the whole lease if this process were killed.
-            room = {p: limit - n for p, n in self._busy.items() if p is not None}
+            room = {p: self._limit(p) - n for p, n in self._busy.items() if p is not None}
             batch: list[Claimed] = []
             if want > 0:
                 try:
@@ -285,7 +300,7 @@ class Worker:
                     )
                 except Exception as exc:  # database down: keep trying, say so
                     log.error("claim failed: %s", exc)
-            excess = [m.id for m in batch if self._stopping or not self._start(m, limit)]
+            excess = [m.id for m in batch if self._stopping or not self._start(m)]
             if excess:
                 await self._give_back(excess)
             # Fewer than asked may mean a provider filled up while others'
@@ -293,8 +308,10 @@ class Worker:
             if not batch or excess:
                 await self._idle()
 
-    def _start(self, msg: Claimed, limit: int) -> bool:
-        if msg.provider_id is not None and self._busy[msg.provider_id] >= limit:
+    def _start(self, msg: Claimed) -> bool:
+        if msg.provider_id is not None and self._busy[msg.provider_id] >= self._limit(
+            msg.provider_id
+        ):
             return False
         self._busy[msg.provider_id] += 1
         task = asyncio.create_task(self._deliver(msg))
@@ -323,9 +340,23 @@ class Worker:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), self._settings.poll_interval)
 
+    def _answered(self, provider_id: int | None, seconds: float) -> None:
+        if provider_id is None:
+            return
+        pace = self._pace.get(provider_id)
+        if pace is None:
+            s = self._settings
+            pace = self._pace[provider_id] = Pace(
+                s.provider_concurrency, s.provider_concurrency_max
+            )
+        pace.answered(seconds, self._busy[provider_id])
+
     async def _deliver(self, msg: Claimed) -> None:
         try:
+            began = time.monotonic()
             outcome = await self._deliverer.run(msg)
+            if outcome.state == MessageState.DELIVERED:  # only real answers pace a provider
+                self._answered(msg.provider_id, time.monotonic() - began)
             recorded = await self._outcomes.submit((msg, outcome))
             if recorded is not None:
                 log.info(

@@ -68,6 +68,11 @@ class ApiState:
     # "suppression-list"): seeded by tests with ``seed_list``.
     lists: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     faults: list[Fault] = field(default_factory=list)
+    # Seconds every request waits before it is answered (a real API's round
+    # trip), and the most requests seen waiting at once.
+    latency: float = 0.0
+    peak_in_flight: int = 0
+    _in_flight: int = field(default=0, repr=False)
     # Called with (request body, message id) for each accepted message: the
     # emulator posts its events from there (relay.emulator.events).
     on_accepted: Callable[[Any, str], None] | None = field(default=None, repr=False)
@@ -129,7 +134,16 @@ class ApiState:
         return dataclasses.replace(fault)
 
     async def misbehave(self) -> Fault | None:
-        """Apply the next fault: sleep for a stall, or return a failure to answer with."""
+        """Apply the latency and the next fault: sleep for a stall, or return a
+        failure to answer with."""
+        if self.latency > 0:
+            self._in_flight += 1
+            self.peak_in_flight = max(self.peak_in_flight, self._in_flight)
+            try:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._closing.wait(), self.latency)
+            finally:
+                self._in_flight -= 1
         fault = self._take()
         while fault is not None and fault.kind == "stall":
             with contextlib.suppress(TimeoutError):
