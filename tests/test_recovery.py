@@ -119,7 +119,7 @@ def test_sigterm_ends_within_the_grace_despite_a_stalled_provider(
 ) -> None:
     ids = queue_mail(settings, engine, tenant, emulator, 2, timeout=60)
     emulator.sendgrid.stall(40, count=2)  # longer than the grace, shorter than the timeout
-    extra = '[server]\nshutdown_grace = 2\nnode_id = "grace-test"\nprocesses = 1\n'
+    extra = '[server]\nshutdown_grace = 2\nnode_id = "grace-test"\n'
     config = node_config(settings, "grace")
     config.write_text(
         config.read_text().replace("[server]\n", extra).replace("lease = 3\n", "lease = 300\n")
