@@ -278,7 +278,7 @@ def relay_command() -> list[str]:
 @dataclass
 class RelayOptions:
     database_url: str = ""  # empty: a SQLite file in the temporary var dir
-    processes: int = 1
+    processes: int | str = 1  # "auto": one per core, as the relay's default
     workers: bool = False  # delivery workers off: ingest alone is measured
     log_level: str = "INFO"
     argon2_time_cost: int | None = None  # None: the relay's default
@@ -368,14 +368,20 @@ class RelayServer:
         return self.options.database_url or f"sqlite:///{self.var_dir / 'relay.db'}"
 
     @property
+    def process_count(self) -> int:
+        """The relay's processes ("auto" resolved as the relay resolves it)."""
+        from relay.core.settings import resolve_processes
+
+        return resolve_processes(self.options.processes)
+
+    @property
     def pid(self) -> int:
         assert self.proc is not None, "the relay is not running"
         return self.proc.pid
 
     def start(self, timeout: float = 60.0) -> None:
         cmd = [*relay_command(), "--config", str(self.config_path), "serve"]
-        if self.options.processes > 1:
-            cmd += ["--processes", str(self.options.processes)]
+        cmd += ["--processes", str(self.options.processes)]  # explicit: the default is auto
         with open(self.log_path, "wb") as log:
             # Logs go to a file: a pipe nobody drains would stall the server.
             self.proc = subprocess.Popen(
@@ -396,7 +402,7 @@ class RelayServer:
                     f"relay exited with status {self.proc.returncode}:\n{self.log_tail()}"
                 )
             # With --processes N every child binds its own SO_REUSEPORT socket.
-            if listening_sockets(port) >= self.options.processes and _greets(LOOPBACK, port):
+            if listening_sockets(port) >= self.process_count and _greets(LOOPBACK, port):
                 return
             time.sleep(0.05)
         raise RuntimeError(f"relay not ready after {timeout:.0f}s:\n{self.log_tail()}")

@@ -151,6 +151,7 @@ class Relay:
             s.var_path / "outbox",
             s.server.hostname,
             on_circuit_open=self.notifier.circuit_open,
+            http_connections=max(s.queue.concurrency, s.queue.provider_concurrency_max),
         )
         if s.queue.workers:
             deliverer = Deliverer(self.pool, s.queue)
@@ -219,17 +220,25 @@ class Relay:
         """A one-click unsubscribe POST: onto the account's list (idempotent)."""
         suppression_lists.add(self.engine, account_id, address, reason, source, detail)
 
+    def _shares_ports(self) -> bool:
+        """SO_REUSEPORT only when ``relay serve`` started this as one of several
+        processes: it puts their number in the settings. Settings that still say
+        "auto" come from a caller running the relay in its own process (tests),
+        which binds alone."""
+        processes = self.settings.server.processes
+        return isinstance(processes, int) and processes > 1
+
     def _socket(self, item: ListenerSettings) -> Any:
         if item.name in self._presockets:
             return self._presockets[item.name]
-        return bind_socket(item, reuse_port=self.settings.server.processes > 1)
+        return bind_socket(item, reuse_port=self._shares_ports())
 
     async def _start_admin(self) -> None:
         if not self.settings.admin.listen:
             return
         host, port = parse_hostport("[admin] listen", self.settings.admin.listen)
         sock = self._presockets.get("admin") or bind_socket(
-            ListenerSettings("admin", host, port), reuse_port=self.settings.server.processes > 1
+            ListenerSettings("admin", host, port), reuse_port=self._shares_ports()
         )
         self.admin_port = int(sock.getsockname()[1])
         s = self.settings
@@ -264,7 +273,7 @@ class Relay:
             return
         host, port = parse_hostport("[webhooks] listen", s.webhooks.listen)
         sock = self._presockets.get("webhooks") or bind_socket(
-            ListenerSettings("webhooks", host, port), reuse_port=s.server.processes > 1
+            ListenerSettings("webhooks", host, port), reuse_port=self._shares_ports()
         )
         self.webhooks_port = int(sock.getsockname()[1])
         app = make_webhook_app(

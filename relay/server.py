@@ -1,13 +1,18 @@
 """``relay serve``: logging, the event loop (uvloop), and several processes.
 
-With ``--processes N`` each process binds the listeners itself with
+``[server] processes`` is "auto" by default: one process per core (a single
+asyncio loop holds one core at most, and the SMTP front is CPU-bound). With
+``--processes N`` each process binds the listeners itself with
 SO_REUSEPORT, so the kernel spreads connections among them; they share the
 queue through the database. The parent only supervises: SIGTERM is passed
-on, and the parent exits non-zero if any child did.
+on, and the parent exits non-zero if any child did. A child dies with the
+parent (PR_SET_PDEATHSIG): a supervisor killed with SIGKILL leaves no process
+serving the listeners behind it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import multiprocessing
@@ -19,7 +24,7 @@ from dataclasses import replace
 from typing import Any
 
 from relay.core.errors import RelayError
-from relay.core.settings import Settings
+from relay.core.settings import Settings, resolve_processes
 
 
 class JSONFormatter(logging.Formatter):
@@ -62,7 +67,27 @@ def _run_one(settings: Settings, index: int = 0) -> int:
     return 0
 
 
-def _child(settings: Settings, index: int) -> None:
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _die_with_parent(parent: int) -> None:
+    """Ask Linux to SIGKILL this child when its parent exits, however it exits.
+
+    The parent passes SIGTERM on; but a parent killed outright (SIGKILL, the
+    OOM killer) cannot, and children left behind would keep accepting on the
+    shared SO_REUSEPORT port beside a restarted relay. Elsewhere: nothing."""
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # it died before the request took hold
+        os._exit(1)
+
+
+def _child(settings: Settings, index: int, parent: int) -> None:
+    if sys.platform.startswith("linux"):
+        _die_with_parent(parent)
     if index > 0:  # one process serves /metrics and the admin API
         settings = replace(settings, admin=replace(settings.admin, listen=""))
     sys.exit(_run_one(settings, index))
@@ -101,14 +126,17 @@ def _prepare(settings: Settings) -> None:
     secret_box(settings)
 
 
-def serve(settings: Settings, processes: int | None = None) -> int:
-    count = processes or settings.server.processes
+def serve(settings: Settings, processes: int | str | None = None) -> int:
+    """Run ``processes`` (else ``[server] processes``; "auto": one per core)."""
+    count = resolve_processes(processes or settings.server.processes)
     if count < 1:
         print("relay: error: --processes must be at least 1", file=sys.stderr)
         return 2
+    # From here on the settings carry the number: the app binds with
+    # SO_REUSEPORT only when it is one of several.
+    settings = replace(settings, server=replace(settings.server, processes=count))
     if count == 1:
         return _run_one(settings)
-    settings = replace(settings, server=replace(settings.server, processes=count))
     try:
         _prepare(settings)
     except RelayError as exc:
@@ -117,7 +145,8 @@ def serve(settings: Settings, processes: int | None = None) -> int:
     _shared_metrics_dir(settings)
     ctx = multiprocessing.get_context("spawn")
     children = [
-        ctx.Process(target=_child, args=(settings, i), name=f"relay-{i}") for i in range(count)
+        ctx.Process(target=_child, args=(settings, i, os.getpid()), name=f"relay-{i}")
+        for i in range(count)
     ]
     for child in children:
         child.start()

@@ -167,7 +167,8 @@ def test_compare_tiny_run_every_system_it_can() -> None:
         "--sizes", "2048", "--concurrency", "2", "--modes", "per-session",
         "--time-limit", "0.3", "--max-messages", "6", "--e2e-messages", "4", "--wait-quiet", "0",
         "--drain-limit", "20", "--idle", "20", "--no-results", "--no-profile",
-        "--postfix-install", "never", "--client-processes", "1",
+        "--postfix-install", "never", "--client-processes", "1", "--rounds", "1",
+        "--server-processes", "1",
         timeout=115,
     )  # fmt: skip
     cells = doc["cells"]
@@ -180,7 +181,56 @@ def test_compare_tiny_run_every_system_it_can() -> None:
     e2e = [c for c in cells if c["system"] == "relay-e2e-api"]
     assert all(c["delivery"]["delivered"] == c["db_new_messages"] for c in e2e)
     assert [i["opened"] for i in doc["idle"]] == [20, 20]
-    assert {t["target"] for t in doc["targets"]} >= {"end to end by API"}
+    assert doc["rounds"] == 1 and all(c["round"] == 1 for c in cells)
+    assert {s["system"] for s in doc["summary"]} == systems
+    names = {t["target"] for t in doc["targets"]}
+    assert any(n.startswith("end to end by API, the emulator answering after") for n in names)
+    assert any(n.startswith("queue fed at the acceptance rate") for n in names)
+
+
+def test_compare_runs_the_systems_interleaved_round_by_round() -> None:
+    from bench import compare
+
+    args = compare.parse_args(
+        ["--modes", "persistent", "--concurrency", "50", "--rounds", "2",
+         "--systems", "relay-e2e-sustained", "floor", "postfix", "relay-starttls",
+         "relay-e2e-api", "relay-e2e-api-200ms", "--sizes", "2048", "102400"]
+    )  # fmt: skip
+    order = [(r, c.size, s) for r, c, s in compare.schedule(args)]
+    every = ["floor", "postfix", "relay-starttls", "relay-e2e-api"]
+    small = [*every, "relay-e2e-api-200ms"]  # the latency cell: the target cell only
+    expected = [
+        *[(1, 2048, s) for s in small], *[(1, 102400, s) for s in every],
+        *[(2, 2048, s) for s in small], *[(2, 102400, s) for s in every],
+        (1, 2048, "relay-e2e-sustained"),  # once, after the rounds
+    ]  # fmt: skip
+    assert order == expected
+    assert args.server_processes == len(os.sched_getaffinity(0))  # "auto", as the relay
+
+
+def test_compare_ratios_are_taken_within_a_round_then_spread() -> None:
+    from types import SimpleNamespace
+
+    from bench import compare
+
+    cell = compare.Cell(*compare.TARGET)
+
+    def r(round_: int, system: str, rate: float, delivered: float | None = None) -> Any:
+        delivery = None if delivered is None else SimpleNamespace(rate=delivered)
+        load = SimpleNamespace(rate=rate)
+        return SimpleNamespace(round=round_, system=system, cell=cell, load=load, delivery=delivery)
+
+    results = [
+        r(1, "postfix", 100), r(1, "relay-starttls", 50), r(1, "relay-e2e-api", 9, 80),
+        r(2, "postfix", 50), r(2, "relay-starttls", 50), r(2, "relay-e2e-api", 9, 45),
+        r(3, "postfix", 200), r(3, "relay-starttls", 100),  # no e2e this round
+    ]  # fmt: skip
+    found = {name: v for name, _, v in compare.ratios(results)}
+    accept = found["relay STARTTLS+AUTH+durable / Postfix"]
+    assert sorted(accept.values) == [0.5, 0.5, 1.0]  # per round: a slow round hurts both sides
+    assert (accept.median, accept.low, accept.high) == (0.5, 0.5, 1.0)
+    e2e = found["end to end by API (delivered) / Postfix"]
+    assert sorted(e2e.values) == [0.8, 0.9] and e2e.text(0, 100, "%") == "85% [80-90]"
 
 
 def test_stage_shares_take_the_innermost_marked_frame(tmp_path: Path) -> None:

@@ -239,6 +239,7 @@ url = "{db_url}"
 listen = "127.0.0.1:{free_port()}"
 [server]
 var_dir = "{var}"
+processes = 1  # one node, one process, as written (the default is one per core)
 [auth]
 argon2_time_cost = 1
 argon2_memory_kib = 1024

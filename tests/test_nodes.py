@@ -44,6 +44,7 @@ url = "{settings.database.url}"
 listen = ""
 [server]
 var_dir = "{settings.var_path}"
+processes = 1  # one node, one process, as written (the default is one per core)
 [auth]
 argon2_time_cost = 1
 argon2_memory_kib = 1024

@@ -91,10 +91,28 @@ def cmd_emulate(args: argparse.Namespace, settings: Settings) -> int:
     return int(emulate(args.emulator_args) or 0)
 
 
+def _processes(text: str) -> int | str:
+    """--processes: a number of at least 1, or "auto" (one per core)."""
+    if text == "auto":
+        return text
+    try:
+        count = int(text)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not 'auto' or a number of at least 1")
+    return count
+
+
 def register(sub: Verbs) -> None:
     s = add_verb(sub, "serve", cmd_serve, "run listeners, workers and /metrics")
     s.add_argument(
-        "--processes", type=int, default=None, help="processes sharing the listeners (SO_REUSEPORT)"
+        "--processes",
+        type=_processes,
+        default=None,
+        metavar="N|auto",
+        help="processes sharing the listeners (SO_REUSEPORT); auto: one per core "
+        "(default: [server] processes, auto)",
     )
     add_verb(sub, "demo", cmd_demo, "seed a demo tenant and serve on unprivileged loopback ports")
     add_verb(sub, "migrate", cmd_migrate, "bring the database schema up to date")

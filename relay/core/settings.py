@@ -127,6 +127,27 @@ def _host_port_or_empty(value: str) -> None:
             raise ValueError("is not host:port")
 
 
+def _processes(value: int | str) -> None:
+    if value == "auto":
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError("must be 'auto' or a number of at least 1")
+
+
+def cores() -> int:
+    """The cores this process may run on (its CPU affinity, as taskset and cgroup
+    cpusets set it; os.cpu_count() counts the machine's), at least 1."""
+    try:
+        return max(len(os.sched_getaffinity(0)), 1)
+    except (AttributeError, OSError):  # not Linux
+        return max(os.cpu_count() or 1, 1)
+
+
+def resolve_processes(value: int | str) -> int:
+    """``[server] processes`` as a number: 'auto' is the number of cores."""
+    return cores() if value == "auto" else int(value)
+
+
 NODE_ID_MAX = 64  # locked_by is 100 characters: the id, "/", the process index, "#", a run id
 
 
@@ -232,7 +253,12 @@ class ServerSettings:
     var_dir: str = _doc(
         "Where the self-signed certificate and outbox live (kept 0700).", "var", nonempty=True
     )
-    processes: int = _doc("Processes sharing the listeners (SO_REUSEPORT).", 1, ge=1)
+    processes: int | str = _doc(
+        "Processes sharing the listeners (SO_REUSEPORT): 'auto' (one per core this "
+        "process may run on) or a number of at least 1.",
+        "auto",
+        check=_processes,
+    )
     log_format: str = _doc("text or json", "text", choices=("text", "json"))
     log_level: str = _doc(
         "DEBUG, INFO, WARNING or ERROR",
@@ -343,7 +369,20 @@ class QueueSettings:
     poll_interval: float = _doc("Seconds between looks at the queue when idle.", 1.0, gt=0)
     workers: bool = _doc("Run delivery workers in this process.", True)
     concurrency: int = _doc("Deliveries in flight per process.", 50, ge=1)
-    provider_concurrency: int = _doc("Deliveries in flight per provider, per process.", 20, ge=1)
+    provider_concurrency: int = _doc(
+        "Deliveries in flight per provider, per process, when it answers quickly; more "
+        "when its answers take longer (up to provider_concurrency_max).",
+        20,
+        ge=1,
+    )
+    provider_concurrency_max: int = _doc(
+        "Most deliveries in flight per provider, per process: the limit grows toward it "
+        "while the provider's answers take long but do not queue (200 ms for 500 msg/s "
+        "needs 100). The pooled HTTP client keeps this many connections.",
+        256,
+        ge=1,
+        le=10000,
+    )
 
 
 @dataclass(frozen=True)
@@ -462,6 +501,11 @@ _SECTIONS: dict[str, type[Any]] = {
 def _coerce(key: str, value: Any, default: Any, kind: str = "") -> Any:
     """Turn a TOML or environment value into the type of the default."""
     try:
+        if kind == "int | str":  # a number or a word ("auto"): digits become the number
+            if isinstance(value, bool) or not isinstance(value, int | str):
+                raise ValueError(value)
+            text = str(value).strip()
+            return int(text) if text.lstrip("-").isdigit() else text
         if isinstance(default, Secret):
             return value if isinstance(value, Secret) else Secret(str(value))
         if isinstance(default, bool):

@@ -41,6 +41,7 @@ class ProviderPool:
         hostname: str = "relay.localhost",
         tls_context: ssl.SSLContext | None = None,
         on_circuit_open: Callable[[int], None] | None = None,
+        http_connections: int = 100,
     ) -> None:
         self._engine = engine
         # Told the provider id when a provider's circuit opens (a notice to its owner).
@@ -49,8 +50,10 @@ class ProviderPool:
         self._outbox_dir = outbox_dir
         self._hostname = hostname
         self._tls_context = tls_context
-        # One pooled HTTP client for every provider of the process.
-        self._http = make_http_client()
+        # One pooled HTTP client for every provider of the process, with as many
+        # connections as deliveries may be in flight (a request waiting for a
+        # connection would wait on us, not on the provider).
+        self._http = make_http_client(max_connections=http_connections)
         self._live: dict[int, tuple[str, float, ProviderChain]] = {}
         # Each provider's ceilings (max_rate, max_connections), from the same row.
         self._limits: dict[int, Limits] = {}

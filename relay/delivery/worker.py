@@ -35,6 +35,7 @@ from relay.core.errors import ConfigError, PermanentError, ProviderError, Transi
 from relay.core.message import OutboundMessage
 from relay.core.outcomes import Attempt, Claimed, MessageState, Outcome, Recorded, Result
 from relay.core.settings import QueueSettings, ServerSettings
+from relay.delivery.pace import Pace
 from relay.delivery.pool import ProviderPool
 from relay.delivery.throttle import Postponed, Throttle
 from relay.providers.base import Receipt
@@ -293,6 +294,8 @@ class Worker:
         # Deliveries in flight per provider: its own limit, so one slow
         # provider cannot take every slot.
         self._busy: Counter[int | None] = Counter()
+        # ... and that limit follows the provider's answer time (relay.delivery.pace).
+        self._pace: dict[int, Pace] = {}
         self._inflight: set[asyncio.Task[None]] = set()
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
@@ -305,16 +308,28 @@ class Worker:
             self._deliverer.throttle.start()
         self._task = asyncio.create_task(self._loop(), name="delivery-worker")
 
+    def _limit(self, provider_id: int | None) -> int:
+        """Deliveries ``provider_id`` may have in flight now: as its latency allows
+        (:class:`Pace`), never more than its ``max_connections``."""
+        pace = self._pace.get(provider_id) if provider_id is not None else None
+        limit = pace.limit if pace is not None else self._settings.provider_concurrency
+        return self._deliverer.cap(provider_id, limit)
+
+    def _total(self) -> int:
+        """Deliveries in flight in all: ``concurrency``, plus the slots slow providers
+        were given beyond the usual (their deliveries wait on the network, not on us)."""
+        floor = self._settings.provider_concurrency
+        extra = sum(max(p.limit - floor, 0) for p in self._pace.values())
+        return self._settings.concurrency + extra
+
     async def _loop(self) -> None:
         await self._take_back()
-        limit = self._settings.provider_concurrency
+        limit = self._settings.provider_concurrency  # for a provider not busy here yet
         while not self._stopping:
-            want = min(self._settings.concurrency - len(self._inflight), self._settings.batch_size)
+            want = min(self._total() - len(self._inflight), self._settings.batch_size)
             # Only what can start now is claimed: a claim waiting for a slot
             # would be stranded for the whole lease if this process were killed.
-            room = {
-                p: self._deliverer.cap(p, limit) - n for p, n in self._busy.items() if p is not None
-            }
+            room = {p: self._limit(p) - n for p, n in self._busy.items() if p is not None}
             batch: list[Claimed] = []
             if want > 0:
                 try:
@@ -329,7 +344,7 @@ class Worker:
                     )
                 except Exception as exc:  # database down: keep trying, say so
                     log.error("claim failed: %s", exc)
-            excess = [m.id for m in batch if self._stopping or not self._start(m, limit)]
+            excess = [m.id for m in batch if self._stopping or not self._start(m)]
             if excess:
                 await self._give_back(excess)
             # Fewer than asked may mean a provider filled up while others'
@@ -337,9 +352,10 @@ class Worker:
             if not batch or excess:
                 await self._idle()
 
-    def _start(self, msg: Claimed, limit: int) -> bool:
-        cap = self._deliverer.cap(msg.provider_id, limit)
-        if msg.provider_id is not None and self._busy[msg.provider_id] >= cap:
+    def _start(self, msg: Claimed) -> bool:
+        if msg.provider_id is not None and self._busy[msg.provider_id] >= self._limit(
+            msg.provider_id
+        ):
             return False
         self._busy[msg.provider_id] += 1
         task = asyncio.create_task(self._deliver(msg))
@@ -368,12 +384,26 @@ class Worker:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), self._settings.poll_interval)
 
+    def _answered(self, provider_id: int | None, seconds: float) -> None:
+        if provider_id is None:
+            return
+        pace = self._pace.get(provider_id)
+        if pace is None:
+            s = self._settings
+            pace = self._pace[provider_id] = Pace(
+                s.provider_concurrency, s.provider_concurrency_max
+            )
+        pace.answered(seconds, self._busy[provider_id])
+
     async def _deliver(self, msg: Claimed) -> None:
         try:
+            began = time.monotonic()
             outcome = await self._deliverer.run(msg)
             if outcome.throttled and outcome.next_attempt_at is not None:
                 await self._postpone(msg, outcome.next_attempt_at, outcome.reason)
                 return
+            if outcome.state == MessageState.DELIVERED:  # only real answers pace a provider
+                self._answered(msg.provider_id, time.monotonic() - began)
             recorded = await self._outcomes.submit((msg, outcome))
             if recorded is not None:
                 log.info(

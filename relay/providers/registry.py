@@ -99,8 +99,12 @@ def make_http_client(
     transport = httpx.AsyncHTTPTransport(
         verify=verify,
         local_address=source_address,
+        # Every connection kept alive: one closed after its request is a new TCP
+        # (and TLS) handshake for the next, while as many are in flight again.
         limits=httpx.Limits(
-            max_connections=max_connections, max_keepalive_connections=20, keepalive_expiry=30.0
+            max_connections=max_connections,
+            max_keepalive_connections=max_connections,
+            keepalive_expiry=30.0,
         ),
     )
     return httpx.AsyncClient(transport=transport, timeout=timeout, trust_env=trust_env)

@@ -60,6 +60,7 @@ from email.message import EmailMessage, Message
 from email.parser import BytesParser
 from typing import Any
 
+from relay.core import mimepolicy
 from relay.core.errors import PayloadRejected, PermanentError
 from relay.core.message import OutboundMessage
 
@@ -119,8 +120,10 @@ def encode(payload: Json) -> bytes:
 
 
 def _parse(data: bytes) -> EmailMessage:
-    mime = BytesParser(policy=policy.default).parsebytes(data)
-    assert isinstance(mime, EmailMessage)  # policy.default makes EmailMessage
+    # policy.default, its parsed fields cached: each part's Content-Type is read
+    # several times below, and a campaign's messages share most of their fields.
+    mime = BytesParser(policy=mimepolicy.default).parsebytes(data)
+    assert isinstance(mime, EmailMessage)  # an EmailPolicy makes EmailMessage
     return mime
 
 
