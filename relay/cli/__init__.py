@@ -22,23 +22,28 @@ import sys
 from collections.abc import Sequence
 
 from relay.cli import accounts, providers, queue, senders, serve, suppression, tokens, usage
-from relay.cli._common import dispose_engines
+from relay.cli._common import SecretUsage, add_secret, dispose_engines, resolve_secrets
 from relay.core.errors import RelayError
 from relay.core.settings import load_settings
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="relay", description="Relay: a multi-tenant SMTP relay")
+    # No abbreviations at the top: "--to" of a verb must not read as "--token".
+    p = argparse.ArgumentParser(
+        prog="relay", description="Relay: a multi-tenant SMTP relay", allow_abbrev=False
+    )
     p.add_argument("--config", help="TOML configuration file (default: $RELAY_CONFIG)")
     p.add_argument(
         "--url",
         default=os.environ.get("RELAY_URL"),
         help="act on the relay whose admin listener is here (default: $RELAY_URL)",
     )
-    p.add_argument(
+    add_secret(
+        p,
         "--token",
-        default=os.environ.get("RELAY_TOKEN"),
-        help="API token for --url (default: $RELAY_TOKEN)",
+        "the API token",
+        "API token for --url",
+        required=lambda args: bool(args.url),
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -54,8 +59,25 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The parsed command line; ``relay emulate`` passes what follows it to the
+    emulator's own parser (argparse cannot hand options on to a sub-parser)."""
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if rest and args.command != "emulate":
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    if args.command == "emulate":
+        args.emulator_args = [*args.emulator_args, *rest]
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse(argv)
+    try:
+        resolve_secrets(args)
+    except SecretUsage as exc:
+        print(f"relay: error: {exc}", file=sys.stderr)
+        return 2
     try:
         if args.url:
             from relay.cli.remote import run as run_remote

@@ -22,7 +22,14 @@ import httpx
 
 from relay.cli._common import print_rows
 from relay.cli.accounts import ACCOUNT_COLUMNS, print_edited, print_resumed, suspension
-from relay.cli.providers import print_webhook
+from relay.cli.providers import (
+    TESTING,
+    print_provider,
+    print_provider_list,
+    print_webhook,
+    progress,
+)
+from relay.cli.queue import bulk_progress, print_message, print_messages
 from relay.cli.senders import SENDER_COLUMNS, check_review, code_sent, sender_row
 from relay.cli.tokens import print_audit
 from relay.core.errors import RelayError
@@ -229,20 +236,12 @@ def sender_remove(r: Remote, args: argparse.Namespace) -> None:
 
 
 def queue_list(r: Remote, args: argparse.Namespace) -> None:
-    rows = [
-        (
-            m["id"],
-            m["state"],
-            m["account"],
-            m["mail_from"],
-            m["size"],
-            m["attempts"],
-            _time(m["created_at"], "%Y-%m-%d %H:%M:%S"),
-            m["reason"] or "",
-        )
+    keys = ("id", "state", "account", "mail_from", "size", "attempts", "created_at", "reason")
+    items = [
+        {**{k: m[k] for k in keys}, "created_at": _iso(m["created_at"])}
         for m in _messages(r, args.state, args.limit)
     ]
-    print_rows(rows, ("ID", "STATE", "ACCOUNT", "FROM", "SIZE", "TRIES", "CREATED", "REASON"))
+    print_messages(items, args.format)
 
 
 def _messages(r: Remote, state: str | None, limit: int) -> list[dict[str, Any]]:
@@ -280,7 +279,7 @@ def queue_show(r: Remote, args: argparse.Namespace) -> None:
         ],
         "events": [{**e, "at": _iso(e["at"])} for e in m.get("events", [])],
     }
-    print(json.dumps(out, indent=2))
+    print_message(out, args.format)
 
 
 def queue_retry(r: Remote, args: argparse.Namespace) -> None:
@@ -299,12 +298,18 @@ def _held(r: Remote, args: argparse.Namespace, verb: str) -> list[str]:
 
 
 def queue_release(r: Remote, args: argparse.Namespace) -> None:
+    meter = bulk_progress(args, "releasing")
     moved = _held(r, args, "release")
+    if meter:
+        meter.say(f"released {len(moved)}")
     print(f"released {len(moved)} paused message(s)" + "".join(f"\n  {m}" for m in moved))
 
 
 def queue_discard(r: Remote, args: argparse.Namespace) -> None:
+    meter = bulk_progress(args, "discarding")
     ids = sorted(_held(r, args, "discard"))
+    if meter:
+        meter.say(f"discarded {len(ids)}")
     print(
         f"discarded {len(ids)} paused message(s), recorded as dropped"
         + "".join(f"\n  {m}" for m in ids)
@@ -328,19 +333,20 @@ def audit(r: Remote, args: argparse.Namespace) -> None:
 
 
 def provider_list(r: Remote, args: argparse.Namespace) -> None:
-    rows = [
-        (p["name"], p["kind"], p["account"], p["domain"] or "-", p["ip_pool"] or "-")
-        for p in r.json("GET", "/providers")
-    ]
-    print_rows(rows, ("PROVIDER", "KIND", "ACCOUNT", "DOMAIN", "IP-POOL"))
+    keys = ("name", "kind", "account", "domain", "ip_pool")
+    items = [{k: p[k] for k in keys} for p in r.json("GET", "/providers")]
+    print_provider_list(items, args.format)
 
 
 def provider_show(r: Remote, args: argparse.Namespace) -> None:
-    print(json.dumps(r.json("GET", f"/providers/{part(args.name)}"), indent=2))
+    print_provider(r.json("GET", f"/providers/{part(args.name)}"), args.format)
 
 
 def provider_test(r: Remote, args: argparse.Namespace) -> int:
+    leg_done = progress(args.name, TESTING)  # the API answers once, with every leg
     result = r.json("POST", f"/providers/{part(args.name)}/test", json={"to": args.to})
+    for leg in result["legs"]:
+        leg_done(leg["transport"], leg["ok"])
     for leg in result["legs"]:
         print(f"{leg['transport']}: {'ok' if leg['ok'] else 'FAILED'}: {leg['detail']}")
     return 0 if result["ok"] else 1

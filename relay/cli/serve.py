@@ -56,5 +56,11 @@ def register(sub: Verbs) -> None:
 
 
 def register_emulator(sub: Verbs) -> None:
-    s = add_verb(sub, "emulate", cmd_emulate, "fake SendGrid and SparkPost APIs and an SMTP sink")
-    s.add_argument("emulator_args", nargs=argparse.REMAINDER)
+    what = "fake SendGrid and SparkPost APIs and an SMTP sink"
+    s = sub.add_parser("emulate", help=what, description=what, add_help=False)
+    s.set_defaults(handler=cmd_emulate)
+    s.add_argument(
+        "emulator_args",
+        nargs=argparse.REMAINDER,
+        help="the emulator's options: relay emulate --help lists them",
+    )
