@@ -20,8 +20,7 @@ from urllib.parse import quote
 
 import httpx
 
-from relay.cli._common import print_rows
-from relay.cli.accounts import ACCOUNT_COLUMNS, print_edited, print_resumed, suspension
+from relay.cli.accounts import print_accounts, print_credentials, print_edited, print_resumed
 from relay.cli.providers import (
     TESTING,
     print_provider,
@@ -30,7 +29,7 @@ from relay.cli.providers import (
     progress,
 )
 from relay.cli.queue import bulk_progress, print_message, print_messages
-from relay.cli.senders import SENDER_COLUMNS, check_review, code_sent, sender_row
+from relay.cli.senders import check_review, code_sent, print_senders
 from relay.cli.tokens import print_audit
 from relay.core.errors import RelayError
 
@@ -79,10 +78,6 @@ def part(value: str) -> str:
     return quote(value, safe="@")
 
 
-def _time(value: str, fmt: str) -> str:
-    return dt.datetime.fromisoformat(value).strftime(fmt)
-
-
 def _iso(value: str | None) -> str | None:
     """The API's RFC 3339 time as the local command prints it (``isoformat``)."""
     return dt.datetime.fromisoformat(value).isoformat() if value else None
@@ -99,17 +94,8 @@ def account_create(r: Remote, args: argparse.Namespace) -> None:
 
 
 def account_list(r: Remote, args: argparse.Namespace) -> None:
-    rows = [
-        (
-            a["name"],
-            a["agency"] or "-",
-            a["unverified_policy"] or "default",
-            suspension(a["suspended_reason"]),
-        )
-        for a in r.json("GET", "/accounts")
-        if a["suspended_at"] is not None or not args.suspended
-    ]
-    print_rows(rows, ACCOUNT_COLUMNS)
+    keys = ("name", "agency", "unverified_policy", "suspended_at", "suspended_reason")
+    print_accounts([{k: a[k] for k in keys} for a in r.json("GET", "/accounts")], args)
 
 
 def account_resume(r: Remote, args: argparse.Namespace) -> None:
@@ -168,18 +154,16 @@ def credential_delete(r: Remote, args: argparse.Namespace) -> None:
 
 
 def credential_list(r: Remote, args: argparse.Namespace) -> None:
-    minute = "%Y-%m-%d %H:%M"
-    rows = [
-        (
-            c["username"],
-            c["purpose"],
-            c["unverified_policy"] or "default",
-            _time(c["created_at"], minute),
-            _time(c["password_set_at"], minute),
-        )
+    keys = ("username", "purpose", "unverified_policy")
+    items = [
+        {
+            **{k: c[k] for k in keys},
+            "created_at": _iso(c["created_at"]),
+            "password_set_at": _iso(c["password_set_at"]),
+        }
         for c in r.json("GET", f"/domains/{part(args.domain)}/credentials")
     ]
-    print_rows(rows, ("USERNAME", "PURPOSE", "UNVERIFIED-POLICY", "CREATED", "PASSWORD-SET"))
+    print_credentials(items, args.format)
 
 
 def sender_verify(r: Remote, args: argparse.Namespace) -> None:
@@ -203,18 +187,19 @@ def sender_verify_dns(r: Remote, args: argparse.Namespace) -> int:
 
 
 def sender_list(r: Remote, args: argparse.Namespace) -> None:
-    def row(s: dict[str, Any]) -> tuple[str, ...]:
-        at = dt.datetime.fromisoformat(s["verified_at"]) if s["verified_at"] else None
-        return sender_row(s["sender"], s["verified"], s["method"], at, s["proved_by"])
+    keys = ("sender", "verified", "method", "verified_at", "proved_by")
+
+    def item(s: dict[str, Any]) -> dict[str, Any]:
+        return {**{k: s[k] for k in keys}, "verified_at": _iso(s["verified_at"])}
 
     if args.account is None:
         check_review(args)
-        rows = [(s["account"], *row(s)) for s in r.json("GET", "/senders/review")]
-        print_rows(rows, ("ACCOUNT", *SENDER_COLUMNS))
-        return
-    params = {"review": "true"} if args.review else {}
-    path = f"/accounts/{part(args.account)}/senders"
-    print_rows([row(s) for s in r.json("GET", path, params=params)], SENDER_COLUMNS)
+        items = [{"account": s["account"], **item(s)} for s in r.json("GET", "/senders/review")]
+    else:
+        params = {"review": "true"} if args.review else {}
+        path = f"/accounts/{part(args.account)}/senders"
+        items = [item(s) for s in r.json("GET", path, params=params)]
+    print_senders(items, args.format)
 
 
 def sender_send_code(r: Remote, args: argparse.Namespace) -> None:
@@ -329,7 +314,7 @@ def usage(r: Remote, args: argparse.Namespace) -> None:
 def audit(r: Remote, args: argparse.Namespace) -> None:
     params = {"account": args.account, "limit": args.limit}
     page = r.json("GET", "/audit", params={k: v for k, v in params.items() if v is not None})
-    print_audit(page["items"])
+    print_audit(page["items"], args.format)
 
 
 def provider_list(r: Remote, args: argparse.Namespace) -> None:

@@ -289,9 +289,15 @@ def _parser() -> argparse.ArgumentParser:
         description="Fake SendGrid and SparkPost APIs and an SMTP sink, on loopback.",
     )
     parser.add_argument("--host", default="127.0.0.1", help="loopback address to listen on")
-    parser.add_argument("--sendgrid-port", type=int, default=0, metavar="P")
-    parser.add_argument("--sparkpost-port", type=int, default=0, metavar="P")
-    parser.add_argument("--smtp-port", type=int, default=0, metavar="P")
+    parser.add_argument(
+        "--sendgrid-port", type=int, default=0, metavar="P", help="SendGrid's API (0: any free)"
+    )
+    parser.add_argument(
+        "--sparkpost-port", type=int, default=0, metavar="P", help="SparkPost's API (0: any free)"
+    )
+    parser.add_argument(
+        "--smtp-port", type=int, default=0, metavar="P", help="the SMTP sink (0: any free)"
+    )
     parser.add_argument(
         "--smtps-port",
         type=int,
