@@ -32,10 +32,11 @@ _ENGINES: list[Engine] = []
 
 def open_db(settings: Settings) -> Engine:
     """The database for this invocation; main() closes its pool before exiting."""
-    from relay.store.engine import make_engine, migrate
+    from relay.store.engine import make_engine, migrate, schema_current
 
     engine = make_engine(settings.database.url, settings.database.pool_size)
-    migrate(engine)
+    if not schema_current(engine):  # alembic only when there is work for it
+        migrate(engine)
     _ENGINES.append(engine)
     return engine
 

@@ -7,7 +7,6 @@ what fails, printing the provider's own error; ``--no-check`` skips it.
 from __future__ import annotations
 
 import argparse
-import asyncio
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
@@ -100,6 +99,8 @@ def _on_leg(leg_done: Callable[[str, bool], None]) -> checks.OnLeg:
 
 
 def _checked(call: Coroutine[Any, Any, tuple[Any, checks.CheckResult | None]]) -> Any:
+    import asyncio
+
     from relay.service import provider_checks as checks
 
     try:
@@ -203,6 +204,8 @@ def cmd_test(args: argparse.Namespace, settings: Settings) -> int:
 
     engine, box = _env(settings)
     config = service.load_config(engine, box, args.name)
+    import asyncio
+
     on_leg = _on_leg(progress(args.name, TESTING))
     result = asyncio.run(checks.test_send(config, args.to, settings.server.hostname, on_leg=on_leg))
     for leg in result.legs:

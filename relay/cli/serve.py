@@ -15,12 +15,9 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
-    from relay.cli.demo import demo_settings, seed
-    from relay.server import serve
+    from relay.cli.demo import run_demo
 
-    settings = demo_settings(settings)
-    seed(settings)
-    return serve(settings, processes=1)
+    return run_demo(settings)
 
 
 def cmd_config_check(args: argparse.Namespace, settings: Settings) -> int:
