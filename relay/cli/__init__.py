@@ -62,12 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
 def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The parsed command line; ``relay emulate`` passes what follows it to the
     emulator's own parser (argparse cannot hand options on to a sub-parser)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
-    if rest and args.command != "emulate":
+    if args.command == "emulate":  # everything after the verb, in its order
+        args.emulator_args = argv[argv.index("emulate") + 1 :]
+    elif rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    if args.command == "emulate":
-        args.emulator_args = [*args.emulator_args, *rest]
     return args
 
 
