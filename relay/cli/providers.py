@@ -260,7 +260,7 @@ def cmd_unassign(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
     from relay.service import providers as service
 
-    engine, _ = _env(settings)
+    engine = open_db(settings)  # no secret box: a listing shows no secret
     print_provider_list(
         [
             {
