@@ -342,10 +342,9 @@ def test_demo_binds_before_it_prints(tmp_path: Path) -> None:
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
     assert proc.stdout is not None
     try:
-        first = proc.stdout.readline().decode()
+        first, *lines = _lines(proc.stdout.fileno(), 6)
         # The first line is printed only once every port is bound: they answer now.
         assert first.startswith("demo tenant created: username app@example.test  password ")
-        lines = [proc.stdout.readline().decode() for _ in range(5)]
         listening = next(line for line in lines if line.startswith("listening on "))
         for part in listening.removeprefix("listening on ").split(";")[0].split(", "):
             port = int(part.rsplit(":", 1)[1])
@@ -362,6 +361,19 @@ def test_demo_binds_before_it_prints(tmp_path: Path) -> None:
     with engine.connect() as conn:
         assert list(conn.execute(sql_select(ProviderRow.name)).scalars()) == ["demo-outbox"]
     engine.dispose()
+
+
+def _lines(fd: int, count: int) -> list[str]:
+    """The first ``count`` lines a process writes (bounded in time)."""
+    seen = b""
+    deadline = time.monotonic() + 120
+    while seen.count(b"\n") < count and time.monotonic() < deadline:
+        if select.select([fd], [], [], 1)[0]:
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                break
+            seen += chunk
+    return seen.decode().splitlines()[:count]
 
 
 def test_demo_on_a_busy_port_prints_no_password(tmp_path: Path) -> None:
