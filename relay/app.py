@@ -17,6 +17,7 @@ import logging
 import signal
 import ssl
 import time
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -395,9 +396,12 @@ async def run(
     sockets: dict[str, Any] | None = None,
     ready: asyncio.Event | None = None,
     process_index: int = 0,
+    on_started: Callable[[Relay], None] | None = None,
 ) -> None:
     relay = Relay(settings, sockets=sockets, process_index=process_index)
     await relay.start()
+    if on_started is not None:  # every port is bound (``relay demo`` prints only now)
+        on_started(relay)
     for item in relay.listeners:
         log.info(
             "listening: %s on %s:%d (%s)",

@@ -143,7 +143,7 @@ def test_queue_list_and_show(cli: Path, capsys: pytest.CaptureFixture[str]) -> N
     engine.dispose()
     code, out, _ = run(capsys, "queue", "list", "--state", "queued")
     assert code == 0 and acc.queue_id in out and "shop" in out
-    code, out, _ = run(capsys, "queue", "show", acc.queue_id)
+    code, out, _ = run(capsys, "queue", "show", acc.queue_id, "--format", "json")
     shown = json.loads(out)
     assert shown["state"] == "queued"
     assert [r["kind"] for r in shown["recipients"]] == ["to", "bcc"]

@@ -109,7 +109,7 @@ def test_secrets_are_masked_and_sealed(
     cli: Path, emulator: Emulator, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert run(capsys, *sendgrid_args(emulator))[0] == 0
-    code, out, _ = run(capsys, "provider", "show", "sg")
+    code, out, _ = run(capsys, "provider", "show", "sg", "--format", "json")
     assert code == 0 and API_KEY not in out and '"api_key": "****' in out
     raw = (cli / "p.db").read_bytes()
     assert API_KEY.encode() not in raw
@@ -125,7 +125,7 @@ def test_an_edit_that_would_break_is_refused(
     assert code == 1 and "the edit was not applied" in err
     code, _, _ = run(capsys, "provider", "edit", "sg", "--ip-pool", "marketing")
     assert code == 0
-    code, out, _ = run(capsys, "provider", "show", "sg")
+    code, out, _ = run(capsys, "provider", "show", "sg", "--format", "json")
     assert '"ip_pool": "marketing"' in out
 
 
@@ -204,4 +204,5 @@ def test_bad_options_name_the_field(
     code, _, err = run(
         capsys, "provider", "add", "y", "--account", "agency", "--kind", "sendgrid", "--no-check"
     )
-    assert code == 1 and "api_key" in err
+    # Nothing given and no terminal to prompt on: a usage error naming the option.
+    assert code == 2 and "--api-key-file" in err and "RELAY_API_KEY" in err

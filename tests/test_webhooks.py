@@ -500,7 +500,7 @@ def test_provider_webhook_prints_the_url_and_webhook_key_is_sealed(
     code, _, err = run(capsys, "provider", "edit", "sp", "--webhook-key", "nocolon")
     assert code == 1 and "USER:PASSWORD" in err
     assert run(capsys, "provider", "edit", "sp", "--webhook-key", SPARKPOST_KEY)[0] == 0
-    code, out, _ = run(capsys, "provider", "show", "sp")
+    code, out, _ = run(capsys, "provider", "show", "sp", "--format", "json")
     assert SPARKPOST_KEY not in out and "s3cret" not in out and "webhook_key" in out
     code, out, _ = run(capsys, "provider", "webhook", "sp")
     assert "Basic Auth" in out and "No webhook key" not in out
@@ -555,7 +555,7 @@ def test_queue_show_and_the_api_list_a_messages_events(
     monkeypatch.setenv("RELAY_DATABASE_URL", hook_settings.database.url)
     monkeypatch.setenv("RELAY_SERVER_VAR_DIR", str(hook_settings.var_path))
     monkeypatch.delenv("RELAY_CONFIG", raising=False)
-    code, out, _ = run(capsys, "queue", "show", queue_id)
+    code, out, _ = run(capsys, "queue", "show", queue_id, "--format", "json")
     assert code == 0
     shown = json.loads(out)["events"]
     assert [

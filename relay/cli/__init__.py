@@ -32,23 +32,28 @@ from relay.cli import (
     usage,
     users,
 )
-from relay.cli._common import dispose_engines
+from relay.cli._common import SecretUsage, add_secret, dispose_engines, resolve_secrets
 from relay.core.errors import RelayError
 from relay.core.settings import load_settings
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="relay", description="Relay: a multi-tenant SMTP relay")
+    # No abbreviations at the top: "--to" of a verb must not read as "--token".
+    p = argparse.ArgumentParser(
+        prog="relay", description="Relay: a multi-tenant SMTP relay", allow_abbrev=False
+    )
     p.add_argument("--config", help="TOML configuration file (default: $RELAY_CONFIG)")
     p.add_argument(
         "--url",
         default=os.environ.get("RELAY_URL"),
         help="act on the relay whose admin listener is here (default: $RELAY_URL)",
     )
-    p.add_argument(
+    add_secret(
+        p,
         "--token",
-        default=os.environ.get("RELAY_TOKEN"),
-        help="API token for --url (default: $RELAY_TOKEN)",
+        "the API token",
+        "API token for --url",
+        required=lambda args: bool(args.url),
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -83,13 +88,26 @@ def _config_after_the_verb(parser: argparse.ArgumentParser) -> None:
                 _config_after_the_verb(verb)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The parsed command line; ``relay emulate`` passes what follows it to the
+    emulator's own parser (argparse cannot hand options on to a sub-parser)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
-    if args.command == "emulate":  # its options are the emulator's own (REMAINDER misses them)
-        args.emulator_args = [*extra, *args.emulator_args]
-    elif extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "emulate":  # everything after the verb, in its order
+        args.emulator_args = argv[argv.index("emulate") + 1 :]
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse(argv)
+    try:
+        resolve_secrets(args)
+    except SecretUsage as exc:
+        print(f"relay: error: {exc}", file=sys.stderr)
+        return 2
     try:
         if args.url:
             from relay.cli.remote import run as run_remote

@@ -5,7 +5,16 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from relay.cli._common import Verbs, add_group, add_verb, open_db, print_rows
+from relay.cli._common import (
+    Verbs,
+    add_format,
+    add_group,
+    add_secret,
+    add_verb,
+    open_db,
+    print_json,
+    print_rows,
+)
 from relay.cli.limits import add_limit_options, limit_options_given, print_limits
 from relay.core.settings import Settings
 
@@ -22,13 +31,36 @@ def cmd_account_create(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_account_list(args: argparse.Namespace, settings: Settings) -> int:
     from relay.service.accounts import list_accounts
 
-    rows = [
-        (a.name, parent or "-", a.unverified_policy or "default", suspension(a.suspended_reason))
+    items = [
+        {
+            "name": a.name,
+            "agency": parent,
+            "unverified_policy": a.unverified_policy,
+            "suspended_at": a.suspended_at,
+            "suspended_reason": a.suspended_reason,
+        }
         for a, parent in list_accounts(open_db(settings))
-        if a.suspended_at is not None or not args.suspended
+    ]
+    print_accounts(items, args)
+    return 0
+
+
+def print_accounts(items: list[dict[str, Any]], args: argparse.Namespace) -> None:
+    """``account list``, locally and remotely (the API's fields)."""
+    items = [a for a in items if a["suspended_at"] is not None or not args.suspended]
+    if args.format == "json":
+        print_json(items)
+        return
+    rows = [
+        (
+            a["name"],
+            a["agency"] or "-",
+            a["unverified_policy"] or "default",
+            suspension(a["suspended_reason"]),
+        )
+        for a in items
     ]
     print_rows(rows, ACCOUNT_COLUMNS)
-    return 0
 
 
 def _switch(value: bool | None) -> str:
@@ -186,18 +218,36 @@ def cmd_credential_edit(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_credential_list(args: argparse.Namespace, settings: Settings) -> int:
     from relay.service.accounts import list_credentials
 
-    rows = [
-        (
-            c.username,
-            c.purpose,
-            c.unverified_policy or "default",
-            c.created_at.strftime("%Y-%m-%d %H:%M"),
-            c.updated_at.strftime("%Y-%m-%d %H:%M"),
-        )
+    items = [
+        {
+            "username": c.username,
+            "purpose": c.purpose,
+            "unverified_policy": c.unverified_policy,
+            "created_at": c.created_at.isoformat(),
+            "password_set_at": c.updated_at.isoformat(),
+        }
         for c in list_credentials(open_db(settings), args.domain)
     ]
-    print_rows(rows, ("USERNAME", "PURPOSE", "UNVERIFIED-POLICY", "CREATED", "PASSWORD-SET"))
+    print_credentials(items, args.format)
     return 0
+
+
+def print_credentials(items: list[dict[str, Any]], fmt: str) -> None:
+    """``credential list``, locally and remotely (the API's fields, never a password)."""
+    if fmt == "json":
+        print_json(items)
+        return
+    rows = [
+        (
+            c["username"],
+            c["purpose"],
+            c["unverified_policy"] or "default",
+            c["created_at"][:16].replace("T", " "),
+            c["password_set_at"][:16].replace("T", " "),
+        )
+        for c in items
+    ]
+    print_rows(rows, ("USERNAME", "PURPOSE", "UNVERIFIED-POLICY", "CREATED", "PASSWORD-SET"))
 
 
 def register(sub: Verbs) -> None:
@@ -212,6 +262,7 @@ def register(sub: Verbs) -> None:
     )
     s = add_verb(acc, "list", cmd_account_list, "list accounts (and why any is suspended)")
     s.add_argument("--suspended", action="store_true", help="only suspended accounts")
+    add_format(s)
     s = add_verb(
         acc, "resume", cmd_account_resume, "lift a suspension for bounce or complaint rates"
     )
@@ -238,19 +289,32 @@ def register(sub: Verbs) -> None:
         "--share-suppressions", choices=on_off, help="an agency's list applies to its sub-accounts"
     )
     s.add_argument("--unsubscribe", choices=on_off, help="RFC 8058 one-click unsubscribe")
-    s.add_argument("--open-tracking", choices=(*on_off, "default"))
-    s.add_argument("--click-tracking", choices=(*on_off, "default"))
+    s.add_argument(
+        "--open-tracking",
+        choices=(*on_off, "default"),
+        help="the provider's open tracking (default: the provider account's own setting)",
+    )
+    s.add_argument(
+        "--click-tracking",
+        choices=(*on_off, "default"),
+        help="the provider's click tracking (default: the provider account's own setting)",
+    )
 
     dom = add_group(sub, "domain", "sending domains")
     s = add_verb(dom, "add", cmd_domain_add, "add a sending domain to a sub-account")
     s.add_argument("domain")
-    s.add_argument("--account", required=True)
+    s.add_argument("--account", required=True, help="the sub-account it sends for")
 
     cred = add_group(sub, "credential", "SMTP users (at most five a domain)")
     s = add_verb(cred, "create", cmd_credential_create, "create an SMTP user")
     s.add_argument("username", metavar="USER@DOMAIN")
-    s.add_argument("--password", help="at least 12 characters; omit to generate one")
-    s.add_argument("--purpose", choices=("transactional", "campaign"), default="transactional")
+    _password(s)
+    s.add_argument(
+        "--purpose",
+        choices=("transactional", "campaign"),
+        default="transactional",
+        help="campaign mail is paused, not dropped, when its sender is unverified",
+    )
     s.add_argument(
         "--policy",
         choices=("reject", "drop", "pause"),
@@ -258,7 +322,7 @@ def register(sub: Verbs) -> None:
     )
     s = add_verb(cred, "reset", cmd_credential_reset, "set a new password (the old fails at once)")
     s.add_argument("username", metavar="USER@DOMAIN")
-    s.add_argument("--password")
+    _password(s)
     s = add_verb(cred, "delete", cmd_credential_delete, "delete an SMTP user")
     s.add_argument("username", metavar="USER@DOMAIN")
     s = add_verb(cred, "edit", cmd_credential_edit, "an SMTP user's own sending limits")
@@ -266,3 +330,15 @@ def register(sub: Verbs) -> None:
     add_limit_options(s)
     s = add_verb(cred, "list", cmd_credential_list, "list a domain's SMTP users (never passwords)")
     s.add_argument("domain")
+    add_format(s)
+
+
+def _password(parser: argparse.ArgumentParser) -> None:
+    """A credential's password: given in one of the safe forms, or generated (no prompt:
+    a generated one is stronger than a typed one, and is printed once)."""
+    add_secret(
+        parser,
+        "--password",
+        "the password",
+        "at least 12 characters; give none and Relay generates one and prints it once",
+    )

@@ -7,12 +7,20 @@ what fails, printing the provider's own error; ``--no-check`` skips it.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
-from relay.cli._common import Verbs, add_verb, open_db, print_rows
+from relay.cli._common import (
+    Progress,
+    Verbs,
+    add_format,
+    add_secret,
+    add_verb,
+    open_db,
+    print_block,
+    print_json,
+    print_rows,
+)
 from relay.core.settings import Settings
 
 if TYPE_CHECKING:
@@ -92,7 +100,31 @@ def _print_legs(result: checks.CheckResult | None) -> None:
         print(f"  {leg.transport}: {'ok' if leg.ok else 'FAILED'}: {leg.detail}")
 
 
+CHECKING = "checking provider {}: credentials, then a test message per transport"
+TESTING = "testing provider {}: a test message per transport"
+
+
+def progress(name: str, intro: str | None) -> Callable[[str, bool], None]:
+    """Say on standard error that a live check has begun, then (through the function
+    returned) each transport's result as it arrives: a slow provider takes up to its
+    timeout per transport, and is not a silent one."""
+    meter = Progress()
+    if intro:
+        meter.say(intro.format(name))
+
+    def leg_done(transport: str, ok: bool) -> None:
+        meter.say(f"  {transport}: {'ok' if ok else 'FAILED'}")
+
+    return leg_done
+
+
+def _on_leg(leg_done: Callable[[str, bool], None]) -> checks.OnLeg:
+    return lambda leg: leg_done(leg.transport, leg.ok)
+
+
 def _checked(call: Coroutine[Any, Any, tuple[Any, checks.CheckResult | None]]) -> Any:
+    import asyncio
+
     from relay.service import provider_checks as checks
 
     try:
@@ -111,7 +143,13 @@ def cmd_add(args: argparse.Namespace, settings: Settings) -> int:
     engine, box = _env(settings)
     config = ProviderConfig(args.name, args.kind, _options(args), _secrets(args), args.domain)
     call = checks.add_checked(
-        engine, box, args.account, config, settings.server.hostname, check=not args.no_check
+        engine,
+        box,
+        args.account,
+        config,
+        settings.server.hostname,
+        check=not args.no_check,
+        on_leg=_on_leg(progress(args.name, None if args.no_check else CHECKING)),
     )
     row = _checked(call)
     print(f"added provider {row.name} ({row.kind}) to account {args.account}")
@@ -132,6 +170,7 @@ def cmd_edit(args: argparse.Namespace, settings: Settings) -> int:
         settings.server.hostname,
         check=not args.no_check,
         remove=args.remove_secret or (),
+        on_leg=_on_leg(progress(args.name, None if args.no_check else CHECKING)),
     )
     _checked(call)
     print(f"updated provider {args.name}")
@@ -161,8 +200,27 @@ def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
     from relay.service import providers as service
 
     engine, box = _env(settings)
-    print(json.dumps(service.show_provider(engine, box, args.name), indent=2))
+    print_provider(service.show_provider(engine, box, args.name), args.format)
     return 0
+
+
+def print_provider(view: dict[str, Any], fmt: str) -> None:
+    """What ``provider show`` prints, locally and remotely (secrets arrive masked)."""
+    if fmt == "json":
+        print_json(view)
+        return
+    options = {k: v for k, v in (view.get("options") or {}).items() if v not in (None, "")}
+    print_block(
+        {
+            "name": view["name"],
+            "kind": view["kind"],
+            "account": view["account"],
+            "domain": view["domain"],
+            **{k.replace("_", "-"): v for k, v in options.items()},
+            **{k.replace("_", "-"): v for k, v in (view.get("secrets") or {}).items()},
+            "used-by": view.get("used_by") or [],
+        }
+    )
 
 
 def cmd_test(args: argparse.Namespace, settings: Settings) -> int:
@@ -171,7 +229,10 @@ def cmd_test(args: argparse.Namespace, settings: Settings) -> int:
 
     engine, box = _env(settings)
     config = service.load_config(engine, box, args.name)
-    result = asyncio.run(checks.test_send(config, args.to, settings.server.hostname))
+    import asyncio
+
+    on_leg = _on_leg(progress(args.name, TESTING))
+    result = asyncio.run(checks.test_send(config, args.to, settings.server.hostname, on_leg=on_leg))
     for leg in result.legs:
         print(f"{leg.transport}: {'ok' if leg.ok else 'FAILED'}: {leg.detail}")
     if not result.ok:  # the provider's owner is told (once a day)
@@ -225,19 +286,40 @@ def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
     from relay.service import providers as service
 
     engine, box = _env(settings)
+    print_provider_list(
+        [
+            {
+                "name": p.name,
+                "kind": p.kind,
+                "transports": service.transports_of(box, p),
+                "account": a,
+                "domain": p.domain,
+                "ip_pool": (p.options or {}).get("ip_pool"),
+            }
+            for p, a in service.list_providers(engine)
+        ],
+        args.format,
+    )
+    return 0
+
+
+def print_provider_list(items: list[dict[str, Any]], fmt: str) -> None:
+    """``provider list``, locally and remotely: the API's fields."""
+    if fmt == "json":
+        print_json(items)
+        return
     rows = [
         (
-            p.name,
-            p.kind,
-            service.transports_of(box, p),
-            a,
-            p.domain or "-",
-            (p.options or {}).get("ip_pool") or "-",
+            p["name"],
+            p["kind"],
+            p.get("transports") or "-",
+            p["account"],
+            p["domain"] or "-",
+            p["ip_pool"] or "-",
         )
-        for p, a in service.list_providers(engine)
+        for p in items
     ]
     print_rows(rows, ("PROVIDER", "KIND", "TRANSPORTS", "ACCOUNT", "DOMAIN", "IP-POOL"))
-    return 0
 
 
 def cmd_ips(args: argparse.Namespace, settings: Settings) -> int:
@@ -251,20 +333,56 @@ def cmd_ips(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _connection_options(s: argparse.ArgumentParser) -> None:
-    s.add_argument("--api-key")
+def _needs_api_key(args: argparse.Namespace) -> bool:
+    """``provider add`` of a kind whose API takes a key (SendGrid, SparkPost, Mailgun)
+    needs it, unless an SMTP password is given in some form: SMTP alone is a provider."""
+    import os
+
+    from relay.providers.registry import KINDS
+
+    kind = KINDS.get(getattr(args, "kind", None) or "")
+    if kind is None or kind.api is None or kind.api_secret != "api_key":
+        return False
+    smtp_given = (
+        getattr(args, "smtp_password", None)
+        or getattr(args, "smtp_password_file", None)
+        or os.environ.get("RELAY_SMTP_PASSWORD")
+    )
+    return not smtp_given
+
+
+def _connection_options(s: argparse.ArgumentParser, adding: bool) -> None:
+    add_secret(
+        s,
+        "--api-key",
+        "the provider's API key",
+        "the provider's API key (SendGrid, SparkPost; also their SMTP relay's password)",
+        required=_needs_api_key if adding else lambda _args: False,
+    )
     s.add_argument("--api-url", help="API base URL: a region, or the emulator")
-    s.add_argument("--smtp-host")
-    s.add_argument("--smtp-port", type=int)
-    s.add_argument("--smtp-user")
-    s.add_argument("--smtp-password")
-    s.add_argument("--smtp-tls", choices=("implicit", "starttls", "none"))
+    s.add_argument("--smtp-host", help="SMTP server (kind smtp), or another relay host")
+    s.add_argument("--smtp-port", type=int, help="its port (default: the kind's, or 587)")
+    s.add_argument("--smtp-user", help="SMTP AUTH username (kind smtp)")
+    add_secret(
+        s,
+        "--smtp-password",
+        "the SMTP password",
+        "SMTP AUTH password (kind smtp)",
+        required=(lambda args: args.kind == "smtp" and bool(args.smtp_user))
+        if adding
+        else (lambda _args: False),
+    )
+    s.add_argument(
+        "--smtp-tls",
+        choices=("implicit", "starttls", "none"),
+        help="implicit TLS (465), STARTTLS (587), or none (loopback and tests only)",
+    )
     s.add_argument(
         "--allow-insecure-tls",
         action="store_true",
         help="accept a certificate that cannot be verified",
     )
-    s.add_argument("--ip-pool")
+    s.add_argument("--ip-pool", help="the provider's dedicated IP pool for this traffic")
     s.add_argument("--source-address", help="local IP to connect from (static egress)")
     s.add_argument("--domain", help="bind the provider to this sending domain")
     s.add_argument("--test-address", help="an address the provider accepts as a sender")
@@ -273,13 +391,19 @@ def _connection_options(s: argparse.ArgumentParser) -> None:
     s.add_argument("--sending-domain", help="Mailgun: the domain messages are sent through")
     s.add_argument("--configuration-set", help="Amazon SES: the configuration set for events")
     s.add_argument("--access-key-id", help="Amazon SES: the IAM access key id")
-    s.add_argument("--secret-access-key", help="Amazon SES: the IAM secret access key")
-    s.add_argument(
+    add_secret(
+        s,
+        "--secret-access-key",
+        "the AWS secret access key",
+        "Amazon SES: the IAM secret access key",
+        required=(lambda args: bool(args.access_key_id)) if adding else (lambda _args: False),
+    )
+    add_secret(
+        s,
         "--webhook-key",
-        help=(
-            "event webhook: SendGrid's verification key; SparkPost's USER:PASSWORD;"
-            " Mailgun's HTTP webhook signing key; Amazon SES: the SNS topic's ARN"
-        ),
+        "the webhook key",
+        "event webhook: SendGrid's verification key; SparkPost's USER:PASSWORD;"
+        " Mailgun's HTTP webhook signing key; Amazon SES: the SNS topic's ARN",
     )
     s.add_argument(
         "--max-rate",
@@ -304,17 +428,17 @@ def register(sub: Verbs) -> None:
     prov = parser.add_subparsers(dest="provider_verb", required=True, metavar="VERB")
     s = add_verb(prov, "add", cmd_add, "add a provider to an account (after its live check)")
     s.add_argument("name")
-    s.add_argument("--account", required=True)
+    s.add_argument("--account", required=True, help="the account that owns it")
     s.add_argument(
         "--kind",
         required=True,
         type=_kind,
         help="sendgrid, sparkpost, mailgun, ses, smtp or outbox",
     )
-    _connection_options(s)
+    _connection_options(s, adding=True)
     s = add_verb(prov, "edit", cmd_edit, "change a provider (the live check runs first)")
     s.add_argument("name")
-    _connection_options(s)
+    _connection_options(s, adding=False)
     s.add_argument(
         "--remove-secret",
         action="append",
@@ -322,26 +446,32 @@ def register(sub: Verbs) -> None:
         metavar="SECRET",
         help="drop a stored secret (repeatable), e.g. api_key to leave a provider SMTP only",
     )
-    for verb, handler, what in (
-        ("show", cmd_show, "a provider, secrets masked"),
-        ("ips", cmd_ips, "the addresses the relay connects from"),
-    ):
-        add_verb(prov, verb, handler, what).add_argument("name")
+    s = add_verb(prov, "show", cmd_show, "a provider, secrets masked")
+    s.add_argument("name")
+    add_format(s)
+    s = add_verb(prov, "ips", cmd_ips, "the addresses the relay connects from")
+    s.add_argument("name")
     s = add_verb(prov, "webhook", cmd_webhook, "the URL and steps for the provider's event webhook")
     s.add_argument("name")
     s = add_verb(prov, "test", cmd_test, "send a test message now through each transport")
     s.add_argument("name")
-    s.add_argument("--to", required=True)
+    s.add_argument("--to", required=True, help="the recipient of the test message")
     s = add_verb(prov, "remove", cmd_remove, "remove a provider")
     s.add_argument("name")
     s.add_argument("--replacement", help="where accounts that use it go instead")
     s = add_verb(prov, "default", cmd_default, "make a provider an account's default")
     s.add_argument("name")
-    s.add_argument("--account", required=True)
-    s.add_argument("--for", dest="scope", choices=("own", "subaccounts"), default="own")
+    s.add_argument("--account", required=True, help="the account whose default it becomes")
+    s.add_argument(
+        "--for",
+        dest="scope",
+        choices=("own", "subaccounts"),
+        default="own",
+        help="the account's own mail (default), or its sub-accounts'",
+    )
     s = add_verb(prov, "assign", cmd_assign, "put a sub-account on a provider")
     s.add_argument("name")
-    s.add_argument("--account", required=True)
+    s.add_argument("--account", required=True, help="the sub-account")
     s = add_verb(prov, "unassign", cmd_unassign, "take a sub-account off its assigned provider")
-    s.add_argument("--account", required=True)
-    add_verb(prov, "list", cmd_list, "list providers")
+    s.add_argument("--account", required=True, help="the sub-account")
+    add_format(add_verb(prov, "list", cmd_list, "list providers"))

@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 import argparse
-import json
+from collections.abc import Sequence
 from typing import Any
 
-from relay.cli._common import Verbs, add_group, add_verb, open_db, print_rows
+from relay.cli._common import (
+    Progress,
+    Verbs,
+    add_format,
+    add_group,
+    add_verb,
+    open_db,
+    print_block,
+    print_json,
+    print_rows,
+)
 from relay.core.settings import Settings
 
 
@@ -33,21 +43,51 @@ def cmd_queue_list(args: argparse.Namespace, settings: Settings) -> int:
         cursor = page.next_cursor
         if cursor is None or len(found) >= args.limit:
             break
-    rows = [
-        (
-            m.id,
-            m.state,
-            a,
-            m.mail_from,
-            m.size,
-            m.attempts,
-            m.created_at.strftime("%Y-%m-%d %H:%M:%S"),
-            m.reason or "",
-        )
+    items = [
+        {
+            "id": m.id,
+            "state": m.state,
+            "account": a,
+            "mail_from": m.mail_from,
+            "size": m.size,
+            "attempts": m.attempts,
+            "created_at": m.created_at.isoformat(),
+            "reason": m.reason,
+        }
         for m, a in found[: max(args.limit, 0)]
     ]
-    print_rows(rows, ("ID", "STATE", "ACCOUNT", "FROM", "SIZE", "TRIES", "CREATED", "REASON"))
+    print_messages(items, args.format)
     return 0
+
+
+def print_messages(items: Sequence[dict[str, Any]], fmt: str) -> None:
+    """``queue list``, locally and remotely (the API's fields; times in ISO 8601)."""
+    if fmt == "json":
+        print_json(list(items))
+        return
+    rows = [
+        (
+            m["id"],
+            m["state"],
+            m["account"],
+            m["mail_from"],
+            m["size"],
+            m["attempts"],
+            m["created_at"][:19].replace("T", " "),
+            m["reason"] or "",
+        )
+        for m in items
+    ]
+    print_rows(rows, ("ID", "STATE", "ACCOUNT", "FROM", "SIZE", "TRIES", "CREATED", "REASON"))
+
+
+def print_message(view: dict[str, Any], fmt: str) -> None:
+    """``queue show``, locally and remotely: ``key: value`` lines, then the recipients,
+    the attempts and the providers' events as tables; or the same as JSON."""
+    if fmt == "json":
+        print_json(view)
+    else:
+        print_block(view)
 
 
 def cmd_queue_show(args: argparse.Namespace, settings: Settings) -> int:
@@ -96,7 +136,7 @@ def cmd_queue_show(args: argparse.Namespace, settings: Settings) -> int:
             for e in view.events
         ],
     }
-    print(json.dumps(out, indent=2))
+    print_message(out, args.format)
     return 0
 
 
@@ -108,10 +148,24 @@ def cmd_queue_retry(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def bulk_progress(args: argparse.Namespace, doing: str) -> Progress | None:
+    """Progress on standard error for a bulk release or discard (one transaction: it
+    says when it began and how long it took)."""
+    if args.id:
+        return None
+    meter = Progress()
+    whose = " ".join(f"{k} {v}" for k, v in (("from", args.sender), ("of", args.account)) if v)
+    meter.say(f"{doing} every paused message {whose}".rstrip())
+    return meter
+
+
 def cmd_queue_release(args: argparse.Namespace, settings: Settings) -> int:
     from relay.service.queue import release_messages
 
+    meter = bulk_progress(args, "releasing")
     moved = release_messages(open_db(settings), args.id, **_held(args))
+    if meter:
+        meter.say(f"released {len(moved)}")
     print(f"released {len(moved)} paused message(s)" + "".join(f"\n  {m}" for m in moved))
     return 0
 
@@ -119,8 +173,11 @@ def cmd_queue_release(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_queue_discard(args: argparse.Namespace, settings: Settings) -> int:
     from relay.service.queue import discard_messages
 
+    meter = bulk_progress(args, "discarding")
     rows = discard_messages(open_db(settings), args.id, **_held(args))
     ids = sorted({r[0] for r in rows})
+    if meter:
+        meter.say(f"discarded {len(ids)}")
     print(
         f"discarded {len(ids)} paused message(s), recorded as dropped"
         + "".join(f"\n  {m}" for m in ids)
@@ -147,8 +204,10 @@ def register(sub: Verbs) -> None:
     s.add_argument("--state", help="queued, deferred, paused, delivered, failed or dropped")
     s.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
     _add_filters(s, "messages")
+    add_format(s)
     s = add_verb(q, "show", cmd_queue_show, "one message with its recipients, attempts and events")
     s.add_argument("id")
+    add_format(s)
     s = add_verb(q, "retry", cmd_queue_retry, "deliver a queued or deferred message now")
     s.add_argument("id")
     for verb, handler, what in (

@@ -20,11 +20,17 @@ from urllib.parse import quote
 
 import httpx
 
-from relay.cli._common import print_rows
-from relay.cli.accounts import ACCOUNT_COLUMNS, print_edited, print_resumed, suspension
+from relay.cli.accounts import print_accounts, print_credentials, print_edited, print_resumed
 from relay.cli.limits import limit_body, limit_options_given, print_limited, print_limits
-from relay.cli.providers import print_webhook
-from relay.cli.senders import SENDER_COLUMNS, check_review, code_sent, sender_row
+from relay.cli.providers import (
+    TESTING,
+    print_provider,
+    print_provider_list,
+    print_webhook,
+    progress,
+)
+from relay.cli.queue import bulk_progress, print_message, print_messages
+from relay.cli.senders import check_review, code_sent, print_senders
 from relay.cli.tokens import print_audit
 from relay.core.errors import RelayError
 
@@ -73,10 +79,6 @@ def part(value: str) -> str:
     return quote(value, safe="@")
 
 
-def _time(value: str, fmt: str) -> str:
-    return dt.datetime.fromisoformat(value).strftime(fmt)
-
-
 def _iso(value: str | None) -> str | None:
     """The API's RFC 3339 time as the local command prints it (``isoformat``)."""
     return dt.datetime.fromisoformat(value).isoformat() if value else None
@@ -93,17 +95,8 @@ def account_create(r: Remote, args: argparse.Namespace) -> None:
 
 
 def account_list(r: Remote, args: argparse.Namespace) -> None:
-    rows = [
-        (
-            a["name"],
-            a["agency"] or "-",
-            a["unverified_policy"] or "default",
-            suspension(a["suspended_reason"]),
-        )
-        for a in r.json("GET", "/accounts")
-        if a["suspended_at"] is not None or not args.suspended
-    ]
-    print_rows(rows, ACCOUNT_COLUMNS)
+    keys = ("name", "agency", "unverified_policy", "suspended_at", "suspended_reason")
+    print_accounts([{k: a[k] for k in keys} for a in r.json("GET", "/accounts")], args)
 
 
 def account_resume(r: Remote, args: argparse.Namespace) -> None:
@@ -175,18 +168,16 @@ def credential_edit(r: Remote, args: argparse.Namespace) -> None:
 
 
 def credential_list(r: Remote, args: argparse.Namespace) -> None:
-    minute = "%Y-%m-%d %H:%M"
-    rows = [
-        (
-            c["username"],
-            c["purpose"],
-            c["unverified_policy"] or "default",
-            _time(c["created_at"], minute),
-            _time(c["password_set_at"], minute),
-        )
+    keys = ("username", "purpose", "unverified_policy")
+    items = [
+        {
+            **{k: c[k] for k in keys},
+            "created_at": _iso(c["created_at"]),
+            "password_set_at": _iso(c["password_set_at"]),
+        }
         for c in r.json("GET", f"/domains/{part(args.domain)}/credentials")
     ]
-    print_rows(rows, ("USERNAME", "PURPOSE", "UNVERIFIED-POLICY", "CREATED", "PASSWORD-SET"))
+    print_credentials(items, args.format)
 
 
 def sender_verify(r: Remote, args: argparse.Namespace) -> None:
@@ -210,18 +201,19 @@ def sender_verify_dns(r: Remote, args: argparse.Namespace) -> int:
 
 
 def sender_list(r: Remote, args: argparse.Namespace) -> None:
-    def row(s: dict[str, Any]) -> tuple[str, ...]:
-        at = dt.datetime.fromisoformat(s["verified_at"]) if s["verified_at"] else None
-        return sender_row(s["sender"], s["verified"], s["method"], at, s["proved_by"])
+    keys = ("sender", "verified", "method", "verified_at", "proved_by")
+
+    def item(s: dict[str, Any]) -> dict[str, Any]:
+        return {**{k: s[k] for k in keys}, "verified_at": _iso(s["verified_at"])}
 
     if args.account is None:
         check_review(args)
-        rows = [(s["account"], *row(s)) for s in r.json("GET", "/senders/review")]
-        print_rows(rows, ("ACCOUNT", *SENDER_COLUMNS))
-        return
-    params = {"review": "true"} if args.review else {}
-    path = f"/accounts/{part(args.account)}/senders"
-    print_rows([row(s) for s in r.json("GET", path, params=params)], SENDER_COLUMNS)
+        items = [{"account": s["account"], **item(s)} for s in r.json("GET", "/senders/review")]
+    else:
+        params = {"review": "true"} if args.review else {}
+        path = f"/accounts/{part(args.account)}/senders"
+        items = [item(s) for s in r.json("GET", path, params=params)]
+    print_senders(items, args.format)
 
 
 def sender_send_code(r: Remote, args: argparse.Namespace) -> None:
@@ -243,20 +235,11 @@ def sender_remove(r: Remote, args: argparse.Namespace) -> None:
 
 
 def queue_list(r: Remote, args: argparse.Namespace) -> None:
-    rows = [
-        (
-            m["id"],
-            m["state"],
-            m["account"],
-            m["mail_from"],
-            m["size"],
-            m["attempts"],
-            _time(m["created_at"], "%Y-%m-%d %H:%M:%S"),
-            m["reason"] or "",
-        )
-        for m in _messages(r, args)
+    keys = ("id", "state", "account", "mail_from", "size", "attempts", "created_at", "reason")
+    items = [
+        {**{k: m[k] for k in keys}, "created_at": _iso(m["created_at"])} for m in _messages(r, args)
     ]
-    print_rows(rows, ("ID", "STATE", "ACCOUNT", "FROM", "SIZE", "TRIES", "CREATED", "REASON"))
+    print_messages(items, args.format)
 
 
 def _messages(r: Remote, args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -296,7 +279,7 @@ def queue_show(r: Remote, args: argparse.Namespace) -> None:
         ],
         "events": [{**e, "at": _iso(e["at"])} for e in m.get("events", [])],
     }
-    print(json.dumps(out, indent=2))
+    print_message(out, args.format)
 
 
 def queue_retry(r: Remote, args: argparse.Namespace) -> None:
@@ -314,12 +297,18 @@ def _held(r: Remote, args: argparse.Namespace, verb: str) -> list[str]:
 
 
 def queue_release(r: Remote, args: argparse.Namespace) -> None:
+    meter = bulk_progress(args, "releasing")
     moved = _held(r, args, "release")
+    if meter:
+        meter.say(f"released {len(moved)}")
     print(f"released {len(moved)} paused message(s)" + "".join(f"\n  {m}" for m in moved))
 
 
 def queue_discard(r: Remote, args: argparse.Namespace) -> None:
+    meter = bulk_progress(args, "discarding")
     ids = sorted(_held(r, args, "discard"))
+    if meter:
+        meter.say(f"discarded {len(ids)}")
     print(
         f"discarded {len(ids)} paused message(s), recorded as dropped"
         + "".join(f"\n  {m}" for m in ids)
@@ -345,30 +334,24 @@ def usage(r: Remote, args: argparse.Namespace) -> None:
 def audit(r: Remote, args: argparse.Namespace) -> None:
     params = {"account": args.account, "limit": args.limit}
     page = r.json("GET", "/audit", params={k: v for k, v in params.items() if v is not None})
-    print_audit(page["items"])
+    print_audit(page["items"], args.format)
 
 
 def provider_list(r: Remote, args: argparse.Namespace) -> None:
-    rows = [
-        (
-            p["name"],
-            p["kind"],
-            p["transports"],
-            p["account"],
-            p["domain"] or "-",
-            p["ip_pool"] or "-",
-        )
-        for p in r.json("GET", "/providers")
-    ]
-    print_rows(rows, ("PROVIDER", "KIND", "TRANSPORTS", "ACCOUNT", "DOMAIN", "IP-POOL"))
+    keys = ("name", "kind", "transports", "account", "domain", "ip_pool")
+    items = [{k: p.get(k) for k in keys} for p in r.json("GET", "/providers")]
+    print_provider_list(items, args.format)
 
 
 def provider_show(r: Remote, args: argparse.Namespace) -> None:
-    print(json.dumps(r.json("GET", f"/providers/{part(args.name)}"), indent=2))
+    print_provider(r.json("GET", f"/providers/{part(args.name)}"), args.format)
 
 
 def provider_test(r: Remote, args: argparse.Namespace) -> int:
+    leg_done = progress(args.name, TESTING)  # the API answers once, with every leg
     result = r.json("POST", f"/providers/{part(args.name)}/test", json={"to": args.to})
+    for leg in result["legs"]:
+        leg_done(leg["transport"], leg["ok"])
     for leg in result["legs"]:
         print(f"{leg['transport']}: {'ok' if leg['ok'] else 'FAILED'}: {leg['detail']}")
     return 0 if result["ok"] else 1

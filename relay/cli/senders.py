@@ -3,9 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 from typing import Any
 
-from relay.cli._common import Verbs, add_group, add_verb, open_db, print_rows
+from relay.cli._common import (
+    Verbs,
+    add_format,
+    add_group,
+    add_secret,
+    add_verb,
+    open_db,
+    print_json,
+    print_rows,
+)
 from relay.core.errors import Invalid
 from relay.core.settings import Settings
 
@@ -41,22 +51,49 @@ def cmd_sender_list(args: argparse.Namespace, settings: Settings) -> int:
 
     engine = open_db(settings)
 
-    def row(s: Any) -> tuple[str, ...]:
+    def item(s: Any) -> dict[str, Any]:
         proof = account_name(engine, s.proof_account_id) if s.proof_account_id else None
-        return sender_row(s.pattern, s.verified, s.method, s.verified_at, proof)
+        return {
+            "sender": s.pattern,
+            "verified": s.verified,
+            "method": s.method,
+            "verified_at": s.verified_at.isoformat() if s.verified_at else None,
+            "proved_by": proof,
+        }
 
     if args.account is None:
         from relay.service.accounts import senders_to_review
         from relay.service.scope import EVERYTHING
 
         check_review(args)
-        rows = [(name, *row(s)) for s, name in senders_to_review(engine, EVERYTHING)]
-        print_rows(rows, ("ACCOUNT", *SENDER_COLUMNS))
-        return 0
-    print_rows(
-        [row(s) for s in list_senders(engine, args.account, review=args.review)], SENDER_COLUMNS
-    )
+        items = [{"account": name, **item(s)} for s, name in senders_to_review(engine, EVERYTHING)]
+    else:
+        items = [item(s) for s in list_senders(engine, args.account, review=args.review)]
+    print_senders(items, args.format)
     return 0
+
+
+def print_senders(items: list[dict[str, Any]], fmt: str) -> None:
+    """``sender list``, locally and remotely (the API's fields; ``account`` when listing
+    every account's senders to review)."""
+    if fmt == "json":
+        print_json(items)
+        return
+    every = bool(items) and "account" in items[0]
+    rows = [
+        (
+            *((s["account"],) if every else ()),
+            *sender_row(
+                s["sender"],
+                s["verified"],
+                s["method"],
+                dt.datetime.fromisoformat(s["verified_at"]) if s["verified_at"] else None,
+                s["proved_by"],
+            ),
+        )
+        for s in items
+    ]
+    print_rows(rows, (*(("ACCOUNT",) if every else ()), *SENDER_COLUMNS))
 
 
 def check_review(args: argparse.Namespace) -> None:
@@ -127,6 +164,9 @@ def cmd_sender_remove(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+ACCOUNT_HELP = "the account the sender is (to be) verified for"
+
+
 def register(sub: Verbs) -> None:
     snd = add_group(sub, "sender", "verified senders")
     s = add_verb(
@@ -136,7 +176,7 @@ def register(sub: Verbs) -> None:
         "verify an address or a whole domain by say-so (operator; an agency with its own proof)",
     )
     s.add_argument("sender", metavar="ADDRESS_OR_DOMAIN")
-    s.add_argument("--account", required=True)
+    s.add_argument("--account", required=True, help=ACCOUNT_HELP)
     s = add_verb(
         snd,
         "verify-dns",
@@ -144,7 +184,7 @@ def register(sub: Verbs) -> None:
         "verify a domain by a DNS TXT record (prints it; checks it)",
     )
     s.add_argument("domain")
-    s.add_argument("--account", required=True)
+    s.add_argument("--account", required=True, help=ACCOUNT_HELP)
     s = add_verb(
         snd,
         "send-code",
@@ -152,11 +192,18 @@ def register(sub: Verbs) -> None:
         "mail a confirmation code to an address (through the account's route)",
     )
     s.add_argument("sender", metavar="ADDRESS")
-    s.add_argument("--account", required=True)
+    s.add_argument("--account", required=True, help=ACCOUNT_HELP)
     s = add_verb(snd, "confirm", cmd_sender_confirm, "verify an address with the code mailed to it")
     s.add_argument("sender", metavar="ADDRESS")
-    s.add_argument("--account", required=True)
-    s.add_argument("--code", required=True)
+    s.add_argument("--account", required=True, help=ACCOUNT_HELP)
+    add_secret(
+        s,
+        "--code",
+        "the confirmation code",
+        "the code mailed to the address",
+        env="RELAY_CONFIRMATION_CODE",
+        required=lambda _args: True,
+    )
     s = add_verb(snd, "list", cmd_sender_list, "list an account's senders: how and when verified")
     s.add_argument("--account", help="the account; without it, --review lists every account's")
     s.add_argument(
@@ -164,6 +211,7 @@ def register(sub: Verbs) -> None:
         action="store_true",
         help="only senders verified without proof before it was required (tenant, unreviewed)",
     )
+    add_format(s)
     s = add_verb(snd, "remove", cmd_sender_remove, "remove a verified sender")
     s.add_argument("sender", metavar="ADDRESS_OR_DOMAIN")
-    s.add_argument("--account", required=True)
+    s.add_argument("--account", required=True, help=ACCOUNT_HELP)

@@ -15,12 +15,9 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
-    from relay.cli.demo import demo_settings, seed
-    from relay.server import serve
+    from relay.cli.demo import run_demo
 
-    settings = demo_settings(settings)
-    seed(settings)
-    return serve(settings, processes=1)
+    return run_demo(settings)
 
 
 def cmd_config_check(args: argparse.Namespace, settings: Settings) -> int:
@@ -138,5 +135,11 @@ def register(sub: Verbs) -> None:
 
 
 def register_emulator(sub: Verbs) -> None:
-    s = add_verb(sub, "emulate", cmd_emulate, "fake SendGrid and SparkPost APIs and an SMTP sink")
-    s.add_argument("emulator_args", nargs=argparse.REMAINDER)
+    what = "fake SendGrid and SparkPost APIs and an SMTP sink"
+    s = sub.add_parser("emulate", help=what, description=what, add_help=False)
+    s.set_defaults(handler=cmd_emulate)
+    s.add_argument(
+        "emulator_args",
+        nargs=argparse.REMAINDER,
+        help="the emulator's options: relay emulate --help lists them",
+    )

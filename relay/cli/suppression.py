@@ -7,7 +7,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from relay.cli._common import Verbs, add_group, add_verb, open_db, print_rows
+from relay.cli._common import (
+    Progress,
+    Verbs,
+    add_format,
+    add_group,
+    add_verb,
+    open_db,
+    print_json,
+    print_rows,
+)
 from relay.core.settings import Settings
 
 REASONS = ("hard_bounce", "soft_bounce", "complaint", "unsubscribe", "manual")
@@ -33,6 +42,10 @@ def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
     rows, total = list_suppressions(
         open_db(settings), args.account, args.reason, args.contains, args.limit, args.offset
     )
+    if args.format == "json":
+        keys = ("address", "reason", "source", "created_at", "expires_at", "detail")
+        print_json({"items": [{k: getattr(e, k) for k in keys} for e in rows], "total": total})
+        return 0
     print_rows([suppression_row(e) for e in rows], SUPPRESSION_COLUMNS)
     if len(rows) < total:
         print(f"({len(rows)} of {total}; --offset {args.offset + len(rows)} for more)")
@@ -68,7 +81,11 @@ def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
         data = sys.stdin.read() if args.file == "-" else Path(args.file).read_text("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise Invalid(f"cannot read {args.file}: {exc}", "file") from exc
+    meter = Progress()
+    lines = data.count("\n") + (not data.endswith("\n") and bool(data))
+    meter.say(f"importing {lines} line(s) into account {args.account} (checked, then one write)")
     done = import_suppressions(open_db(settings), settings.suppression, args.account, data)
+    meter.say(f"done: {done.added} added, {done.unchanged} unchanged")
     print(f"imported into account {args.account}: {done.added} added, {done.unchanged} unchanged")
     return 0
 
@@ -96,31 +113,33 @@ def cmd_sync(args: argparse.Namespace, settings: Settings) -> int:
 
 def register(sub: Verbs) -> None:
     grp = add_group(sub, "suppression", "suppression lists: addresses an account does not send to")
+    account = "the account whose list it is"
     s = add_verb(grp, "list", cmd_list, "list an account's suppressed addresses")
-    s.add_argument("--account", required=True)
-    s.add_argument("--reason", choices=REASONS)
+    s.add_argument("--account", required=True, help=account)
+    s.add_argument("--reason", choices=REASONS, help="only entries suppressed for this reason")
     s.add_argument("--contains", help="only addresses containing this text")
-    s.add_argument("--limit", type=int, default=100)
-    s.add_argument("--offset", type=int, default=0)
+    s.add_argument("--limit", type=int, default=100, help="at most N entries (default 100)")
+    s.add_argument("--offset", type=int, default=0, help="skip the first N entries")
+    add_format(s)
     s = add_verb(grp, "add", cmd_add, "suppress an address (a stronger reason replaces a weaker)")
     s.add_argument("address")
-    s.add_argument("--account", required=True)
-    s.add_argument("--reason", choices=ADD_REASONS, default="manual")
-    s.add_argument("--detail")
+    s.add_argument("--account", required=True, help=account)
+    s.add_argument("--reason", choices=ADD_REASONS, default="manual", help="why (default: manual)")
+    s.add_argument("--detail", help="a note kept with the entry")
     s = add_verb(grp, "remove", cmd_remove, "send to an address again")
     s.add_argument("address")
-    s.add_argument("--account", required=True)
+    s.add_argument("--account", required=True, help=account)
     s = add_verb(
         grp, "import", cmd_import, "add the rows of a CSV (address[,reason,created_at,detail])"
     )
     s.add_argument("file", help="the CSV file, or - for standard input")
-    s.add_argument("--account", required=True)
+    s.add_argument("--account", required=True, help=account)
     s = add_verb(grp, "export", cmd_export, "print an account's list as CSV")
-    s.add_argument("--account", required=True)
+    s.add_argument("--account", required=True, help=account)
     s = add_verb(
         grp,
         "sync",
         cmd_sync,
         "read a SendGrid or SparkPost provider's own suppression lists into its owner's list",
     )
-    s.add_argument("--provider", required=True)
+    s.add_argument("--provider", required=True, help="the SendGrid or SparkPost provider")

@@ -11,7 +11,15 @@ import argparse
 from collections.abc import Sequence
 from typing import Any
 
-from relay.cli._common import Verbs, add_group, add_verb, open_db, print_rows
+from relay.cli._common import (
+    Verbs,
+    add_format,
+    add_group,
+    add_verb,
+    open_db,
+    print_json,
+    print_rows,
+)
 from relay.core.settings import Settings
 
 
@@ -32,6 +40,13 @@ def cmd_token_list(args: argparse.Namespace, settings: Settings) -> int:
     def when(at: Any) -> str:
         return at.strftime("%Y-%m-%d %H:%M") if at else "-"
 
+    found = list_tokens(open_db(settings))
+    if args.format == "json":
+        keys = ("id", "prefix", "scope", "account", "label", "created_at", "last_used_at")
+        print_json(
+            [{**{k: getattr(t, k) for k in keys}, "revoked_at": t.revoked_at} for t in found]
+        )
+        return 0
     rows = [
         (
             t.id,
@@ -43,7 +58,7 @@ def cmd_token_list(args: argparse.Namespace, settings: Settings) -> int:
             when(t.last_used_at),
             t.label or "",
         )
-        for t in list_tokens(open_db(settings))
+        for t in found
     ]
     header = ("ID", "TOKEN", "SCOPE", "ACCOUNT", "STATE", "CREATED", "LAST-USED", "LABEL")
     print_rows(rows, header)
@@ -58,8 +73,11 @@ def cmd_token_revoke(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def print_audit(entries: Sequence[dict[str, Any]]) -> None:
+def print_audit(entries: Sequence[dict[str, Any]], fmt: str = "table") -> None:
     """Audit entries, as the service or the API gives them (``at`` a datetime or text)."""
+    if fmt == "json":
+        print_json(list(entries))
+        return
     rows = [
         (
             str(e["at"]).replace("T", " ")[:19],
@@ -80,7 +98,7 @@ def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
     from relay.service.audit import list_entries
 
     page = list_entries(open_db(settings), account=args.account, limit=args.limit)
-    print_audit([vars(e) for e in page.items])
+    print_audit([vars(e) for e in page.items], args.format)
     return 0
 
 
@@ -91,9 +109,10 @@ def register(sub: Verbs) -> None:
     s.add_argument("--account", help="the account it sees (an agency's: with its sub-accounts)")
     s.add_argument("--operator", action="store_true", help="it sees every account")
     s.add_argument("--label", help="a note to tell tokens apart")
-    add_verb(tok, "list", cmd_token_list, "list tokens (never the tokens themselves)")
+    add_format(add_verb(tok, "list", cmd_token_list, "list tokens (never the tokens themselves)"))
     s = add_verb(tok, "revoke", cmd_token_revoke, "refuse a token from now on")
     s.add_argument("id", type=int)
     s = add_verb(sub, "audit", cmd_audit, "changes made through the API or the command line")
     s.add_argument("--account", help="only changes to this account")
     s.add_argument("--limit", type=int, default=100, help="newest N (at most 500)")
+    add_format(s)

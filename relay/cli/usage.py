@@ -46,7 +46,12 @@ def register(sub: Verbs) -> None:
     s.add_argument("--account", help="an agency (with its sub-accounts) or a sub-account")
     s.add_argument("--from", dest="first", metavar="DATE", help="first UTC day, YYYY-MM-DD")
     s.add_argument("--to", dest="last", metavar="DATE", help="last UTC day (inclusive)")
-    s.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    s.add_argument(
+        "--format",
+        choices=("table", "csv", "json"),
+        default="table",
+        help="table: readable (default); csv or json for spreadsheets and scripts",
+    )
     s.add_argument(
         "--limits",
         action="store_true",

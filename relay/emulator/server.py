@@ -348,12 +348,18 @@ def _parser() -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument("--host", default="127.0.0.1", help="loopback address to listen on")
-    parser.add_argument("--sendgrid-port", type=int, default=0, metavar="P")
-    parser.add_argument("--sparkpost-port", type=int, default=0, metavar="P")
+    parser.add_argument(
+        "--sendgrid-port", type=int, default=0, metavar="P", help="SendGrid's API (0: any free)"
+    )
+    parser.add_argument(
+        "--sparkpost-port", type=int, default=0, metavar="P", help="SparkPost's API (0: any free)"
+    )
+    parser.add_argument(
+        "--smtp-port", type=int, default=0, metavar="P", help="the SMTP sink (0: any free)"
+    )
     parser.add_argument(
         "--mailgun-port", type=int, default=0, metavar="P", help="Mailgun API port (0: any free)"
     )
-    parser.add_argument("--smtp-port", type=int, default=0, metavar="P")
     parser.add_argument(
         "--ses-port", type=int, default=0, metavar="P", help="the Amazon SES v2 API's port"
     )

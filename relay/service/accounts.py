@@ -8,8 +8,8 @@ with a message fit to show the operator.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import dns.resolver
 from sqlalchemy import Engine, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -21,6 +21,9 @@ from relay.queue import held
 from relay.service import dnsverify, scope
 from relay.service.audit import arg, audited
 from relay.store.models import Account, Credential, Domain, Sender, utcnow
+
+if TYPE_CHECKING:
+    import dns.resolver
 
 PURPOSES = ("transactional", "campaign")
 POLICIES = ("reject", "drop", "pause")

@@ -9,11 +9,12 @@ system's; tests point it at a DNS server of their own on loopback.
 from __future__ import annotations
 
 import secrets
-
-import dns.exception
-import dns.resolver
+from typing import TYPE_CHECKING
 
 from relay.core.errors import Invalid
+
+if TYPE_CHECKING:  # dnspython is loaded by the look-up only (commands start faster)
+    import dns.resolver
 
 PREFIX = "_relay-verification"
 VALUE = "relay-verification="
@@ -34,6 +35,8 @@ def record_value(token: str) -> str:
 def make_resolver(
     nameservers: tuple[str, ...] = (), port: int = 53, timeout: float = 5.0
 ) -> dns.resolver.Resolver:
+    import dns.resolver
+
     resolver = dns.resolver.Resolver(configure=not nameservers)
     if nameservers:
         resolver.nameservers = list(nameservers)
@@ -44,6 +47,9 @@ def make_resolver(
 
 def txt_has_token(resolver: dns.resolver.Resolver, domain: str, token: str) -> bool:
     """True if the domain's verification record carries the token."""
+    import dns.exception
+    import dns.resolver
+
     try:
         answer = resolver.resolve(record_name(domain), "TXT")
     except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +42,10 @@ class LegResult:
     detail: str
 
 
+# Told of each transport's result as it arrives (the CLI prints progress from it).
+OnLeg = Callable[[LegResult], None]
+
+
 @dataclass(frozen=True)
 class CheckResult:
     ok: bool
@@ -59,6 +63,7 @@ async def add_checked(
     config: ProviderConfig,
     hostname: str,
     check: bool = True,
+    on_leg: OnLeg | None = None,
 ) -> tuple[ProviderRow, CheckResult | None]:
     """Add a provider after its live check (the one rule for the CLI and the API)."""
     config = providers.clean(config)
@@ -67,7 +72,7 @@ async def add_checked(
             "a test address is required (one the provider accepts as a sender), or skip the check",
             "test_address",
         )
-    result = await _passes(config, hostname, "not saved") if check else None
+    result = await _passes(config, hostname, "not saved", on_leg) if check else None
     row = await asyncio.to_thread(providers.add_provider, engine, box, account, config)
     return row, result
 
@@ -82,13 +87,15 @@ async def edit_checked(
     hostname: str,
     check: bool = True,
     remove: Sequence[str] = (),
+    on_leg: OnLeg | None = None,
 ) -> tuple[ProviderConfig, CheckResult | None]:
     """Apply an edit only if the edited provider passes its check: a wrong edit must
     not break every account that sends through it. ``remove``: secrets to drop."""
     current = await asyncio.to_thread(providers.load_config, engine, box, name)
     config = providers.edited(current, options, secrets, domain, remove)
     check = check and (bool(remove) or not _only_webhook_key(options, secrets, domain))
-    result = await _passes(config, hostname, "the edit was not applied") if check else None
+    what = "the edit was not applied"
+    result = await _passes(config, hostname, what, on_leg) if check else None
     await asyncio.to_thread(providers.save_edit, engine, box, config)
     return config, result
 
@@ -100,8 +107,10 @@ def _only_webhook_key(options: dict[str, Any], secrets: dict[str, str], domain: 
     return unchanged and given == {"webhook_key"}
 
 
-async def _passes(config: ProviderConfig, hostname: str, what: str) -> CheckResult:
-    result = await live_check(config, hostname)
+async def _passes(
+    config: ProviderConfig, hostname: str, what: str, on_leg: OnLeg | None
+) -> CheckResult:
+    result = await live_check(config, hostname, on_leg=on_leg)
     if not result.ok:
         raise CheckFailed(config.name, what, result)
     return result
@@ -127,7 +136,7 @@ def _build(
 
 
 async def _send_each(
-    chain: ProviderChain, mail_from: str, to: str, hostname: str
+    chain: ProviderChain, mail_from: str, to: str, hostname: str, on_leg: OnLeg | None = None
 ) -> list[LegResult]:
     """One test message through every transport, each on its own (no fallback)."""
     results = []
@@ -138,39 +147,51 @@ async def _send_each(
             receipt = await leg.provider.send(message)
         except ProviderError as exc:
             results.append(LegResult(leg.transport, False, str(exc)))
-            continue
-        ok = not receipt.rejected
-        text = receipt.text or receipt.provider_message_id or "accepted"
-        results.append(LegResult(leg.transport, ok, text if ok else str(receipt.rejected)))
+        else:
+            ok = not receipt.rejected
+            text = receipt.text or receipt.provider_message_id or "accepted"
+            results.append(LegResult(leg.transport, ok, text if ok else str(receipt.rejected)))
+        if on_leg is not None:
+            on_leg(results[-1])
     return results
 
 
 async def live_check(
-    config: ProviderConfig, hostname: str, tls_context: ssl.SSLContext | None = None
+    config: ProviderConfig,
+    hostname: str,
+    tls_context: ssl.SSLContext | None = None,
+    on_leg: OnLeg | None = None,
 ) -> CheckResult:
-    """Credentials valid on every transport, and the test address accepted as a sender."""
+    """Credentials valid on every transport, and the test address accepted as a sender;
+    ``on_leg`` hears each result as it arrives (a slow provider is not a silent one)."""
     chain = _build(config, hostname, tls_context)
     try:
         health = await chain.check()
-        if not health.ok:
-            return CheckResult(False, [LegResult("check", False, health.detail)])
+        credentials = LegResult("check", health.ok, health.detail)
         test = config.options.get("test_address")
-        if not test or not kind_of(config.kind).test_send:
-            return CheckResult(True, [LegResult("check", True, health.detail)])
-        legs = await _send_each(chain, str(test), str(test), hostname)
+        done = not health.ok or not test or not kind_of(config.kind).test_send
+        if on_leg is not None:
+            on_leg(credentials)
+        if done:
+            return CheckResult(health.ok, [credentials])
+        legs = await _send_each(chain, str(test), str(test), hostname, on_leg)
         return CheckResult(all(leg.ok for leg in legs), legs)
     finally:
         await chain.aclose()
 
 
 async def test_send(
-    config: ProviderConfig, to: str, hostname: str, tls_context: ssl.SSLContext | None = None
+    config: ProviderConfig,
+    to: str,
+    hostname: str,
+    tls_context: ssl.SSLContext | None = None,
+    on_leg: OnLeg | None = None,
 ) -> CheckResult:
     """``relay provider test``: a message to ``to`` now, through each transport."""
     sender = str(config.options.get("test_address") or to)
     chain = _build(config, hostname, tls_context)
     try:
-        legs = await _send_each(chain, sender, to, hostname)
+        legs = await _send_each(chain, sender, to, hostname, on_leg)
     finally:
         await chain.aclose()
     return CheckResult(all(leg.ok for leg in legs), legs)
