@@ -71,7 +71,9 @@ RUN = {
     ("migrate", None),
     ("config", "check"),
 }
-PLACEHOLDER = re.compile(r"^[A-Z][A-Z0-9_@.:]*$|^\.\.\.$|^[A-Z_]+@[A-Z_]+$")
+PLACEHOLDER = re.compile(r"^[A-Z][A-Z0-9_@.:]*(/[a-z]+)?$|^\.\.\.$|^[A-Z_]+@[A-Z_]+$")
+# Paths the README names on an operator's host, and what the tests use instead.
+HOST_PATHS = {"/etc/relay/relay.toml": str(ROOT / "config" / "relay.toml")}
 
 
 @dataclass(frozen=True)
@@ -172,9 +174,11 @@ def _value_for(parser: argparse.ArgumentParser, option: str | None, word: str) -
         positional = [a for a in parser._actions if not a.option_strings and a.type is int]
         return "1" if option is None and positional and word in ("ID", "N") else "x.test"
     action = actions[0]
+    if "/" in word:  # a rate: N/s, N/min, N/day
+        return "1/" + word.split("/", 1)[1]
     if action.choices:
         return str(next(iter(action.choices)))
-    if action.type is int:
+    if action.type is int or word == "N":
         return "1"
     return "x.test"
 
@@ -259,7 +263,7 @@ def _runnable() -> list[Line]:
 
 @pytest.mark.parametrize("line", _runnable(), ids=_ids(_runnable()))
 def test_relay_lines_run(line: Line, seeded: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(shlex.split(line.text)[1:])
+    code = main([HOST_PATHS.get(w, w) for w in shlex.split(line.text)[1:]])
     assert code == 0, capsys.readouterr().err
 
 
