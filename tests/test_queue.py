@@ -6,9 +6,10 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, event, func, select
 
 from relay.core.errors import SpoolError
 from relay.core.outcomes import Attempt, Outcome
@@ -102,6 +103,32 @@ def test_claims_never_overlap_and_leases_expire(db: Engine) -> None:
     assert len(reclaimed) == 10  # a dead worker's messages come back
     # The first claimers lost their leases: their outcomes are not written.
     assert not store.record(db, first[0], Outcome("delivered", []))
+
+
+def test_a_claim_racing_another_takes_nothing_the_other_took(db: Engine) -> None:
+    """SQLite has no SKIP LOCKED: two processes can read the same due rows. Here
+    another process claims between this claim's read and its write; the write
+    must not take over what the other holds (it did: both delivered the
+    messages, and the second outcome broke on the usage ledger's uniqueness).
+    On PostgreSQL the other claim skips the rows this one has locked."""
+    theirs = make_engine(str(db.url.render_as_string(hide_password=False)))
+    write_batch(db, [acceptance(i) for i in range(5)], 3600)
+    raced: list[list[Any]] = []
+
+    def meanwhile(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+        selecting = statement.lstrip().upper().startswith("SELECT")
+        if selecting and "FROM messages" in statement and not raced:
+            raced.append(store.claim(theirs, "other-process", 10, lease=60))
+
+    event.listen(db, "after_cursor_execute", meanwhile)
+    try:
+        taken = store.claim(db, "this-process", 10, lease=60)
+    finally:
+        event.remove(db, "after_cursor_execute", meanwhile)
+        theirs.dispose()
+    ours, other = {m.id for m in taken}, {m.id for m in raced[0]}
+    assert not ours & other
+    assert len(ours | other) == 5
 
 
 def test_outcome_counts_once_and_partial_delivery_keeps_state(db: Engine) -> None:

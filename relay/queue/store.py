@@ -65,11 +65,11 @@ def claim(
     now = now or now_utc()
     room = dict(room or {})
     full = [p for p, n in room.items() if n <= 0]
-    conditions = [
+    free_now = [
         Message.state.in_(DUE_STATES),
-        Message.next_attempt_at <= now,
         or_(Message.locked_until.is_(None), Message.locked_until < now),
     ]
+    conditions = [*free_now, Message.next_attempt_at <= now]
     if full:
         conditions.append(or_(Message.provider_id.is_(None), Message.provider_id.not_in(full)))
     due = (
@@ -90,9 +90,12 @@ def claim(
             ids.append(mid)
         if not ids:
             return []
+        # The UPDATE repeats the claim's conditions: SQLite has no SKIP LOCKED,
+        # so two processes may read the same due rows; only the first UPDATE
+        # takes them, and each process then loads only the rows it holds.
         conn.execute(
             update(Message)
-            .where(Message.id.in_(ids))
+            .where(Message.id.in_(ids), *free_now)
             .values(locked_by=token, locked_until=now + dt.timedelta(seconds=lease))
         )
     return load_claimed(engine, token, ids)
