@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlencode
 
 import anyio.to_thread
@@ -58,6 +59,8 @@ from relay.service import (
 )
 from relay.service import queue as queue_service
 from relay.service.console_users import Identity
+
+R = TypeVar("R")
 
 # -- sign-in ------------------------------------------------------------------------
 
@@ -757,20 +760,14 @@ async def mail_act(request: Request) -> Response:
 async def _suppressions_page(
     request: Request, who: Identity, status: int = 200, notice: Notice | None = None
 ) -> Response:
-    ctx = context(request)
-    names = await _accounts(request, who)
-    account = request.query_params.get("account") or _own(who, names)
-    rows: list[Any] = []
-    total = 0
-    if account:
-        try:
-            rows, total = await call(
-                who, suppressions.list_suppressions, ctx.engine, account, None, None, 200, 0
-            )
-        except RelayError as exc:
-            if status_of(exc) == 404:
-                raise
-            notice = notice or failed(exc)
+    engine = context(request).engine
+    names, account, found, notice = await _of_account(
+        request,
+        who,
+        notice,
+        lambda name: call(who, suppressions.list_suppressions, engine, name, None, None, 200, 0),
+    )
+    rows, total = found if found is not None else ([], 0)
     return render(
         request,
         "suppressions.html",
@@ -782,6 +779,28 @@ async def _suppressions_page(
         account=account,
         accounts=names,
     )
+
+
+async def _of_account(
+    request: Request,
+    who: Identity,
+    notice: Notice | None,
+    read: Callable[[str], Awaitable[R]],
+) -> tuple[list[str], str, R | None, Notice | None]:
+    """A screen about one account (``?account=``, else the user's own): the accounts
+    to choose from, the one shown, what ``read`` found for it (None when refused,
+    with the refusal as the notice; out of scope stays "not found")."""
+    names = await _accounts(request, who)
+    account = request.query_params.get("account") or _own(who, names)
+    found = None
+    if account:
+        try:
+            found = await read(account)
+        except RelayError as exc:
+            if status_of(exc) == 404:
+                raise
+            notice = notice or failed(exc)
+    return names, account, found, notice
 
 
 async def suppressions_page(request: Request) -> Response:
@@ -923,17 +942,10 @@ async def _limits_page(
 ) -> Response:
     """An account's sending limits with what is used and left, and (for whoever may
     set them: the operator, an agency for its sub-accounts) the form that sets them."""
-    ctx = context(request)
-    names = await _accounts(request, who)
-    account = request.query_params.get("account") or _own(who, names)
-    view = None
-    if account:
-        try:
-            view = await call(who, limits.account_limits, ctx.engine, account)
-        except RelayError as exc:
-            if status_of(exc) == 404:
-                raise
-            notice = notice or failed(exc)
+    engine = context(request).engine
+    names, account, view, notice = await _of_account(
+        request, who, notice, lambda name: call(who, limits.account_limits, engine, name)
+    )
     return render(
         request,
         "limits.html",
