@@ -12,17 +12,25 @@ Only for the local command line acting as the operator: no scope is applied.
 
 from __future__ import annotations
 
-from typing import Any
+import datetime as dt
+import re
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from relay.core.addresses import check_domain
 from relay.core.errors import RelayError
 from relay.store.lite import Reader
+
+if TYPE_CHECKING:
+    from relay.core.crypto import SecretBox  # loads cryptography: the caller opens it
 
 # Qualifies a name by its agency (``relay.service.scope.QUALIFIER``, not imported:
 # that module loads the ORM).
 _QUALIFIER = ":"
 # The review methods of ``relay.service.accounts.REVIEW`` (same reason).
 _REVIEW = ("tenant", "unreviewed")
+# ``relay.service.suppressions.MAX_PAGE``: a larger page is refused there.
+_MAX_PAGE = 1000
 
 
 def accounts(db: Reader) -> list[dict[str, Any]]:
@@ -65,19 +73,15 @@ def credentials(db: Reader, domain: str) -> list[dict[str, Any]] | None:
 
 def senders(db: Reader, account: str, review: bool) -> list[dict[str, Any]] | None:
     """``relay sender list --account NAME [--review]``; None unless NAME is one account."""
-    found = (
-        []
-        if _QUALIFIER in account
-        else db.rows("SELECT id FROM accounts WHERE name = :name", name=account)
-    )
-    if len(found) != 1:
+    owner = _account_id(db, account)
+    if owner is None:
         return None
     where = " AND s.verified = :yes AND s.method IN (:m0, :m1)" if review else ""
     rows = db.rows(
         "SELECT s.pattern, s.verified, s.method, s.verified_at, p.name AS proved_by"
         " FROM senders s LEFT JOIN accounts p ON p.id = s.proof_account_id"
         f" WHERE s.account_id = :account{where} ORDER BY s.pattern",
-        account=found[0]["id"],
+        account=owner,
         **({"yes": True, "m0": _REVIEW[0], "m1": _REVIEW[1]} if review else {}),
     )
     return [
@@ -95,3 +99,149 @@ def senders(db: Reader, account: str, review: bool) -> list[dict[str, Any]] | No
 def _iso(db: Reader, value: Any) -> str | None:
     at = db.when(value)
     return at.isoformat() if at else None
+
+
+def tokens(db: Reader) -> list[dict[str, Any]]:
+    """``relay token list`` (``relay.service.tokens.list_tokens``): never the tokens."""
+    rows = db.rows(
+        "SELECT t.id, t.prefix, t.operator, a.name AS account, a.parent_id, t.label,"
+        " t.created_at, t.last_used_at, t.revoked_at FROM api_tokens t"
+        " LEFT JOIN accounts a ON a.id = t.account_id ORDER BY t.id"
+    )
+    return [
+        {
+            "id": r["id"],
+            "prefix": r["prefix"],
+            "scope": "operator" if r["operator"] else "sub-account" if r["parent_id"] else "agency",
+            "account": r["account"],
+            "label": r["label"],
+            "created_at": db.when(r["created_at"]),
+            "last_used_at": db.when(r["last_used_at"]),
+            "revoked_at": db.when(r["revoked_at"]),
+        }
+        for r in rows
+    ]
+
+
+def users(db: Reader) -> list[dict[str, Any]]:
+    """``relay user list`` (``relay.service.console_users.list_users``): never passwords."""
+    rows = db.rows(
+        "SELECT u.email, a.name AS account, u.operator, u.role, u.created_at,"
+        " u.last_sign_in_at FROM console_users u LEFT JOIN accounts a ON a.id = u.account_id"
+        " ORDER BY u.email"
+    )
+    for r in rows:
+        r["operator"] = db.flag(r["operator"])
+        r["created_at"] = db.when(r["created_at"])
+        r["last_sign_in_at"] = db.when(r["last_sign_in_at"])
+    return rows
+
+
+def suppressions(
+    db: Reader, account: str, reason: str | None, contains: str | None, limit: int, offset: int
+) -> tuple[list[dict[str, Any]], int] | None:
+    """``relay suppression list`` (``relay.suppression.lists.entries``): the account's
+    own entries by address, expired soft bounces left out; None unless ACCOUNT is
+    one account and the page is one the service takes."""
+    owner = _account_id(db, account)
+    if owner is None or not 1 <= limit <= _MAX_PAGE or offset < 0:
+        return None
+    where = "account_id = :account AND (expires_at IS NULL OR expires_at > :now)"
+    values: dict[str, Any] = {"account": owner, "now": db.at(dt.datetime.now(dt.UTC))}
+    if reason:
+        where += " AND reason = :reason"
+        values["reason"] = reason
+    if contains and contains.strip():
+        # As SQLAlchemy's ``contains(autoescape=True)``: the text as is, "/" escaping.
+        escaped = re.sub(r"([/%_])", r"/\1", contains.strip())
+        where += " AND address LIKE :pattern ESCAPE '/'"
+        values["pattern"] = f"%{escaped}%"
+    total = db.rows(f"SELECT count(*) AS n FROM suppressions WHERE {where}", **values)[0]["n"]
+    rows = db.rows(
+        "SELECT address, reason, source, created_at, expires_at, detail FROM suppressions"
+        f" WHERE {where} ORDER BY address LIMIT :limit OFFSET :offset",
+        limit=limit,
+        offset=offset,
+        **values,
+    )
+    for r in rows:
+        r["created_at"] = db.when(r["created_at"])
+        r["expires_at"] = db.when(r["expires_at"])
+    return rows, int(total)
+
+
+def provider_exists(db: Reader, name: str) -> bool | None:
+    """``[policy] system_provider`` names one provider (``relay config check``);
+    None when only the full look-up can say (a qualified or ambiguous name, none)."""
+    if _QUALIFIER in name:
+        return None
+    return len(db.rows("SELECT id FROM providers WHERE name = :name", name=name)) == 1 or None
+
+
+def _account_id(db: Reader, name: str) -> int | None:
+    """The one account of this plain name; None for a qualified, ambiguous or unknown one."""
+    if _QUALIFIER in name:
+        return None
+    found = db.rows("SELECT id FROM accounts WHERE name = :name", name=name)
+    return int(found[0]["id"]) if len(found) == 1 else None
+
+
+# How each kind's legs follow its secrets (``relay.providers.registry.transports``,
+# whose records load the HTTP and SMTP clients): whether it writes files, the
+# secret its API leg needs (None: no API), whether it has an SMTP leg, and
+# whether that relay takes the API's secret as its password. A kind not here
+# defers to the registry; a test holds this table to the records.
+LEGS: dict[str, tuple[bool, str | None, bool, bool]] = {
+    "sendgrid": (False, "api_key", True, True),
+    "sparkpost": (False, "api_key", True, True),
+    "mailgun": (False, "api_key", True, False),
+    "ses": (False, "secret_access_key", True, True),
+    "smtp": (False, None, True, True),
+    "outbox": (True, None, False, False),
+}
+
+
+def transports(kind: str, secrets: Mapping[str, Any]) -> list[str] | None:
+    """The legs of a row of ``kind`` with these secrets: api, smtp, file; None for
+    a kind this table does not know."""
+    if kind not in LEGS:
+        return None
+    file, api_secret, smtp, key_is_password = LEGS[kind]
+    if file:
+        return ["file"]
+    out = []
+    if api_secret is not None and secrets.get(api_secret):
+        out.append("api")
+    if smtp and (
+        api_secret is None
+        or secrets.get("smtp_password")
+        or (key_is_password and secrets.get(api_secret))
+    ):
+        out.append("smtp")
+    return out
+
+
+def providers(db: Reader, box: SecretBox) -> list[dict[str, Any]] | None:
+    """``relay provider list``: every provider by name with its owner, and how it
+    sends (its secrets say; never shown); None if a kind needs the registry."""
+    rows = db.rows(
+        "SELECT p.name, p.kind, p.secrets, a.name AS account, p.domain, p.options"
+        " FROM providers p JOIN accounts a ON a.id = p.account_id ORDER BY p.name"
+    )
+    items = []
+    for r in rows:
+        legs = transports(r["kind"], box.open(r["secrets"]))
+        if legs is None:
+            return None
+        options = db.doc(r["options"]) or {}
+        items.append(
+            {
+                "name": r["name"],
+                "kind": r["kind"],
+                "transports": "+".join(legs) or "-",
+                "account": r["account"],
+                "domain": r["domain"],
+                "ip_pool": options.get("ip_pool"),
+            }
+        )
+    return items

@@ -77,6 +77,12 @@ class Reader:
             return value.replace(tzinfo=dt.UTC)  # type: ignore[no-any-return]
         return value  # type: ignore[no-any-return]
 
+    def at(self, value: dt.datetime) -> Any:
+        """A time as a parameter: SQLite compares the naive UTC text it stores, in
+        SQLAlchemy's storage format (microseconds always written)."""
+        value = value.astimezone(dt.UTC)
+        return value.strftime("%Y-%m-%d %H:%M:%S.%f") if self.sqlite else value
+
     def flag(self, value: Any) -> bool | None:
         """A ``Boolean`` column: SQLite stores 0 and 1."""
         return None if value is None else bool(value)
