@@ -21,19 +21,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import select, text
+from sqlalchemy.orm import Session
 
 from relay.cli import main
-from relay.providers.registry import KINDS
+from relay.providers.registry import KINDS, SECRETS
 from relay.providers.registry import transports as registry_transports
 from relay.service import quick
 from relay.store import lite
 from relay.store.engine import make_engine
+from relay.store.models import Account, ApiToken, Message, Sender, Suppression
 
 ROOT = Path(__file__).resolve().parent.parent
 
 # (argv, whether the quick read answers it)
-COMMANDS: list[tuple[tuple[str, ...], bool]] = [
+COMMANDS: list[tuple[tuple[str, ...], bool | None]] = [
     (("account", "list"), True),
     (("account", "list", "--format", "json"), True),
     (("account", "list", "--suspended"), True),
@@ -56,6 +58,17 @@ COMMANDS: list[tuple[tuple[str, ...], bool]] = [
     (("suppression", "list", "--account", "agency", "--limit", "0"), False),
     (("provider", "list"), True),
     (("provider", "list", "--format", "json"), True),
+    (("provider", "show", "sg"), True),
+    (("provider", "show", "mx", "--format", "json"), True),
+    (("provider", "show", "box"), True),
+    (("provider", "show", "other:mx"), False),
+    (("provider", "show", "none"), False),
+    (("queue", "list"), True),
+    (("queue", "list", "--format", "json"), True),
+    (("queue", "list", "--state", "queued", "--limit", "1"), True),
+    (("queue", "list", "--account", "other"), True),
+    (("queue", "list", "--state", "lost"), False),
+    (("queue", "list", "--reason", "busy"), None),  # not a quick read: none tried
     (("config", "check", "--format", "json"), True),
 ]
 
@@ -106,32 +119,38 @@ def seeded(
         assert main(argv) == 0, (argv, capsys.readouterr())
     now = dt.datetime.now(dt.UTC)
     engine = make_engine(any_db_url)
-    try:
-        with engine.begin() as conn:  # what only the relay itself writes
-            conn.execute(
-                text(
-                    "UPDATE accounts SET suspended_at = :at, suspended_reason = :why"
-                    " WHERE name = 'other'"
-                ),
-                {"at": now, "why": "complaint rate 0.4% over 24h"},
-            )
-            conn.execute(
-                text("UPDATE senders SET method = 'unreviewed' WHERE pattern = 'agency.test'")
-            )
-            for address, expires in (("late@x.test", 1), ("gone@x.test", -1)):
-                conn.execute(
-                    text(
-                        "UPDATE suppressions SET reason = 'soft_bounce', expires_at = :at"
-                        " WHERE address = :address"
-                    ),
-                    {"at": now + dt.timedelta(days=expires), "address": address},
+    try:  # what only the relay itself writes, through the models' own types
+        with Session(engine) as session, session.begin():
+            other = session.scalars(select(Account).where(Account.name == "other")).one()
+            other.suspended_at = now
+            other.suspended_reason = "complaint rate 0.4% over 24h"
+            for row in session.scalars(select(Sender).where(Sender.pattern == "agency.test")):
+                row.method = "unreviewed"
+            for address, days in (("late@x.test", 1), ("gone@x.test", -1)):
+                entry = session.scalars(
+                    select(Suppression).where(Suppression.address == address)
+                ).one()
+                entry.reason = "soft_bounce"
+                entry.expires_at = now + dt.timedelta(days=days)
+            token = session.scalars(select(ApiToken).where(ApiToken.label == "ops")).one()
+            token.last_used_at = token.revoked_at = now
+            agency = session.scalars(select(Account).where(Account.name == "agency")).one()
+            for n, state in enumerate(("queued", "deferred", "delivered", "queued")):
+                session.add(
+                    Message(
+                        id=f"m{n}",
+                        account_id=other.id if n == 3 else agency.id,
+                        mail_from=f"s{n}@agency.test",
+                        state=state,
+                        reason="4.2.1 mailbox busy" if state == "deferred" else None,
+                        size=1000 + n,
+                        attempts=n,
+                        # two at one time: the id orders them
+                        created_at=now - dt.timedelta(minutes=min(n, 2)),
+                        next_attempt_at=now,
+                        expires_at=now + dt.timedelta(days=5),
+                    )
                 )
-            conn.execute(
-                text(
-                    "UPDATE api_tokens SET last_used_at = :at, revoked_at = :at WHERE label = 'ops'"
-                ),
-                {"at": now},
-            )
     finally:
         engine.dispose()
     capsys.readouterr()
@@ -166,13 +185,14 @@ def answered(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Any]]:
 def test_quick_read_prints_what_the_full_path_prints(
     seeded: str,
     argv: tuple[str, ...],
-    quick_answers: bool,
+    quick_answers: bool | None,
     answered: list[Any],
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     fast = _run(capsys, argv)
-    assert [found is not None for found in answered] == [quick_answers], answered
+    expected = [] if quick_answers is None else [quick_answers]
+    assert [found is not None for found in answered] == expected, answered
     monkeypatch.setattr(lite, "open_reader", lambda url: None)  # the full path only
     full = _run(capsys, argv)
     assert fast == full
@@ -211,6 +231,7 @@ def test_provider_legs_table_matches_the_registry() -> None:
         for given in itertools.product((False, True), repeat=len(names)):
             secrets = {n: "x" for n, on in zip(names, given, strict=True) if on}
             assert quick.transports(kind, secrets) == registry_transports(kind, secrets)
+    assert quick.SECRETS == SECRETS
 
 
 # -- what a quick command loads -------------------------------------------------------

@@ -245,3 +245,77 @@ def providers(db: Reader, box: SecretBox) -> list[dict[str, Any]] | None:
             }
         )
     return items
+
+
+# ``relay.providers.registry.SECRETS``: the secrets a provider row may hold.
+SECRETS = ("api_key", "smtp_password", "webhook_key", "secret_access_key")
+
+
+def provider(db: Reader, box: SecretBox, name: str) -> dict[str, Any] | None:
+    """``relay provider show NAME`` (``relay.service.providers.show_provider``):
+    secrets masked; None unless NAME is one provider of a kind this module knows."""
+    from relay.core.crypto import mask
+
+    if _QUALIFIER in name:
+        return None
+    found = db.rows(
+        "SELECT p.id, p.name, p.kind, p.options, p.secrets, p.domain, a.name AS account"
+        " FROM providers p LEFT JOIN accounts a ON a.id = p.account_id WHERE p.name = :name",
+        name=name,
+    )
+    if len(found) != 1:
+        return None
+    row = found[0]
+    secrets = box.open(row["secrets"])
+    legs = transports(row["kind"], secrets)
+    if legs is None:
+        return None
+    used_by = db.rows(
+        "SELECT name FROM accounts WHERE default_provider_id = :id"
+        " OR subaccount_provider_id = :id OR assigned_provider_id = :id ORDER BY name",
+        id=row["id"],
+    )
+    return {
+        "name": row["name"],
+        "kind": row["kind"],
+        "transports": "+".join(legs),
+        "account": row["account"],
+        "domain": row["domain"],
+        "options": dict(db.doc(row["options"]) or {}),
+        "secrets": {k: mask(secrets.get(k)) for k in SECRETS if secrets.get(k)},
+        "used_by": [r["name"] for r in used_by],
+    }
+
+
+def messages(
+    db: Reader, state: str | None, account: str | None, limit: int
+) -> list[dict[str, Any]] | None:
+    """``relay queue list [--state S] [--account A] [--limit N]``, newest first
+    (``relay.service.queue.page_messages``); None for what only it checks (an
+    unknown state, a name that is not one account, a limit below 1)."""
+    from relay.core.outcomes import MessageState
+
+    if limit < 1 or (state is not None and state not in set(MessageState)):
+        return None
+    where: list[str] = []
+    values: dict[str, Any] = {}
+    if state is not None:
+        where.append("m.state = :state")
+        values["state"] = state
+    if account is not None:
+        owner = _account_id(db, account)
+        if owner is None:
+            return None
+        where.append("m.account_id = :account")
+        values["account"] = owner
+    rows = db.rows(
+        "SELECT m.id, m.state, a.name AS account, m.mail_from, m.size, m.attempts,"
+        " m.created_at, m.reason FROM messages m JOIN accounts a ON a.id = m.account_id"
+        + (" WHERE " + " AND ".join(where) if where else "")
+        + " ORDER BY m.created_at DESC, m.id DESC LIMIT :limit",
+        limit=limit,
+        **values,
+    )
+    for r in rows:
+        r["created_at"] = _iso(db, r["created_at"])
+    return rows
