@@ -30,7 +30,7 @@ from relay.providers.registry import transports as registry_transports
 from relay.service import quick
 from relay.store import lite
 from relay.store.engine import make_engine
-from relay.store.models import Account, ApiToken, Message, Sender, Suppression
+from relay.store.models import Account, ApiToken, Message, Sender, Suppression, Usage
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -69,6 +69,13 @@ COMMANDS: list[tuple[tuple[str, ...], bool | None]] = [
     (("queue", "list", "--account", "other"), True),
     (("queue", "list", "--state", "lost"), False),
     (("queue", "list", "--reason", "busy"), None),  # not a quick read: none tried
+    (("usage",), True),
+    (("usage", "--format", "json"), True),
+    (("usage", "--format", "csv", "--account", "agency"), True),
+    (("usage", "--account", "other", "--from", "2020-01-01", "--to", "2099-12-31"), True),
+    (("usage", "--to", "2000-01-01"), True),
+    (("usage", "--account", "agency:sub"), False),
+    (("usage", "--from", "2020-13-01"), None),  # refused inside the quick read, as in the full
     (("config", "check", "--format", "json"), True),
 ]
 
@@ -149,6 +156,30 @@ def seeded(
                         created_at=now - dt.timedelta(minutes=min(n, 2)),
                         next_attempt_at=now,
                         expires_at=now + dt.timedelta(days=5),
+                    )
+                )
+            today, yesterday = now.date(), now.date() - dt.timedelta(days=1)
+            session.flush()
+            sub = session.scalars(
+                select(Account).where(Account.name == "sub", Account.parent_id == agency.id)
+            ).one()
+            for message, owner, day, kind, event, n in (
+                ("m0", agency.id, yesterday, "to", "accepted", 3),
+                ("m0", agency.id, yesterday, "cc", "accepted", 1),
+                ("m0", agency.id, today, "to", "delivered", 3),
+                ("m1", sub.id, today, "bcc", "accepted", 2),
+                ("m1", sub.id, today, "bcc", "failed", 1),
+                ("m2", sub.id, today, "to", "suppressed", 1),
+                ("m3", other.id, today, "to", "accepted", 5),
+            ):
+                session.add(
+                    Usage(
+                        account_id=owner,
+                        day=day,
+                        message_id=message,
+                        kind=kind,
+                        event=event,
+                        recipients=n,
                     )
                 )
     finally:

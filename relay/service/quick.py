@@ -22,6 +22,9 @@ from relay.core.errors import RelayError
 from relay.store.lite import Reader
 
 if TYPE_CHECKING:
+    from decimal import Decimal
+
+    from relay.accounting.report import Report
     from relay.core.crypto import SecretBox  # loads cryptography: the caller opens it
 
 # Qualifies a name by its agency (``relay.service.scope.QUALIFIER``, not imported:
@@ -319,3 +322,78 @@ def messages(
     for r in rows:
         r["created_at"] = _iso(db, r["created_at"])
     return rows
+
+
+def usage(
+    db: Reader, price_per_1000: Decimal, account: str | None, first: str | None, last: str | None
+) -> Report | None:
+    """``relay usage`` (``relay.service.usage.usage_report``): the ledger's sums in one
+    statement (one snapshot: see ``_ledger_sums`` there), by the accepted row's day
+    and account; None unless ACCOUNT, when given, is one account."""
+    from relay.accounting.report import (
+        OUTCOMES,
+        AccountRef,
+        LedgerSums,
+        build_report,
+        parse_period,
+    )
+
+    first_day, last_day = parse_period(first, last)  # refuses as the full path does
+    values: dict[str, Any] = {}
+    chosen = ""
+    if account is not None:
+        owner = _account_id(db, account)
+        if owner is None:
+            return None
+        chosen = " WHERE a.id = :owner OR a.parent_id = :owner"
+        values["owner"] = owner
+    accounts = [
+        AccountRef(r["id"], r["name"], r["agency"])
+        for r in db.rows(
+            "SELECT a.id, a.name, p.name AS agency FROM accounts a"
+            f" LEFT JOIN accounts p ON p.id = a.parent_id{chosen}",
+            **values,
+        )
+    ]
+    where = ""
+    if first_day is not None:
+        where += " AND {t}.day >= :first"
+        values["first"] = db.day(first_day)
+    if last_day is not None:
+        where += " AND {t}.day <= :last"
+        values["last"] = db.day(last_day)
+    if account is not None:
+        ids = [a.id for a in accounts]
+        values.update({f"a{i}": v for i, v in enumerate(ids)})
+        where += " AND {t}.account_id IN (" + ", ".join(f":a{i}" for i in range(len(ids))) + ")"
+    outcomes = ", ".join(f"'{o}'" for o in OUTCOMES)
+    accepted = "accepted.event = 'accepted'" + where.format(t="accepted")
+    rows = db.rows(
+        "SELECT accepted.account_id, accepted.kind, accepted.event,"
+        " SUM(accepted.recipients) AS n FROM usage accepted"
+        f" WHERE {accepted} GROUP BY accepted.account_id, accepted.kind, accepted.event"
+        " UNION ALL SELECT accepted.account_id, ended.kind, ended.event, SUM(ended.recipients)"
+        " FROM usage accepted JOIN usage ended ON ended.message_id = accepted.message_id"
+        f" AND ended.kind = accepted.kind AND ended.event IN ({outcomes})"
+        f" WHERE {accepted} GROUP BY accepted.account_id, ended.kind, ended.event"
+        " UNION ALL SELECT accepted.account_id, CAST(NULL AS VARCHAR), 'messages',"
+        f" COUNT(DISTINCT accepted.message_id) FROM usage accepted WHERE {accepted}"
+        " GROUP BY accepted.account_id"
+        " UNION ALL SELECT suppressed.account_id, suppressed.kind, suppressed.event,"
+        " SUM(suppressed.recipients) FROM usage suppressed"
+        " WHERE suppressed.event = 'suppressed'" + where.format(t="suppressed") + " GROUP BY"
+        " suppressed.account_id, suppressed.kind, suppressed.event",
+        **values,
+    )
+    recipients: dict[tuple[int, str, str], int] = {}
+    messages: dict[int, int] = {}
+    for r in rows:
+        # The first SELECT names the columns of the union; int(): drivers differ.
+        account_id, kind, event, n = r["account_id"], r["kind"], r["event"], r["n"]
+        if event == "messages":  # the message counts' tag, not an event
+            messages[int(account_id)] = int(n)
+        else:
+            recipients[(int(account_id), str(kind), str(event))] = int(n)
+    return build_report(
+        accounts, LedgerSums(recipients, messages), price_per_1000, first_day, last_day
+    )

@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
+from relay.core.errors import RelayError
+
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 _REVISION = re.compile(r"^(down_revision|revision)\b[^=]*=\s*(.+)$", re.M)
@@ -82,6 +84,10 @@ class Reader:
         SQLAlchemy's storage format (microseconds always written)."""
         value = value.astimezone(dt.UTC)
         return value.strftime("%Y-%m-%d %H:%M:%S.%f") if self.sqlite else value
+
+    def day(self, value: dt.date) -> Any:
+        """A ``Date`` as a parameter: SQLite compares the ISO text it stores."""
+        return value.isoformat() if self.sqlite else value
 
     def flag(self, value: Any) -> bool | None:
         """A ``Boolean`` column: SQLite stores 0 and 1."""
@@ -147,6 +153,8 @@ def read_with(url: str, read: Callable[[Reader], Any]) -> Any:
         return None
     try:
         return read(reader)
+    except RelayError:  # the read refused the input as the full path would
+        raise
     except Exception:  # a driver error (locked, gone): the full path reports it properly
         return None
     finally:
