@@ -30,7 +30,18 @@ from relay.providers.registry import transports as registry_transports
 from relay.service import quick
 from relay.store import lite
 from relay.store.engine import make_engine
-from relay.store.models import Account, ApiToken, Message, Sender, Suppression, Usage
+from relay.store.models import (
+    Account,
+    ApiToken,
+    Attempt,
+    Event,
+    Message,
+    Provider,
+    Recipient,
+    Sender,
+    Suppression,
+    Usage,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -69,6 +80,10 @@ COMMANDS: list[tuple[tuple[str, ...], bool | None]] = [
     (("queue", "list", "--account", "other"), True),
     (("queue", "list", "--state", "lost"), False),
     (("queue", "list", "--reason", "busy"), None),  # not a quick read: none tried
+    (("queue", "show", "m1"), True),
+    (("queue", "show", "m1", "--format", "json"), True),
+    (("queue", "show", "m3"), True),
+    (("queue", "show", "nothing"), False),
     (("usage",), True),
     (("usage", "--format", "json"), True),
     (("usage", "--format", "csv", "--account", "agency"), True),
@@ -182,6 +197,39 @@ def seeded(
                         recipients=n,
                     )
                 )
+            session.flush()
+            sg = session.scalars(select(Provider).where(Provider.name == "sg")).one()
+            for n, (address, kind, state) in enumerate(
+                (("to@x.test", "to", "delivered"), ("cc@x.test", "cc", "pending"))
+            ):
+                session.add(
+                    Recipient(message_id="m1", address=address, kind=kind, state=state, reply=None)
+                )
+                session.add(
+                    Attempt(
+                        message_id="m1",
+                        provider="sg",
+                        transport="api",
+                        result="delivered" if n == 0 else "transient",
+                        code="250" if n == 0 else "421",
+                        text=f"attempt {n}",
+                        duration=0.123456 + n,
+                        at=now - dt.timedelta(seconds=10 - n),
+                    )
+                )
+            session.add(
+                Event(
+                    provider_id=sg.id,
+                    provider_event_id="ev-1",
+                    account_id=sub.id,
+                    message_id="m1",
+                    address="to@x.test",
+                    type="bounce",
+                    bounce_class="soft",
+                    detail="mailbox full",
+                    at=now,
+                )
+            )
     finally:
         engine.dispose()
     capsys.readouterr()

@@ -100,6 +100,12 @@ def print_message(view: dict[str, Any], fmt: str) -> None:
 
 
 def cmd_queue_show(args: argparse.Namespace, settings: Settings) -> int:
+    from relay.service import quick
+
+    quickly = read_quickly(settings, lambda db: quick.message(db, args.id))
+    if quickly is not None:
+        print_message(quickly, args.format)
+        return 0
     from relay.service.queue import show_message
 
     view = show_message(open_db(settings), args.id)

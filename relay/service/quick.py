@@ -397,3 +397,54 @@ def usage(
     return build_report(
         accounts, LedgerSums(recipients, messages), price_per_1000, first_day, last_day
     )
+
+
+def message(db: Reader, queue_id: str) -> dict[str, Any] | None:
+    """``relay queue show ID`` (``relay.service.queue.show_message``): the message, its
+    recipients, attempts and provider events; None for an id not in the queue."""
+    found = db.rows(
+        "SELECT m.id, m.state, m.reason, a.name AS account, m.mail_from, m.header_from,"
+        " m.size, m.campaign, m.attempts, m.created_at, m.next_attempt_at, m.expires_at"
+        " FROM messages m JOIN accounts a ON a.id = m.account_id WHERE m.id = :id",
+        id=queue_id,
+    )
+    if not found:
+        return None
+    m = found[0]
+    recipients = db.rows(
+        "SELECT address, kind, state, reply FROM recipients WHERE message_id = :id ORDER BY id",
+        id=queue_id,
+    )
+    attempts = db.rows(
+        "SELECT at, provider, transport, result, code, text, duration FROM attempts"
+        " WHERE message_id = :id ORDER BY id",
+        id=queue_id,
+    )
+    events = db.rows(
+        "SELECT e.at, e.type, e.address, e.bounce_class, e.detail, p.name AS provider"
+        " FROM events e LEFT JOIN providers p ON p.id = e.provider_id"
+        " WHERE e.message_id = :id ORDER BY e.at, e.id",
+        id=queue_id,
+    )
+    for a in attempts:
+        a["at"] = _iso(db, a["at"])
+        a["duration"] = round(a["duration"], 4)
+    for e in events:
+        e["at"] = _iso(db, e["at"])
+    return {
+        "id": m["id"],
+        "state": m["state"],
+        "reason": m["reason"],
+        "account": m["account"],
+        "from": m["mail_from"],
+        "header_from": m["header_from"],
+        "size": m["size"],
+        "campaign": m["campaign"],
+        "attempts": m["attempts"],
+        "created": _iso(db, m["created_at"]),
+        "next_attempt": _iso(db, m["next_attempt_at"]),
+        "expires": _iso(db, m["expires_at"]),
+        "recipients": recipients,
+        "history": attempts,
+        "events": events,
+    }
