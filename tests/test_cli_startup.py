@@ -57,6 +57,9 @@ COMMANDS: list[tuple[tuple[str, ...], bool | None]] = [
     (("sender", "list", "--account", "sub", "--format", "json"), False),  # ambiguous
     (("sender", "list", "--account", "agency", "--review", "--format", "json"), True),
     (("sender", "list", "--account", "agency:sub"), False),
+    (("sender", "list", "--review"), True),
+    (("sender", "list", "--review", "--format", "json"), True),
+    (("sender", "list"), False),
     (("sender", "list", "--account", "nobody"), False),
     (("token", "list"), True),
     (("token", "list", "--format", "json"), True),
@@ -123,6 +126,7 @@ def seeded(
         "credential create bulk@agency.test --purpose campaign",
         "sender verify agency.test --account agency",
         "sender verify ops@sub.test --account agency:sub",
+        "sender verify news.test --account other",
         "suppression add a%b_c@x.test --account agency --reason complaint",
         "suppression add ab@x.test --account agency --detail asked",
         "suppression add late@x.test --account agency",
@@ -146,8 +150,8 @@ def seeded(
             other = session.scalars(select(Account).where(Account.name == "other")).one()
             other.suspended_at = now
             other.suspended_reason = "complaint rate 0.4% over 24h"
-            for row in session.scalars(select(Sender).where(Sender.pattern == "agency.test")):
-                row.method = "unreviewed"
+            for row in session.scalars(select(Sender).where(Sender.pattern != "ops@sub.test")):
+                row.method = "unreviewed" if row.pattern == "agency.test" else "tenant"
             for address, days in (("late@x.test", 1), ("gone@x.test", -1)):
                 entry = session.scalars(
                     select(Suppression).where(Suppression.address == address)

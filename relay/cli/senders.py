@@ -47,14 +47,12 @@ def cmd_sender_verify_dns(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_sender_list(args: argparse.Namespace, settings: Settings) -> int:
-    if args.account is not None:
-        from relay.service import quick
+    from relay.service import quick
 
-        account = args.account
-        found = read_quickly(settings, lambda db: quick.senders(db, account, args.review))
-        if found is not None:
-            print_senders(found, args.format)
-            return 0
+    found = read_quickly(settings, lambda db: quick.senders(db, args.account, args.review))
+    if found is not None:
+        print_senders(found, args.format)
+        return 0
     from relay.service.accounts import list_senders
     from relay.service.scope import account_name
 

@@ -74,21 +74,30 @@ def credentials(db: Reader, domain: str) -> list[dict[str, Any]] | None:
     ]
 
 
-def senders(db: Reader, account: str, review: bool) -> list[dict[str, Any]] | None:
-    """``relay sender list --account NAME [--review]``; None unless NAME is one account."""
-    owner = _account_id(db, account)
-    if owner is None:
-        return None
+def senders(db: Reader, account: str | None, review: bool) -> list[dict[str, Any]] | None:
+    """``relay sender list --account NAME [--review]``, or every account's senders to
+    review (``--review`` alone, each with its account); None unless NAME is one account."""
     where = " AND s.verified = :yes AND s.method IN (:m0, :m1)" if review else ""
+    values: dict[str, Any] = {"yes": True, "m0": _REVIEW[0], "m1": _REVIEW[1]} if review else {}
+    if account is not None:
+        owner = _account_id(db, account)
+        if owner is None:
+            return None
+        where = " AND s.account_id = :account" + where
+        values["account"] = owner
+    elif not review:
+        return None  # the full path says what to give
     rows = db.rows(
-        "SELECT s.pattern, s.verified, s.method, s.verified_at, p.name AS proved_by"
-        " FROM senders s LEFT JOIN accounts p ON p.id = s.proof_account_id"
-        f" WHERE s.account_id = :account{where} ORDER BY s.pattern",
-        account=owner,
-        **({"yes": True, "m0": _REVIEW[0], "m1": _REVIEW[1]} if review else {}),
+        "SELECT a.name AS account, s.pattern, s.verified, s.method, s.verified_at,"
+        " p.name AS proved_by FROM senders s JOIN accounts a ON a.id = s.account_id"
+        " LEFT JOIN accounts p ON p.id = s.proof_account_id"
+        f" WHERE 1 = 1{where}"
+        + (" ORDER BY s.pattern" if account is not None else " ORDER BY a.name, s.pattern"),
+        **values,
     )
     return [
         {
+            **({"account": r["account"]} if account is None else {}),
             "sender": r["pattern"],
             "verified": db.flag(r["verified"]),
             "method": r["method"],
