@@ -368,3 +368,28 @@ def test_quick_commands_load_no_heavy_module(seeded: str, tmp_path: Path) -> Non
         code, *loaded = done.stderr.splitlines()[-1].split()
         assert code in ("0", "None"), (argv, done.stderr[-2000:])
         assert not set(loaded) & heavy, (argv, set(loaded) & heavy)
+
+
+def test_startup_bench_runs(tmp_path: Path) -> None:
+    """``bench/startup.py`` seeds its own database and times what it is given (no
+    timed assertion: the figures are the bench's to print)."""
+    import json
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
+    bench = [sys.executable, str(ROOT / "bench" / "startup.py"), "--runs", "1", "--json"]
+    done = subprocess.run(
+        [*bench, "--command", "account list", "--command", "usage"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    doc = json.loads(done.stdout)
+    assert doc["target_ms"] == 300
+    assert [r["command"] for r in doc["results"]] == ["relay account list", "relay usage"]
+    for row in doc["results"]:
+        assert row["exit"] == "0"
+        assert 0 < row["best_ms"] <= row["median_ms"]
+        assert row["cpu_best_ms"] > 0
