@@ -108,11 +108,6 @@ def senders(db: Reader, account: str | None, review: bool) -> list[dict[str, Any
     ]
 
 
-def _iso(db: Reader, value: Any) -> str | None:
-    at = db.when(value)
-    return at.isoformat() if at else None
-
-
 def tokens(db: Reader) -> list[dict[str, Any]]:
     """``relay token list`` (``relay.service.tokens.list_tokens``): never the tokens."""
     rows = db.rows(
@@ -183,19 +178,12 @@ def suppressions(
 
 
 def provider_exists(db: Reader, name: str) -> bool | None:
-    """``[policy] system_provider`` names one provider (``relay config check``);
-    None when only the full look-up can say (a qualified or ambiguous name, none)."""
+    """True when ``[policy] system_provider`` names one provider (``relay config
+    check``); None when only the full look-up can say (a qualified, ambiguous or
+    unknown name: it words the error)."""
     if _QUALIFIER in name:
         return None
     return len(db.rows("SELECT id FROM providers WHERE name = :name", name=name)) == 1 or None
-
-
-def _account_id(db: Reader, name: str) -> int | None:
-    """The one account of this plain name; None for a qualified, ambiguous or unknown one."""
-    if _QUALIFIER in name:
-        return None
-    found = db.rows("SELECT id FROM accounts WHERE name = :name", name=name)
-    return int(found[0]["id"]) if len(found) == 1 else None
 
 
 # How each kind's legs follow its secrets (``relay.providers.registry.transports``,
@@ -457,3 +445,19 @@ def message(db: Reader, queue_id: str) -> dict[str, Any] | None:
         "history": attempts,
         "events": events,
     }
+
+
+# -- shared ----------------------------------------------------------------------------
+
+
+def _account_id(db: Reader, name: str) -> int | None:
+    """The one account of this plain name; None for a qualified, ambiguous or unknown one."""
+    if _QUALIFIER in name:
+        return None
+    found = db.rows("SELECT id FROM accounts WHERE name = :name", name=name)
+    return int(found[0]["id"]) if len(found) == 1 else None
+
+
+def _iso(db: Reader, value: Any) -> str | None:
+    at = db.when(value)
+    return at.isoformat() if at else None
