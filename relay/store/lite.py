@@ -6,10 +6,10 @@ sqlalchemy`` alone ~260 ms of CPU, the ORM and our models another ~200 ms),
 so no command that loads it starts in the 300 ms issue 16 asks for. A
 listing a person types often reads a few rows, so it reads them here with the
 standard library's ``sqlite3`` (or ``psycopg`` on PostgreSQL) and SQL written
-for both engines; anything unusual (no database
-file yet, a schema not at the newest revision, another driver, an error)
-answers None and the caller takes the full path, which migrates, resolves and
-reports as always. Read-only: nothing here writes.
+for both engines; anything unusual (no database file yet, a schema not at
+the newest revision, another driver, an error) answers None and the caller
+takes the full path, which migrates, resolves and reports as always.
+Read-only: nothing here writes.
 
 Imports nothing of SQLAlchemy's or alembic's; ``relay.store.engine`` shares the
 schema revision check (``heads``) from here.
