@@ -36,6 +36,7 @@ import csv
 import datetime as dt
 import io
 import json
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
@@ -141,6 +142,35 @@ class Report:
 
     def cost(self, line: Line) -> Decimal:
         return cost(line.totals.recipients, self.price_per_1000)
+
+
+_ISO_DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+def parse_day(value: str | dt.date | None, name: str) -> dt.date | None:
+    """An inclusive UTC day from ``YYYY-MM-DD``; ``name`` is the option, for the error.
+
+    Stricter than ``date.fromisoformat``, which since 3.11 also takes
+    ``20240501`` and week dates: an invoice period should be unambiguous.
+    """
+    if value is None or isinstance(value, dt.date):
+        return value
+    text = value.strip()
+    try:
+        if not _ISO_DAY.match(text):
+            raise ValueError(text)
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise Invalid(f"{name} {value!r} is not a date: use YYYY-MM-DD", name) from None
+
+
+def parse_period(
+    first: str | dt.date | None, last: str | dt.date | None
+) -> tuple[dt.date | None, dt.date | None]:
+    first_day, last_day = parse_day(first, "--from"), parse_day(last, "--to")
+    if first_day and last_day and first_day > last_day:
+        raise Invalid(f"--from {first_day} is after --to {last_day}", "from")
+    return first_day, last_day
 
 
 def price(value: float | str | Decimal) -> Decimal:

@@ -118,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             logging.basicConfig(level=logging.WARNING)
         if args.command in ("serve", "emulate"):  # a server, not an operator's change
             return int(args.handler(args, settings))
-        from relay.service.scope import Actor, acting
+        from relay.service.actor import Actor, acting
 
         with acting(Actor("operator", "cli")):
             return int(args.handler(args, settings))

@@ -14,6 +14,7 @@ from relay.cli._common import (
     open_db,
     print_json,
     print_rows,
+    read_quickly,
 )
 from relay.cli.limits import add_limit_options, limit_options_given, print_limits
 from relay.core.settings import Settings
@@ -29,18 +30,22 @@ def cmd_account_create(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_account_list(args: argparse.Namespace, settings: Settings) -> int:
-    from relay.service.accounts import list_accounts
+    from relay.service import quick
 
-    items = [
-        {
-            "name": a.name,
-            "agency": parent,
-            "unverified_policy": a.unverified_policy,
-            "suspended_at": a.suspended_at,
-            "suspended_reason": a.suspended_reason,
-        }
-        for a, parent in list_accounts(open_db(settings))
-    ]
+    items = read_quickly(settings, quick.accounts)
+    if items is None:
+        from relay.service.accounts import list_accounts
+
+        items = [
+            {
+                "name": a.name,
+                "agency": parent,
+                "unverified_policy": a.unverified_policy,
+                "suspended_at": a.suspended_at,
+                "suspended_reason": a.suspended_reason,
+            }
+            for a, parent in list_accounts(open_db(settings))
+        ]
     print_accounts(items, args)
     return 0
 
@@ -216,18 +221,22 @@ def cmd_credential_edit(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_credential_list(args: argparse.Namespace, settings: Settings) -> int:
-    from relay.service.accounts import list_credentials
+    from relay.service import quick
 
-    items = [
-        {
-            "username": c.username,
-            "purpose": c.purpose,
-            "unverified_policy": c.unverified_policy,
-            "created_at": c.created_at.isoformat(),
-            "password_set_at": c.updated_at.isoformat(),
-        }
-        for c in list_credentials(open_db(settings), args.domain)
-    ]
+    items = read_quickly(settings, lambda db: quick.credentials(db, args.domain))
+    if items is None:
+        from relay.service.accounts import list_credentials
+
+        items = [
+            {
+                "username": c.username,
+                "purpose": c.purpose,
+                "unverified_policy": c.unverified_policy,
+                "created_at": c.created_at.isoformat(),
+                "password_set_at": c.updated_at.isoformat(),
+            }
+            for c in list_credentials(open_db(settings), args.domain)
+        ]
     print_credentials(items, args.format)
     return 0
 

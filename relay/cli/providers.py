@@ -20,6 +20,7 @@ from relay.cli._common import (
     print_block,
     print_json,
     print_rows,
+    read_quickly,
 )
 from relay.core.settings import Settings
 
@@ -197,10 +198,16 @@ def cmd_webhook(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
-    from relay.service import providers as service
+    from relay.core.crypto import secret_box
+    from relay.service import quick
 
-    engine, box = _env(settings)
-    print_provider(service.show_provider(engine, box, args.name), args.format)
+    box = secret_box(settings)
+    view = read_quickly(settings, lambda db: quick.provider(db, box, args.name))
+    if view is None:
+        from relay.service import providers as service
+
+        view = service.show_provider(open_db(settings), box, args.name)
+    print_provider(view, args.format)
     return 0
 
 
@@ -283,9 +290,17 @@ def cmd_unassign(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
+    from relay.core.crypto import secret_box
+    from relay.service import quick
+
+    box = secret_box(settings)
+    found = read_quickly(settings, lambda db: quick.providers(db, box))
+    if found is not None:
+        print_provider_list(found, args.format)
+        return 0
     from relay.service import providers as service
 
-    engine, box = _env(settings)
+    engine = open_db(settings)
     print_provider_list(
         [
             {

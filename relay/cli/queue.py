@@ -16,11 +16,20 @@ from relay.cli._common import (
     print_block,
     print_json,
     print_rows,
+    read_quickly,
 )
 from relay.core.settings import Settings
 
 
 def cmd_queue_list(args: argparse.Namespace, settings: Settings) -> int:
+    if args.sender is None and args.reason is None and args.campaign is None:
+        from relay.service import quick
+
+        a = args
+        quickly = read_quickly(settings, lambda db: quick.messages(db, a.state, a.account, a.limit))
+        if quickly is not None:
+            print_messages(quickly, args.format)
+            return 0
     from relay.service.pages import MAX_LIMIT
     from relay.service.queue import page_messages
 
@@ -91,6 +100,12 @@ def print_message(view: dict[str, Any], fmt: str) -> None:
 
 
 def cmd_queue_show(args: argparse.Namespace, settings: Settings) -> int:
+    from relay.service import quick
+
+    quickly = read_quickly(settings, lambda db: quick.message(db, args.id))
+    if quickly is not None:
+        print_message(quickly, args.format)
+        return 0
     from relay.service.queue import show_message
 
     view = show_message(open_db(settings), args.id)

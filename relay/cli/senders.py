@@ -15,6 +15,7 @@ from relay.cli._common import (
     open_db,
     print_json,
     print_rows,
+    read_quickly,
 )
 from relay.core.errors import Invalid
 from relay.core.settings import Settings
@@ -46,6 +47,12 @@ def cmd_sender_verify_dns(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_sender_list(args: argparse.Namespace, settings: Settings) -> int:
+    from relay.service import quick
+
+    found = read_quickly(settings, lambda db: quick.senders(db, args.account, args.review))
+    if found is not None:
+        print_senders(found, args.format)
+        return 0
     from relay.service.accounts import list_senders
     from relay.service.scope import account_name
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from relay.cli._common import Verbs, add_group, add_verb, open_db, print_rows
+from relay.cli._common import Verbs, add_group, add_verb, open_db, print_rows, read_quickly
 from relay.core.settings import Settings
 
 
@@ -53,12 +53,16 @@ def cmd_config_check(args: argparse.Namespace, settings: Settings) -> int:
 def _check_references(settings: Settings) -> None:
     """The files, database and names the configuration refers to, each named by its key."""
     from relay.core.errors import ConfigError
-    from relay.service.providers import check_references
 
     if settings.tls.cert:
         from relay.smtp.tls import server_context
 
         server_context(settings)  # a ConfigError naming [tls] if the pair does not load
+    from relay.service import quick
+
+    name = settings.policy.system_provider
+    if read_quickly(settings, lambda db: quick.provider_exists(db, name) if name else True):
+        return  # the database answers (at the newest schema) and names what it must
     try:
         engine = open_db(settings)
     except ConfigError:
@@ -66,6 +70,8 @@ def _check_references(settings: Settings) -> None:
     except Exception as exc:  # the driver's own error, whatever the engine
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ConfigError(f"[database] url: cannot open the database: {reason}") from exc
+    from relay.service.providers import check_references
+
     check_references(engine, settings.policy)
 
 

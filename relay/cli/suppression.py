@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from relay.cli._common import (
     open_db,
     print_json,
     print_rows,
+    read_quickly,
 )
 from relay.core.settings import Settings
 
@@ -24,27 +26,39 @@ ADD_REASONS = ("hard_bounce", "complaint", "unsubscribe", "manual")
 SUPPRESSION_COLUMNS = ("ADDRESS", "REASON", "SOURCE", "SINCE", "EXPIRES", "DETAIL")
 
 
-def suppression_row(entry: Any) -> tuple[str, ...]:
+def suppression_row(entry: Mapping[str, Any]) -> tuple[str, ...]:
     """One line of ``relay suppression list``."""
     return (
-        entry.address,
-        entry.reason,
-        entry.source,
-        f"{entry.created_at:%Y-%m-%d %H:%M}",
-        f"{entry.expires_at:%Y-%m-%d %H:%M}" if entry.expires_at else "-",
-        (entry.detail or "-")[:60],
+        entry["address"],
+        entry["reason"],
+        entry["source"],
+        f"{entry['created_at']:%Y-%m-%d %H:%M}",
+        f"{entry['expires_at']:%Y-%m-%d %H:%M}" if entry["expires_at"] else "-",
+        (entry["detail"] or "-")[:60],
     )
+
+
+SUPPRESSION_KEYS = ("address", "reason", "source", "created_at", "expires_at", "detail")
 
 
 def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
-    from relay.service.suppressions import list_suppressions
+    from relay.service import quick
 
-    rows, total = list_suppressions(
-        open_db(settings), args.account, args.reason, args.contains, args.limit, args.offset
+    a = args
+    found = read_quickly(
+        settings,
+        lambda db: quick.suppressions(db, a.account, a.reason, a.contains, a.limit, a.offset),
     )
+    if found is None:
+        from relay.service.suppressions import list_suppressions
+
+        entries, total = list_suppressions(
+            open_db(settings), args.account, args.reason, args.contains, args.limit, args.offset
+        )
+        found = [{k: getattr(e, k) for k in SUPPRESSION_KEYS} for e in entries], total
+    rows, total = found
     if args.format == "json":
-        keys = ("address", "reason", "source", "created_at", "expires_at", "detail")
-        print_json({"items": [{k: getattr(e, k) for k in keys} for e in rows], "total": total})
+        print_json({"items": rows, "total": total})
         return 0
     print_rows([suppression_row(e) for e in rows], SUPPRESSION_COLUMNS)
     if len(rows) < total:

@@ -19,6 +19,7 @@ from relay.cli._common import (
     open_db,
     print_json,
     print_rows,
+    read_quickly,
 )
 from relay.core.settings import Settings
 
@@ -35,28 +36,33 @@ def cmd_token_create(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_token_list(args: argparse.Namespace, settings: Settings) -> int:
-    from relay.service.tokens import list_tokens
+    from relay.service import quick
 
     def when(at: Any) -> str:
         return at.strftime("%Y-%m-%d %H:%M") if at else "-"
 
-    found = list_tokens(open_db(settings))
+    keys = ("id", "prefix", "scope", "account", "label", "created_at", "last_used_at")
+    found = read_quickly(settings, quick.tokens)
+    if found is None:
+        from relay.service.tokens import list_tokens
+
+        found = [
+            {**{k: getattr(t, k) for k in keys}, "revoked_at": t.revoked_at}
+            for t in list_tokens(open_db(settings))
+        ]
     if args.format == "json":
-        keys = ("id", "prefix", "scope", "account", "label", "created_at", "last_used_at")
-        print_json(
-            [{**{k: getattr(t, k) for k in keys}, "revoked_at": t.revoked_at} for t in found]
-        )
+        print_json(found)
         return 0
     rows = [
         (
-            t.id,
-            t.prefix + "...",
-            t.scope,
-            t.account or "-",
-            "revoked" if t.revoked_at else "active",
-            when(t.created_at),
-            when(t.last_used_at),
-            t.label or "",
+            t["id"],
+            t["prefix"] + "...",
+            t["scope"],
+            t["account"] or "-",
+            "revoked" if t["revoked_at"] else "active",
+            when(t["created_at"]),
+            when(t["last_used_at"]),
+            t["label"] or "",
         )
         for t in found
     ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from relay.cli._common import Verbs, add_verb, open_db
+from relay.cli._common import Verbs, add_verb, open_db, read_quickly
 from relay.core.settings import Settings
 
 
@@ -13,15 +13,15 @@ def cmd_usage(args: argparse.Namespace, settings: Settings) -> int:
     if args.limits:
         return _limits(args, settings)
     from relay.accounting.report import price, render
-    from relay.service.usage import usage_report
+    from relay.service import quick
 
-    report = usage_report(
-        open_db(settings),
-        price(settings.billing.price_per_1000),
-        args.account,
-        args.first,
-        args.last,
-    )
+    cost = price(settings.billing.price_per_1000)
+    a = args
+    report = read_quickly(settings, lambda db: quick.usage(db, cost, a.account, a.first, a.last))
+    if report is None:
+        from relay.service.usage import usage_report
+
+        report = usage_report(open_db(settings), cost, args.account, args.first, args.last)
     sys.stdout.write(render(report, args.format))
     return 0
 

@@ -13,7 +13,7 @@ import argparse
 import sys
 from typing import Any
 
-from relay.cli._common import Verbs, add_group, add_verb, open_db, print_rows
+from relay.cli._common import Verbs, add_group, add_verb, open_db, print_rows, read_quickly
 from relay.core.errors import Invalid
 from relay.core.settings import Settings
 
@@ -68,20 +68,26 @@ def cmd_user_create(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_user_list(args: argparse.Namespace, settings: Settings) -> int:
-    from relay.service.console_users import list_users
+    from relay.service import quick
 
     def when(at: Any) -> str:
         return at.strftime("%Y-%m-%d %H:%M") if at else "-"
 
+    found = read_quickly(settings, quick.users)
+    if found is None:
+        from relay.service.console_users import list_users
+
+        keys = ("email", "account", "operator", "role", "created_at", "last_sign_in_at")
+        found = [{k: getattr(u, k) for k in keys} for u in list_users(open_db(settings))]
     rows = [
         (
-            u.email,
-            "operator" if u.operator else u.account or "-",
-            u.role,
-            when(u.created_at),
-            when(u.last_sign_in_at),
+            u["email"],
+            "operator" if u["operator"] else u["account"] or "-",
+            u["role"],
+            when(u["created_at"]),
+            when(u["last_sign_in_at"]),
         )
-        for u in list_users(open_db(settings))
+        for u in found
     ]
     print_rows(rows, ("EMAIL", "ACCOUNT", "ROLE", "CREATED", "LAST-SIGN-IN"))
     return 0

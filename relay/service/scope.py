@@ -23,8 +23,7 @@ the next one.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from typing import Any
@@ -34,53 +33,16 @@ from sqlalchemy.orm import Session
 
 from relay.core.addresses import check_domain, split_username
 from relay.core.errors import Invalid, NotFound, OperatorOnly
+
+# The actor lives apart (relay.service.actor): the command line sets it without the ORM.
+from relay.service.actor import EVERYTHING as EVERYTHING
+from relay.service.actor import LOCAL_OPERATOR as LOCAL_OPERATOR
+from relay.service.actor import Actor as Actor
+from relay.service.actor import Scope as Scope
+from relay.service.actor import acting as acting
+from relay.service.actor import current as current
 from relay.store.models import Account, Credential, Domain, Message
 from relay.store.models import Provider as ProviderRow
-
-
-@dataclass(frozen=True)
-class Scope:
-    """The accounts an actor may see; ``accounts=None`` is every account."""
-
-    accounts: frozenset[int] | None = None
-
-    @property
-    def everything(self) -> bool:
-        return self.accounts is None
-
-    def sees(self, account_id: int | None) -> bool:
-        return self.accounts is None or (account_id is not None and account_id in self.accounts)
-
-
-EVERYTHING = Scope()
-
-
-@dataclass(frozen=True)
-class Actor:
-    """Who asked: ``operator`` or ``token:<id>``, by which way (cli, api, local)."""
-
-    name: str
-    via: str
-    scope: Scope = EVERYTHING
-    account_id: int | None = None  # the token's own account
-
-
-LOCAL_OPERATOR = Actor("operator", "local")
-_current: ContextVar[Actor] = ContextVar("relay_actor", default=LOCAL_OPERATOR)
-
-
-def current() -> Actor:
-    return _current.get()
-
-
-@contextlib.contextmanager
-def acting(actor: Actor) -> Iterator[Actor]:
-    """Make ``actor`` the one the service guards and the audit log see."""
-    token = _current.set(actor)
-    try:
-        yield actor
-    finally:
-        _current.reset(token)
 
 
 def scope_of_account(session: Session, account_id: int) -> Scope:

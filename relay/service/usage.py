@@ -18,7 +18,6 @@ one period and negative in the next.
 from __future__ import annotations
 
 import datetime as dt
-import re
 from collections.abc import Iterable, Sequence
 from decimal import Decimal
 from typing import Any, TypeAlias
@@ -40,42 +39,18 @@ from sqlalchemy.orm import Session, aliased
 
 from relay.accounting.ledger import SUPPRESSED
 from relay.accounting.report import OUTCOMES, AccountRef, LedgerSums, Report, build_report
-from relay.core.errors import Invalid
+
+# The period's rules live with the report (``relay.service.quick`` reads them too).
+from relay.accounting.report import parse_day as parse_day
+from relay.accounting.report import parse_period as parse_period
 from relay.service.accounts import get_account
 from relay.store.models import Account, Usage
 
-_ISO_DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 # The tag of the message-count rows in the one statement (not an event name).
 _MESSAGES = "messages"
 # (account id, class, event or _MESSAGES, count): the rows of the one statement.
 # A string, so SQLAlchemy 2.0 (whose Select takes one parameter) can import it.
 _Sums: TypeAlias = "Select[int, str, str, int]"
-
-
-def parse_day(value: str | dt.date | None, name: str) -> dt.date | None:
-    """An inclusive UTC day from ``YYYY-MM-DD``; ``name`` is the option, for the error.
-
-    Stricter than ``date.fromisoformat``, which since 3.11 also takes
-    ``20240501`` and week dates: an invoice period should be unambiguous.
-    """
-    if value is None or isinstance(value, dt.date):
-        return value
-    text = value.strip()
-    try:
-        if not _ISO_DAY.match(text):
-            raise ValueError(text)
-        return dt.date.fromisoformat(text)
-    except ValueError:
-        raise Invalid(f"{name} {value!r} is not a date: use YYYY-MM-DD", name) from None
-
-
-def parse_period(
-    first: str | dt.date | None, last: str | dt.date | None
-) -> tuple[dt.date | None, dt.date | None]:
-    first_day, last_day = parse_day(first, "--from"), parse_day(last, "--to")
-    if first_day and last_day and first_day > last_day:
-        raise Invalid(f"--from {first_day} is after --to {last_day}", "from")
-    return first_day, last_day
 
 
 def usage_report(

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
@@ -12,8 +10,9 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from relay.core.errors import ConfigError
 from relay.core.files import create_sqlite_file
+from relay.store import lite
 
-MIGRATIONS = Path(__file__).parent / "migrations"
+MIGRATIONS = lite.MIGRATIONS
 
 
 def normalise_url(url: str) -> str:
@@ -66,21 +65,6 @@ def is_postgres(engine: Engine) -> bool:
     return engine.dialect.name == "postgresql"
 
 
-_REVISION = re.compile(r"^(down_revision|revision)\b[^=]*=\s*(.+)$", re.M)
-
-
-def _heads() -> set[str]:
-    """The newest revisions, read from the migration files' ``revision`` and
-    ``down_revision`` lines without loading alembic (it costs a command half a second)."""
-    revisions: set[str] = set()
-    parents: set[str] = set()
-    for path in (MIGRATIONS / "versions").glob("*.py"):
-        for key, value in _REVISION.findall(path.read_text("utf-8")):
-            names = set(re.findall(r"[\"']([^\"']+)[\"']", value))
-            (revisions if key == "revision" else parents).update(names)
-    return revisions - parents
-
-
 def schema_current(engine: Engine) -> bool:
     """Whether the database is at the newest revision already (then a command need
     not run alembic); any doubt says no, and ``migrate`` decides."""
@@ -91,7 +75,7 @@ def schema_current(engine: Engine) -> bool:
             }
     except SQLAlchemyError:  # no table yet, or no database: migrate makes them
         return False
-    heads = _heads()
+    heads = lite.heads()
     return bool(heads) and found == heads
 
 
