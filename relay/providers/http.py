@@ -13,7 +13,9 @@ provider may have taken the message and only its answer was lost
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+import ssl
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import httpx
@@ -21,6 +23,92 @@ import httpx
 from relay.core.errors import TransientError
 from relay.core.settings import Secret
 from relay.providers.chain import OutcomeUnknown
+
+
+SHARD_CONNECTIONS = 8  # connections per sub-pool of ShardedTransport
+
+
+class ShardedTransport(httpx.AsyncBaseTransport):
+    """Several small connection pools behind one transport, each request on the least busy.
+
+    httpcore's pool looks at every pooled connection on each request and each
+    response (``has_expired``: a readability poll of its socket; ``is_idle``
+    counted once per idle connection, so quadratic), all on the event loop. A
+    provider answering in 200 ms needs 100 or more connections for 500 msg/s
+    (Little's law), and one pool of 256 made that scan a third of the relay's
+    CPU (bench/deliver.py, 200 ms, py-spy). Pools of :data:`SHARD_CONNECTIONS`
+    keep each scan short, with the same total. A request goes to the pool
+    with the fewest requests in flight, so none waits for a connection while
+    another pool has room, and under light load the first pool's connections
+    are reused and the others stay empty.
+    """
+
+    def __init__(
+        self,
+        max_connections: int,
+        *,
+        verify: bool | ssl.SSLContext = True,
+        local_address: str | None = None,
+        keepalive_expiry: float = 30.0,
+        per_shard: int = SHARD_CONNECTIONS,
+    ) -> None:
+        count = max(1, math.ceil(max_connections / max(1, per_shard)))
+        size = math.ceil(max_connections / count)
+        # Every connection kept alive: one closed after its request is a new TCP
+        # (and TLS) handshake for the next, while as many are in flight again.
+        limits = httpx.Limits(
+            max_connections=size, max_keepalive_connections=size, keepalive_expiry=keepalive_expiry
+        )
+        # One TLS context for all: loading the trust store once, not once per pool.
+        context = (
+            verify
+            if isinstance(verify, ssl.SSLContext)
+            else httpx.create_ssl_context(verify=verify)
+        )
+        self.shards = [
+            httpx.AsyncHTTPTransport(verify=context, local_address=local_address, limits=limits)
+            for _ in range(count)
+        ]
+        self.max_connections = size * count
+        self.busy = [0] * count  # requests in flight per pool, until their response is closed
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        busy = self.busy
+        index = busy.index(min(busy))
+        busy[index] += 1
+        try:
+            response = await self.shards[index].handle_async_request(request)
+        except BaseException:
+            busy[index] -= 1
+            raise
+        response.stream = _Counted(response.stream, busy, index)
+        return response
+
+    async def aclose(self) -> None:
+        for shard in self.shards:
+            await shard.aclose()
+
+
+class _Counted(httpx.AsyncByteStream):
+    """A response body that gives its pool's slot back when closed (once)."""
+
+    __slots__ = ("_busy", "_index", "_open", "_stream")
+
+    def __init__(self, stream: Any, busy: list[int], index: int) -> None:
+        self._stream = stream
+        self._busy = busy
+        self._index = index
+        self._open = True
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for part in self._stream:
+            yield part
+
+    async def aclose(self) -> None:
+        if self._open:
+            self._open = False
+            self._busy[self._index] -= 1
+        await self._stream.aclose()
 
 
 class HttpApi:
