@@ -18,10 +18,12 @@ import ssl
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
+import httpcore
 import httpx
 
 from relay.core.errors import TransientError
 from relay.core.settings import Secret
+from relay.providers.aio import AsyncioBackend
 from relay.providers.chain import OutcomeUnknown
 
 SHARD_CONNECTIONS = 8  # connections per sub-pool of ShardedTransport
@@ -68,6 +70,17 @@ class ShardedTransport(httpx.AsyncBaseTransport):
             httpx.AsyncHTTPTransport(verify=context, local_address=local_address, limits=limits)
             for _ in range(count)
         ]
+        backend = AsyncioBackend()
+        for shard in self.shards:
+            # The same pool httpx made, on the loop's own transports (relay.providers.aio).
+            shard._pool = httpcore.AsyncConnectionPool(
+                ssl_context=context,
+                max_connections=size,
+                max_keepalive_connections=size,
+                keepalive_expiry=keepalive_expiry,
+                local_address=local_address,
+                network_backend=backend,
+            )
         self.max_connections = size * count
         self.busy = [0] * count  # requests in flight per pool, until their response is closed
 

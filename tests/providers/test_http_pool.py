@@ -9,18 +9,24 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
+import ssl
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
 
 import httpx
 import pytest
+import trustme
+import uvloop
 from sqlalchemy import Engine
 
+from relay.core.errors import TransientError
 from relay.core.message import OutboundMessage
 from relay.core.settings import Settings
-from relay.emulator import Emulator
+from relay.emulator import Emulator, serve_emulator
 from relay.providers import sendgrid_json, sparkpost
+from relay.providers.chain import OutcomeUnknown
 from relay.providers.http import SHARD_CONNECTIONS, ShardedTransport
 from relay.providers.registry import build_provider, make_http_client
 from relay.server import setup_logging
@@ -207,3 +213,107 @@ async def test_sparkposts_body_is_the_transmission(
     receipt = await make_provider("sparkpost").send(out)
     assert receipt.transport == "api"
     assert emulator.sparkpost.received[-1].body == sparkpost.transmission(out)
+
+
+# -- the network backend (relay.providers.aio), on both event loops -----------------
+
+LOOPS = {"asyncio": asyncio.run, "uvloop": uvloop.run}  # tests run on asyncio, the relay on uvloop
+
+
+async def _backend_cases() -> None:
+    emu = await serve_emulator(api_key=API_KEY)
+    http = make_http_client(max_connections=16, trust_env=False)
+    try:
+        chain = build_provider(
+            "sendgrid",
+            "sg",
+            {"api_url": emu.sendgrid_url, "timeout": 0.5},
+            {"api_key": API_KEY},
+            http=http,
+        )
+        api = chain.primary.provider
+        assert (await api.send(message(1))).transport == "api"
+        # No answer in time once the request was written: the outcome is unknown.
+        emu.sendgrid.stall(5)
+        with pytest.raises(OutcomeUnknown, match="no answer within"):
+            await api.send(message(2))
+        emu.sendgrid.wake()
+        # The server closed the idle connections: the next request opens a new one.
+        emu.drop_http_connections()
+        for _ in range(100):
+            if emu.open_http_connections() == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert (await api.send(message(3))).transport == "api"
+        # Nothing listens: never sent, another transport may carry it.
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            closed = sock.getsockname()[1]
+        gone = build_provider(
+            "sendgrid", "x", {"api_url": f"http://127.0.0.1:{closed}"}, {"api_key": API_KEY}
+        )
+        with pytest.raises(TransientError, match="unreachable: ConnectError"):
+            await gone.primary.provider.send(message(4))
+        await gone.aclose()
+    finally:
+        await http.aclose()
+        await emu.aclose()
+
+
+@pytest.mark.parametrize("loop", sorted(LOOPS))
+def test_timeouts_closed_connections_and_refusals_keep_their_meaning(loop: str) -> None:
+    LOOPS[loop](_backend_cases())
+
+
+async def _tls_cases(ca: trustme.CA) -> None:
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_context)
+    peers: list[Any] = []
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peers.append(writer.get_extra_info("peername"))
+        while True:  # keep-alive: one request after another
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = next(
+                int(line.split(b":", 1)[1])
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length:")
+            )
+            await reader.readexactly(length)
+            writer.write(
+                b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\nX-Message-Id: tls1\r\n\r\n"
+            )
+            await writer.drain()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0, ssl=server_context)
+    url = f"https://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    trusted = make_http_client(verify=ca_context(ca), trust_env=False)
+    untrusted = make_http_client(trust_env=False)  # the system's CAs: not ours
+    try:
+        for n in range(3):
+            chain = build_provider(
+                "sendgrid", "sg", {"api_url": url}, {"api_key": API_KEY}, http=trusted
+            )
+            receipt = await chain.primary.provider.send(message(n))
+            assert receipt.provider_message_id == "tls1"
+        assert len(peers) == 1  # one TLS connection, reused
+        chain = build_provider(
+            "sendgrid", "sg", {"api_url": url}, {"api_key": API_KEY}, http=untrusted
+        )
+        with pytest.raises(TransientError, match="ConnectError"):
+            await chain.primary.provider.send(message(9))
+    finally:
+        await trusted.aclose()
+        await untrusted.aclose()
+        server.close()
+
+
+def ca_context(ca: trustme.CA) -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    return context
+
+
+@pytest.mark.parametrize("loop", sorted(LOOPS))
+def test_tls_to_the_provider_is_verified_and_its_connection_reused(loop: str) -> None:
+    LOOPS[loop](_tls_cases(trustme.CA()))
