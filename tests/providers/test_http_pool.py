@@ -317,3 +317,14 @@ def ca_context(ca: trustme.CA) -> ssl.SSLContext:
 @pytest.mark.parametrize("loop", sorted(LOOPS))
 def test_tls_to_the_provider_is_verified_and_its_connection_reused(loop: str) -> None:
     LOOPS[loop](_tls_cases(trustme.CA()))
+
+
+async def test_the_egress_address_is_the_source_of_the_connection(emulator: Emulator) -> None:
+    # 127.0.0.2 is loopback too (127/8): bound as the provider's static egress.
+    options = {"api_url": emulator.sendgrid_url, "source_address": "127.0.0.2"}
+    chain = build_provider("sendgrid", "sg", options, {"api_key": API_KEY})
+    try:
+        await chain.primary.provider.send(message(1))
+    finally:
+        await chain.aclose()
+    assert emulator.sendgrid.received[-1].peer.startswith("127.0.0.2:")
