@@ -14,15 +14,19 @@ What httpcore expects of a backend is kept: its exception types (a connect
 failure or TLS refusal ``ConnectError``, a timeout ``ConnectTimeout`` /
 ``ReadTimeout`` / ``WriteTimeout``, a broken connection ``ReadError`` /
 ``WriteError``), so httpx's mapping and ours (``OutcomeUnknown`` once the
-request was written) are unchanged; ``local_address`` binds the egress
-address; ``is_readable`` says whether an idle pooled connection was closed
-by the server (or sent something unasked), so the pool never reuses it.
+request was written) are unchanged; a write on a connection the server has
+closed already says ``ConnectionNotAvailable``, and the pool sends the request
+again on another (the request never left whole, see ``AsyncioStream.write``);
+``local_address`` binds the egress address; ``is_readable`` says whether an
+idle pooled connection was closed by the server (or sent something unasked),
+so the pool never reuses it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import select
 import socket
 import ssl
 from collections.abc import Awaitable, Iterable
@@ -49,6 +53,19 @@ async def _within(
         raise timeout_as(str(exc) or "timed out") from exc
     except (OSError, EOFError) as exc:  # ssl.SSLError is an OSError
         raise error_as(str(exc) or type(exc).__name__) from exc
+
+
+def _socket_readable(sock: Any) -> bool:
+    """Whether ``sock`` has bytes (or its end) to read now; a socket gone: yes."""
+    try:
+        fd = sock.fileno() if sock is not None else -1
+    except (OSError, ValueError):
+        return True
+    if fd < 0:
+        return True
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(0))
 
 
 class _Protocol(asyncio.Protocol):
@@ -153,7 +170,13 @@ class AsyncioStream(httpcore.AsyncNetworkStream):
             return
         protocol = self._protocol
         if self._transport.is_closing() or protocol.error is not None:
-            raise httpcore.WriteError("connection closed")
+            # The server closed the connection between the pool's choice and this
+            # write (an idle one past its keep-alive): nothing more of the request
+            # goes out, so the server never had it whole and cannot have acted
+            # on it. httpcore's pool then sends it on another connection, as for
+            # one that stopped being available; a WriteError would be swallowed
+            # and the read would fail as an answer lost (OutcomeUnknown).
+            raise httpcore.ConnectionNotAvailable()
         try:
             self._transport.write(buffer)
         except (OSError, RuntimeError) as exc:
@@ -193,13 +216,15 @@ class AsyncioStream(httpcore.AsyncNetworkStream):
     def get_extra_info(self, info: str) -> Any:
         if info == "is_readable":
             # An idle connection with something to read was closed by the server
-            # (or has a stray answer): httpcore's pool must not reuse it.
+            # (or has a stray answer): httpcore's pool must not reuse it. What the
+            # loop has not read yet counts too: a FIN that arrived this turn.
             protocol = self._protocol
             return bool(
                 protocol.eof
                 or protocol.buffer
                 or protocol.error is not None
                 or self._transport.is_closing()
+                or _socket_readable(self._transport.get_extra_info("socket"))
             )
         if info == "ssl_object":
             return self._transport.get_extra_info("ssl_object")

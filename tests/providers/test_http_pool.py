@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
 
+import httpcore
 import httpx
 import pytest
 import trustme
@@ -26,6 +27,7 @@ from relay.core.message import OutboundMessage
 from relay.core.settings import Settings
 from relay.emulator import Emulator, serve_emulator
 from relay.providers import sendgrid_json, sparkpost
+from relay.providers.aio import AsyncioBackend
 from relay.providers.chain import OutcomeUnknown
 from relay.providers.http import SHARD_CONNECTIONS, ShardedTransport
 from relay.providers.registry import build_provider, make_http_client
@@ -328,3 +330,25 @@ async def test_the_egress_address_is_the_source_of_the_connection(emulator: Emul
     finally:
         await chain.aclose()
     assert emulator.sendgrid.received[-1].peer.startswith("127.0.0.2:")
+
+
+async def test_a_write_on_a_connection_the_server_closed_goes_to_another(
+    emulator: Emulator,
+) -> None:
+    # The pool chose the connection, then the server closed it (its keep-alive
+    # ran out) before the request was written: nothing left, so the pool must
+    # send it on another connection rather than report an answer lost.
+    port = int(emulator.sendgrid_url.rsplit(":", 1)[1])
+    stream = await AsyncioBackend().connect_tcp("127.0.0.1", port, timeout=5)
+    for _ in range(100):  # bounded: until the server has the connection
+        if emulator.open_http_connections():
+            break
+        await asyncio.sleep(0.01)
+    emulator.drop_http_connections()
+    for _ in range(100):
+        if stream.get_extra_info("is_readable") and emulator.open_http_connections() == 0:
+            break
+        await asyncio.sleep(0.01)
+    with pytest.raises(httpcore.ConnectionNotAvailable):
+        await stream.write(b"POST /v3/mail/send HTTP/1.1\r\n", timeout=5)
+    await stream.aclose()
