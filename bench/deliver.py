@@ -447,7 +447,17 @@ HTTPCORE_STAGES: list[tuple[str, tuple[str, ...]]] = [
     ("httpcore: pool scan, has_expired per pooled connection", ("has_expired",)),
 ]
 DELIVERY_STAGES: list[tuple[str, tuple[str, ...]]] = [
-    ("HTTP client: httpx/httpcore/h11/anyio", ("(httpx/", "(httpcore/", "(h11/", "(anyio/")),
+    (
+        "HTTP client: httpx/httpcore/h11/anyio, relay/providers/http.py and aio.py",
+        (
+            "(httpx/",
+            "(httpcore/",
+            "(h11/",
+            "(anyio/",
+            "(relay/providers/http.py)",
+            "(relay/providers/aio.py)",
+        ),
+    ),
     (
         "SendGrid: MIME to v3 JSON (relay/providers/sendgrid_json.py)",
         ("(relay/providers/sendgrid_json.py)",),

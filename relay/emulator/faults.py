@@ -52,6 +52,9 @@ class Received:
     # rate and pauses against them.
     at: float = field(default_factory=time.time)
     answered_at: float = 0.0
+    # The sender's address and port: one per connection, so tests can count
+    # how many connections a sender opened and whether it reused them.
+    peer: str = ""
 
 
 @dataclass
@@ -134,6 +137,10 @@ class ApiState:
         seen.status = status
         seen.answered_at = time.time()
         self.in_flight -= 1
+
+    def connections(self) -> int:
+        """Connections the message requests came over (distinct sender ports)."""
+        return len({seen.peer for seen in self.received if seen.peer})
 
     def reset(self) -> None:
         self.in_flight = self.max_in_flight = 0

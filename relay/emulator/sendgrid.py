@@ -295,6 +295,7 @@ def create_app(state: ApiState) -> Starlette:
             auth_scheme(request.headers.get("authorization")),
             None,
             len(raw),
+            peer=f"{request.client.host}:{request.client.port}" if request.client else "",
         )
         state.arrive(seen)
         status = 500  # cancelled or crashed: counted as answered all the same

@@ -175,6 +175,20 @@ class Emulator:
         lines.append(f"Mailgun HTTP webhook signing key  {self.mailgun_signing_key}")
         return "\n".join(lines)
 
+    def drop_http_connections(self) -> int:
+        """Close every idle keep-alive HTTP connection, as a provider's load balancer
+        does (its idle timeout), without telling the sender; the number closed."""
+        dropped = 0
+        for http in self._http:
+            for connection in list(http.server.server_state.connections):
+                connection.shutdown()  # uvicorn's: closes it now unless a request is running
+                dropped += 1
+        return dropped
+
+    def open_http_connections(self) -> int:
+        """HTTP connections open now, over all the emulated APIs."""
+        return sum(len(http.server.server_state.connections) for http in self._http)
+
     async def aclose(self) -> None:
         self.sendgrid.wake()
         self.sparkpost.wake()

@@ -47,6 +47,7 @@ from relay.core.settings import Secret
 from relay.providers import mailgun, outbox, sendgrid, ses, smtp, sparkpost
 from relay.providers.base import Health, Provider, Receipt
 from relay.providers.chain import AttemptHook, CircuitBreaker, Leg, ProviderChain
+from relay.providers.http import ShardedTransport
 from relay.providers.kind import ApiFactory, ProviderKind, SmtpRelay
 from relay.providers.smtp import TLS_MODES, SmtpEndpoint, SmtpTransport
 
@@ -95,17 +96,10 @@ def make_http_client(
     max_connections: int = 100,
     trust_env: bool = True,
 ) -> httpx.AsyncClient:
-    """The pooled HTTP client providers share (one per process, or per egress address)."""
-    transport = httpx.AsyncHTTPTransport(
-        verify=verify,
-        local_address=source_address,
-        # Every connection kept alive: one closed after its request is a new TCP
-        # (and TLS) handshake for the next, while as many are in flight again.
-        limits=httpx.Limits(
-            max_connections=max_connections,
-            max_keepalive_connections=max_connections,
-            keepalive_expiry=30.0,
-        ),
+    """The pooled HTTP client providers share (one per process, or per egress address):
+    ``max_connections`` kept alive, in small pools (:class:`ShardedTransport`)."""
+    transport = ShardedTransport(
+        max_connections, verify=verify, local_address=source_address, keepalive_expiry=30.0
     )
     return httpx.AsyncClient(transport=transport, timeout=timeout, trust_env=trust_env)
 

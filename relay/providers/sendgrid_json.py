@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import base64
 import email.utils
-import json
 import mimetypes
 import re
 from collections.abc import Iterator, Sequence
@@ -59,6 +58,8 @@ from email import policy
 from email.message import EmailMessage, Message
 from email.parser import BytesParser
 from typing import Any
+
+import orjson
 
 from relay.core import mimepolicy
 from relay.core.errors import PayloadRejected, PermanentError
@@ -108,8 +109,9 @@ def tracking_settings(message: OutboundMessage) -> Json:
 
 
 def encode(payload: Json) -> bytes:
-    """The JSON body as sent; too big for SendGrid is a permanent failure."""
-    body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    """The JSON body as sent (compact UTF-8, by orjson: one C call, no ``str`` to
+    encode after); too big for SendGrid is a permanent failure."""
+    body = orjson.dumps(payload)
     if len(body) > MAX_BYTES:
         raise PermanentError(
             f"message too large for SendGrid: {len(body)} bytes of JSON, limit {MAX_BYTES}",
