@@ -200,6 +200,16 @@ class Intake:
             return decision, {}
         return decision, self._suppressions.suppressed_now(sub.account_id, addresses)
 
+    def _decide_cached(self, sub: Submission, addresses: list[str]) -> Decision | None:
+        """``_decide`` from the process's cache, without I/O (on the loop): when
+        the policy context is cached and the account has no suppression at all
+        (a suppressed recipient is always looked up); None: read the database."""
+        decision = self._policy.decide_cached(sub)
+        if decision is None or decision.reply is not None or not addresses:
+            return decision
+        assert self._suppressions is not None  # addresses are given only with it
+        return decision if self._suppressions.listed_cached(sub.account_id) is False else None
+
     async def check_recipient(self, identity: Identity, address: str) -> Reply | None:
         """At RCPT TO, with ``[suppression] at_rcpt``: 550 5.1.1 for a suppressed
         address, naming the reason and the day; None to go on."""
@@ -240,10 +250,15 @@ class Intake:
         senders = (mail_from, *reading.originators)
         campaign_mail = campaign is not None or identity.purpose == "campaign"
         sub = Submission(identity.account_id, identity.policy, campaign_mail, tuple(senders))
+        await self._policy.fresh()
         classes = reading.recipients
-        decision, found = await asyncio.to_thread(
-            self._decide, sub, [a for a, _ in classes] if self._suppressions else []
-        )
+        addresses = [a for a, _ in classes] if self._suppressions else []
+        cached = self._decide_cached(sub, addresses)
+        found: dict[str, Entry] = {}
+        if cached is None:
+            decision, found = await asyncio.to_thread(self._decide, sub, addresses)
+        else:
+            decision = cached
         if decision.reply is not None:
             log.info(
                 "reject: account=%s from=<%s> reason=%s",
