@@ -176,7 +176,9 @@ class Relay:
         self.spool.on_commit(self.counters.count_accepted)
         # What policy, suppression and suspension decide per account, kept per
         # process until a change anywhere moves the generation (relay.store.generation).
-        decisions = DecisionCache(self.engine, s.policy.cache_seconds, s.policy.cache_entries)
+        self.decisions = decisions = DecisionCache(
+            self.engine, s.policy.cache_seconds, s.policy.cache_entries
+        )
         config = HandlerConfig(
             s.limits.max_recipients,
             on_auth_failure=[self.counters.count_auth_failure],

@@ -26,6 +26,8 @@ import warnings
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from email._header_value_parser import get_addr_spec, get_angle_addr
+from email.errors import HeaderParseError
 from typing import Any, AnyStr, cast
 
 from aiosmtpd.smtp import MISSING, SMTP, Session, TLSSetupException, syntax
@@ -406,6 +408,23 @@ class RelaySMTP(SMTP):
         transport = cast(asyncio.WriteTransport | None, self._original_transport or self.transport)
         if transport is not None:
             transport.abort()
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        """aiosmtpd's, without the ``typing.Protocol`` class it defines on every
+        call (a class per MAIL FROM and RCPT TO: 5% of acceptance's CPU,
+        issue 15's profile). The same parser, the same answers."""
+        if not arg:
+            return "", ""
+        try:
+            parser = get_angle_addr if arg.lstrip().startswith("<") else get_addr_spec
+            address, rest = parser(arg)
+        except HeaderParseError:
+            return None, None
+        addr = str(address.addr_spec)
+        localpart = addr.rpartition("@")[0]
+        if self.local_part_limit and len(localpart) > self.local_part_limit:
+            return None, None
+        return addr, rest
 
     async def push(self, status: AnyStr) -> None:
         if isinstance(status, str) and not self._raw_replies:
