@@ -246,7 +246,7 @@ class Intake:
         if reading.refusal is not None or reading.parsed is None:
             return self._refuse(reading.refusal or MALFORMED_MESSAGE, identity, mail_from)
         parsed = reading.parsed
-        campaign = (parsed.headers.get(CAMPAIGN_HEADER) or "").strip() or None
+        campaign = (parsed.get(CAMPAIGN_HEADER) or "").strip() or None
         senders = (mail_from, *reading.originators)
         campaign_mail = campaign is not None or identity.purpose == "campaign"
         sub = Submission(identity.account_id, identity.policy, campaign_mail, tuple(senders))
@@ -374,7 +374,7 @@ class Intake:
         config = self._config
         if not (wanted and config.public_url and config.unsubscribe_key) or len(recipients) != 1:
             return ""
-        if any(parsed.headers.get(name) is not None for name in UNSUBSCRIBE_FIELDS):
+        if any(parsed.has(name) for name in UNSUBSCRIBE_FIELDS):
             return ""
         token = make_token(config.unsubscribe_key, account_id, recipients[0][0], campaign)
         if token is None:

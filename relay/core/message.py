@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from email import policy as email_policy
 from email.message import Message
 from email.policy import compat32
+from typing import Any
 
 RECIPIENT_KINDS = ("to", "cc", "bcc")
 
@@ -86,12 +87,33 @@ class ParsedMessage:
     headers: Message
     header_end: int
     fields: int = 0  # header fields in the section
+    # Lower-case name -> raw values, in order: what ``parse`` read, so that a
+    # field is found without a scan of ``headers`` (each ``Message.get_all``
+    # lowers every name; intake asks for seven fields per message).
+    index: dict[str, list[str]] = field(default_factory=dict)
 
     def get_all(self, name: str) -> list[str]:
+        values = self.index.get(name.lower())
+        if values is None:
+            return [] if self.index else [str(v) for v in self.headers.get_all(name, [])]
+        if all(v.isascii() for v in values):
+            return values
+        # Undecodable bytes: compat32 hands them back as Header objects; as before.
         return [str(v) for v in self.headers.get_all(name, [])]
 
+    def get(self, name: str) -> Any:
+        """The first ``name`` field's value, or None (as ``Message.get``)."""
+        values = self.index.get(name.lower())
+        if values is None:
+            return None if self.index else self.headers.get(name)
+        return values[0] if values[0].isascii() else self.headers.get(name)
+
+    def has(self, name: str) -> bool:
+        return name.lower() in self.index if self.index else name in self.headers
+
     def addresses(self, name: str) -> list[str]:
-        return header_addresses(self.headers, name)
+        values = self.get_all(name)
+        return [addr for _, addr in email.utils.getaddresses(values) if "@" in addr]
 
     def originators(self) -> list[str]:
         """Every address a reader shows as From or Sender (see ``originator_addresses``)."""
@@ -187,6 +209,8 @@ def parse(data: bytes) -> ParsedMessage:
     if lines and lines[-1] == "":
         lines.pop()
     msg = Message(policy=compat32)
+    index: dict[str, list[str]] = {}
+    key = ""
     name: str | None = None
     value: list[str] = []
     seen: set[str] = set()
@@ -203,7 +227,9 @@ def parse(data: bytes) -> ParsedMessage:
             end = offset  # not a field: the body starts here
             break
         if name is not None:
-            msg.set_raw(name, "\r\n".join(value))
+            joined = "\r\n".join(value)
+            msg.set_raw(name, joined)
+            index.setdefault(key, []).append(joined)
         name = m.group(1)
         key = name.lower()
         if key in ORIGINATOR_FIELDS:
@@ -215,10 +241,12 @@ def parse(data: bytes) -> ParsedMessage:
         offset += len(line.encode("utf-8", "surrogateescape")) + 2
     if name is None:
         raise MalformedMessage("no header section")
-    msg.set_raw(name, "\r\n".join(value))
+    joined = "\r\n".join(value)
+    msg.set_raw(name, joined)
+    index.setdefault(name.lower(), []).append(joined)
     if end < len(head):
         data = data[:end] + b"\r\n" + data[end:]
-    return ParsedMessage(data, msg, end, count)
+    return ParsedMessage(data, msg, end, count, index)
 
 
 def header_addresses(msg: Message, name: str) -> list[str]:
@@ -330,7 +358,7 @@ def rewrite_headers(
     head = parsed.data[: parsed.header_end]
     body = memoryview(parsed.data)[parsed.header_end :]
     names = {n.lower().encode() for n in remove}
-    present = {k.lower() for k in parsed.headers}
+    present = set(parsed.index) if parsed.index else {k.lower() for k in parsed.headers}
     if names & {n.encode() for n in present}:
         head = _drop_headers(head, names)
     extra = b""
