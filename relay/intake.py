@@ -8,11 +8,14 @@ reply that refuses the message, out. In order:
    endings unless the front end's line reader did them, NUL bytes (RFC 5322
    2.3), the header section (its limits, one From and one Sender, RFC 5322
    3.6), every originator address a reader would show, recipient classes;
-2. policy and route (``relay.routing.policy``): reject, drop, pause or queue;
-   then the suppression list (``relay.suppression``, one query for all the
-   recipients): a suppressed recipient is stored as ``suppressed`` and never
-   sent while the others go; when every recipient is suppressed the message
-   is ``dropped`` at once, reason "every recipient suppressed";
+2. policy and route (``relay.routing.policy``): reject, drop, pause or queue,
+   from the process's decision cache when it holds the account (no hop off
+   the loop, ``relay.store.generation``); then the suppression list
+   (``relay.suppression``, one query for all the recipients, none for an
+   account without entries): a suppressed recipient is stored as
+   ``suppressed`` and never sent while the others go; when every recipient is
+   suppressed the message is ``dropped`` at once, reason "every recipient
+   suppressed";
 3. the header rewrite (``relay.core.message``): Received on top with the queue
    id (RFC 5321 4.4), Bcc and X-Relay-Campaign gone, Message-ID and Date
    added when missing (RFC 5322 3.6), one-click unsubscribe on the campaign

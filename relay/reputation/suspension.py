@@ -1,5 +1,5 @@
-"""Is the account suspended? Read at every MAIL FROM, so a suspension or a
-resume counts at once, on every node.
+"""Is the account suspended? Asked at every MAIL FROM, so a suspension or a
+resume counts on every node within ``[policy] cache_seconds``.
 
 One primary-key read of plain SQL prepared once (as the login and policy reads
 are), on a worker thread; with the process's ``DecisionCache`` the answer is
