@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import smtplib
+import time
 from pathlib import Path
 
 import pytest
@@ -190,6 +191,22 @@ def test_the_cache_is_bounded_and_forgets_on_a_move(tmp_path: Path) -> None:
             assert slow.reads == 1
 
         asyncio.run(seldom())
+
+        async def ahead() -> None:
+            # Past half the interval: the read starts, the caller does not wait for it.
+            slow._checked = time.monotonic() - 3600 * 0.75
+            reads = slow.reads
+            await slow.fresh()
+            pending = slow._pending
+            assert pending is not None and slow.reads == reads
+            await pending
+            assert slow.reads == reads + 1 and slow._pending is None
+            # Past the whole interval, the caller waits for the read.
+            slow._checked = time.monotonic() - 3601
+            await slow.fresh()
+            assert slow.reads == reads + 2
+
+        asyncio.run(ahead())
         off = DecisionCache(engine, refresh=0, limit=0)
         off.put(("k", 1), 1, off.epoch)
         assert not off.enabled and off.get(("k", 1)) is None

@@ -8,12 +8,15 @@ seldom, and every change is a write to ``accounts``, ``senders``,
 ``providers`` or ``suppressions``; triggers (migration 0008c) move the one
 counter of ``policy_generation`` in the writer's transaction.
 
-A ``DecisionCache`` reads that counter at most every ``refresh`` seconds
-(``[policy] cache_seconds``; one primary-key SELECT, on a worker thread) and
-forgets everything when it moved: a change made anywhere (the API, the CLI,
+A ``DecisionCache`` reads that counter (one primary-key SELECT, on a worker
+thread) and forgets everything when it moved. It never decides by what it
+holds once its last read started more than ``refresh`` seconds ago
+(``[policy] cache_seconds``): a change made anywhere (the API, the CLI,
 another process, another node on PostgreSQL) applies to every message that
 starts its DATA (or MAIL FROM) more than ``refresh`` seconds after the change
-committed. With ``refresh`` 0 the counter is read before every decision.
+committed. While busy it reads in the background about every ``refresh / 2``
+seconds, so no message waits for the read; with ``refresh`` 0 the counter is
+read before every decision.
 
 The cache holds at most ``limit`` entries (least recently used go first);
 ``limit`` 0 turns it off (every decision reads the database, as before).
@@ -46,7 +49,7 @@ class DecisionCache:
         # The counter as last read (None: never, or unreadable) and when.
         self._seen: int | None = None
         self._checked = -float("inf")
-        self._pending: asyncio.Future[None] | None = None
+        self._pending: asyncio.Future[None] | None = None  # the read under way
         # ``put`` runs on worker threads (the decision read there), the rest on the loop.
         self._lock = threading.Lock()
         self.hits = 0
@@ -79,19 +82,29 @@ class DecisionCache:
             self._seen = value
 
     async def fresh(self) -> None:
-        """Read the counter if the last read is older than ``refresh`` seconds.
+        """Make sure the counter was read less than ``refresh`` seconds ago.
 
-        Sessions that find it stale together share one read. A failed read
-        empties the cache and is tried again by the next caller; meanwhile the
-        decisions read the database (and fail as they would have).
+        From half the interval on, a read starts in the background and the
+        caller goes on with what the cache holds (still within the bound): a
+        busy relay reads the counter about every ``refresh / 2`` seconds and
+        no message waits for it (one that did made the tail of the reply
+        times, bench/compare.py p99). Past the interval (an idle spell, or
+        ``refresh`` 0) the caller waits for the read. Sessions share one read.
+        A failed read empties the cache and is tried again by the next
+        caller; meanwhile the decisions read the database (and fail as they
+        would have).
         """
-        if not self.enabled or time.monotonic() - self._checked < self._refresh:
+        if not self.enabled:
             return
-        if self._pending is not None:
+        age = time.monotonic() - self._checked
+        if age < self._refresh / 2:
+            return
+        if self._pending is None:
+            self._pending = asyncio.ensure_future(self._read())
+        if age >= self._refresh:
             await asyncio.shield(self._pending)
-            return
-        loop = asyncio.get_running_loop()
-        self._pending = pending = loop.create_future()
+
+    async def _read(self) -> None:
         started = time.monotonic()
         try:
             value = await asyncio.to_thread(self.read_generation)
@@ -102,7 +115,6 @@ class DecisionCache:
             self._checked = started
         finally:
             self._pending = None
-            pending.set_result(None)
 
     def get(self, key: Hashable) -> Any:
         """What was cached for ``key``, or None."""
