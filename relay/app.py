@@ -58,6 +58,7 @@ from relay.smtp.listeners import Listener, bind_socket
 from relay.smtp.protocol import ConnectionTracker, quiet_aiosmtpd
 from relay.smtp.tls import server_context
 from relay.store.engine import make_engine, migrate
+from relay.store.generation import DecisionCache
 from relay.suppression import lists as suppression_lists
 from relay.suppression.check import SuppressionCheck
 from relay.suppression.sink import events_sink as suppression_sink
@@ -173,12 +174,17 @@ class Relay:
             )
             self.spool.on_commit(lambda _: self.worker.wake() if self.worker else None)
         self.spool.on_commit(self.counters.count_accepted)
+        # What policy, suppression and suspension decide per account, kept per
+        # process until a change anywhere moves the generation (relay.store.generation).
+        self.decisions = decisions = DecisionCache(
+            self.engine, s.policy.cache_seconds, s.policy.cache_entries
+        )
         config = HandlerConfig(
             s.limits.max_recipients,
             on_auth_failure=[self.counters.count_auth_failure],
             on_lockout=[self.counters.count_lockout],
             suspension=(
-                SuspensionCheck(self.engine).refusal
+                SuspensionCheck(self.engine, decisions).refusal
                 if s.reputation.suspend_action == "reject"
                 else None
             ),
@@ -195,9 +201,9 @@ class Relay:
                 unsubscribe_key=unsubscribe_key,
                 notify=self.notifier.notify,
             ),
-            Policy(self.engine, s.policy, s.reputation.suspend_action),
+            Policy(self.engine, s.policy, s.reputation.suspend_action, decisions),
             self.spool,
-            SuppressionCheck(self.engine),
+            SuppressionCheck(self.engine, decisions),
         )
         handler = SessionHandler(config, Authenticator(self.engine, s.auth, make_hasher(s)), intake)
         self.listeners = [Listener(item, self._socket(item)) for item in s.listeners]

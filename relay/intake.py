@@ -8,11 +8,14 @@ reply that refuses the message, out. In order:
    endings unless the front end's line reader did them, NUL bytes (RFC 5322
    2.3), the header section (its limits, one From and one Sender, RFC 5322
    3.6), every originator address a reader would show, recipient classes;
-2. policy and route (``relay.routing.policy``): reject, drop, pause or queue;
-   then the suppression list (``relay.suppression``, one query for all the
-   recipients): a suppressed recipient is stored as ``suppressed`` and never
-   sent while the others go; when every recipient is suppressed the message
-   is ``dropped`` at once, reason "every recipient suppressed";
+2. policy and route (``relay.routing.policy``): reject, drop, pause or queue,
+   from the process's decision cache when it holds the account (no hop off
+   the loop, ``relay.store.generation``); then the suppression list
+   (``relay.suppression``, one query for all the recipients, none for an
+   account without entries): a suppressed recipient is stored as
+   ``suppressed`` and never sent while the others go; when every recipient is
+   suppressed the message is ``dropped`` at once, reason "every recipient
+   suppressed";
 3. the header rewrite (``relay.core.message``): Received on top with the queue
    id (RFC 5321 4.4), Bcc and X-Relay-Campaign gone, Message-ID and Date
    added when missing (RFC 5322 3.6), one-click unsubscribe on the campaign
@@ -200,6 +203,16 @@ class Intake:
             return decision, {}
         return decision, self._suppressions.suppressed_now(sub.account_id, addresses)
 
+    def _decide_cached(self, sub: Submission, addresses: list[str]) -> Decision | None:
+        """``_decide`` from the process's cache, without I/O (on the loop): when
+        the policy context is cached and the account has no suppression at all
+        (a suppressed recipient is always looked up); None: read the database."""
+        decision = self._policy.decide_cached(sub)
+        if decision is None or decision.reply is not None or not addresses:
+            return decision
+        assert self._suppressions is not None  # addresses are given only with it
+        return decision if self._suppressions.listed_cached(sub.account_id) is False else None
+
     async def check_recipient(self, identity: Identity, address: str) -> Reply | None:
         """At RCPT TO, with ``[suppression] at_rcpt``: 550 5.1.1 for a suppressed
         address, naming the reason and the day; None to go on."""
@@ -236,14 +249,19 @@ class Intake:
         if reading.refusal is not None or reading.parsed is None:
             return self._refuse(reading.refusal or MALFORMED_MESSAGE, identity, mail_from)
         parsed = reading.parsed
-        campaign = (parsed.headers.get(CAMPAIGN_HEADER) or "").strip() or None
+        campaign = (parsed.get(CAMPAIGN_HEADER) or "").strip() or None
         senders = (mail_from, *reading.originators)
         campaign_mail = campaign is not None or identity.purpose == "campaign"
         sub = Submission(identity.account_id, identity.policy, campaign_mail, tuple(senders))
+        await self._policy.fresh()
         classes = reading.recipients
-        decision, found = await asyncio.to_thread(
-            self._decide, sub, [a for a, _ in classes] if self._suppressions else []
-        )
+        addresses = [a for a, _ in classes] if self._suppressions else []
+        cached = self._decide_cached(sub, addresses)
+        found: dict[str, Entry] = {}
+        if cached is None:
+            decision, found = await asyncio.to_thread(self._decide, sub, addresses)
+        else:
+            decision = cached
         if decision.reply is not None:
             log.info(
                 "reject: account=%s from=<%s> reason=%s",
@@ -359,7 +377,7 @@ class Intake:
         config = self._config
         if not (wanted and config.public_url and config.unsubscribe_key) or len(recipients) != 1:
             return ""
-        if any(parsed.headers.get(name) is not None for name in UNSUBSCRIBE_FIELDS):
+        if any(parsed.has(name) for name in UNSUBSCRIBE_FIELDS):
             return ""
         token = make_token(config.unsubscribe_key, account_id, recipients[0][0], campaign)
         if token is None:

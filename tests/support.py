@@ -40,6 +40,9 @@ def make_settings(var: Path, database_url: str | None = None, **sections: Any) -
         "admin": {"listen": "127.0.0.1:0"},
         "auth": {"argon2_time_cost": 1, "argon2_memory_kib": 1024},
         "queue": {"poll_interval": 0.2, "retry_schedule": [1, 2, 4]},
+        # Tests change a policy and send the next message at once: read the
+        # generation before every message (tests/test_policy_cache.py tests the default).
+        "policy": {"cache_seconds": 0},
     }
     for name, values in sections.items():
         overrides.setdefault(name, {}).update(values)

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from email import policy as email_policy
 from email.message import Message
 from email.policy import compat32
+from typing import Any
 
 RECIPIENT_KINDS = ("to", "cc", "bcc")
 
@@ -44,6 +45,13 @@ _SIMPLE_ORIGINATOR = re.compile(
     r"[ \t]*(?:[A-Za-z0-9 ._'-]*<[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+>"
     r"|[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+)[ \t]*"
 )
+# A list of plain addresses, each alone or after a display name of letters,
+# digits and spaces (what campaign engines write): read by one regex, with the
+# very answer ``getaddresses`` gives (tests/test_header_index.py compares).
+_PLAIN_ADDRESS = r"[A-Za-z0-9_%+-]+(?:\.[A-Za-z0-9_%+-]+)*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*"
+_PLAIN_ITEM = rf"[ \t]*(?:[A-Za-z0-9 \t]*<({_PLAIN_ADDRESS})>|({_PLAIN_ADDRESS}))[ \t]*"
+_PLAIN_LIST = re.compile(rf"{_PLAIN_ITEM}(?:,{_PLAIN_ITEM})*")
+_PLAIN_ITEMS = re.compile(_PLAIN_ITEM)
 ORIGINATOR_FIELDS = ("from", "sender")
 _LINE_BREAKS = re.compile(r"[\r\n]")
 # RFC 5321 4.1.2 Domain, and 4.1.3 address literals.
@@ -86,12 +94,32 @@ class ParsedMessage:
     headers: Message
     header_end: int
     fields: int = 0  # header fields in the section
+    # Lower-case name -> raw values, in order: what ``parse`` read, so that a
+    # field is found without a scan of ``headers`` (each ``Message.get_all``
+    # lowers every name; intake asks for seven fields per message).
+    index: dict[str, list[str]] = field(default_factory=dict)
 
     def get_all(self, name: str) -> list[str]:
+        values = self.index.get(name.lower())
+        if values is None:
+            return [] if self.index else [str(v) for v in self.headers.get_all(name, [])]
+        if all(v.isascii() for v in values):
+            return values
+        # Undecodable bytes: compat32 hands them back as Header objects; as before.
         return [str(v) for v in self.headers.get_all(name, [])]
 
+    def get(self, name: str) -> Any:
+        """The first ``name`` field's value, or None (as ``Message.get``)."""
+        values = self.index.get(name.lower())
+        if values is None:
+            return None if self.index else self.headers.get(name)
+        return values[0] if values[0].isascii() else self.headers.get(name)
+
+    def has(self, name: str) -> bool:
+        return name.lower() in self.index if self.index else name in self.headers
+
     def addresses(self, name: str) -> list[str]:
-        return header_addresses(self.headers, name)
+        return plain_addresses(self.get_all(name))
 
     def originators(self) -> list[str]:
         """Every address a reader shows as From or Sender (see ``originator_addresses``)."""
@@ -187,6 +215,8 @@ def parse(data: bytes) -> ParsedMessage:
     if lines and lines[-1] == "":
         lines.pop()
     msg = Message(policy=compat32)
+    index: dict[str, list[str]] = {}
+    key = ""
     name: str | None = None
     value: list[str] = []
     seen: set[str] = set()
@@ -203,7 +233,9 @@ def parse(data: bytes) -> ParsedMessage:
             end = offset  # not a field: the body starts here
             break
         if name is not None:
-            msg.set_raw(name, "\r\n".join(value))
+            joined = "\r\n".join(value)
+            msg.set_raw(name, joined)
+            index.setdefault(key, []).append(joined)
         name = m.group(1)
         key = name.lower()
         if key in ORIGINATOR_FIELDS:
@@ -215,10 +247,12 @@ def parse(data: bytes) -> ParsedMessage:
         offset += len(line.encode("utf-8", "surrogateescape")) + 2
     if name is None:
         raise MalformedMessage("no header section")
-    msg.set_raw(name, "\r\n".join(value))
+    joined = "\r\n".join(value)
+    msg.set_raw(name, joined)
+    index.setdefault(name.lower(), []).append(joined)
     if end < len(head):
         data = data[:end] + b"\r\n" + data[end:]
-    return ParsedMessage(data, msg, end, count)
+    return ParsedMessage(data, msg, end, count, index)
 
 
 def header_addresses(msg: Message, name: str) -> list[str]:
@@ -230,6 +264,19 @@ def header_addresses(msg: Message, name: str) -> list[str]:
     """
     values = [str(v) for v in msg.get_all(name, [])]
     return [addr for _, addr in email.utils.getaddresses(values) if "@" in addr]
+
+
+def plain_addresses(values: Sequence[str]) -> list[str]:
+    """Every address in these header values (``getaddresses``, with "@"); a value
+    that is a plain list (``_PLAIN_LIST``) is read by a regex instead, five
+    times cheaper, to the same answer."""
+    found: list[str] = []
+    for value in values:
+        if _PLAIN_LIST.fullmatch(value):
+            found += [a or b for a, b in _PLAIN_ITEMS.findall(value)]
+        else:
+            found += [a for _, a in email.utils.getaddresses([value]) if "@" in a]
+    return found
 
 
 def originator_addresses(values: Sequence[str]) -> list[str]:
@@ -244,7 +291,7 @@ def originator_addresses(values: Sequence[str]) -> list[str]:
     found: list[str] = []
     for folded in values:
         value = _LINE_BREAKS.sub("", folded)  # unfolded as the registry's readers do
-        found += [a for _, a in email.utils.getaddresses([value]) if "@" in a]
+        found += plain_addresses([value])
         if _SIMPLE_ORIGINATOR.fullmatch(value):
             continue
         try:
@@ -330,7 +377,7 @@ def rewrite_headers(
     head = parsed.data[: parsed.header_end]
     body = memoryview(parsed.data)[parsed.header_end :]
     names = {n.lower().encode() for n in remove}
-    present = {k.lower() for k in parsed.headers}
+    present = set(parsed.index) if parsed.index else {k.lower() for k in parsed.headers}
     if names & {n.encode() for n in present}:
         head = _drop_headers(head, names)
     extra = b""

@@ -399,6 +399,22 @@ class PolicySettings:
         "(checked by `relay serve` and `relay config check`).",
         "",
     )
+    cache_seconds: float = _doc(
+        "How often each process reads the policy generation (one tiny SELECT) to see "
+        "whether anything policy, suppression or suspension decides by has changed: a "
+        "change anywhere (API, CLI, another node) applies to the messages that start "
+        "after at most this many seconds; 0: checked before every message.",
+        0.5,
+        ge=0,
+        le=1,
+    )
+    cache_entries: int = _doc(
+        "Decisions cached per process (per account and sender domain; least recently "
+        "used go first); 0: no cache, every message reads the database.",
+        10000,
+        ge=0,
+        le=1_000_000,
+    )
 
 
 @dataclass(frozen=True)

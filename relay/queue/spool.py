@@ -31,6 +31,7 @@ from relay.store.models import Message, MessageContent, Recipient, Usage
 log = logging.getLogger("relay.spool")
 
 _ALPHABET = "0123456789BCDFGHJKLMNPQRSTVWXYZ"
+_RANDOM_SPAN = len(_ALPHABET) ** 6
 
 
 def new_queue_id() -> str:
@@ -40,7 +41,14 @@ def new_queue_id() -> str:
     while n:
         n, r = divmod(n, len(_ALPHABET))
         out.append(_ALPHABET[r])
-    return "".join(reversed(out)) + "".join(secrets.choice(_ALPHABET) for _ in range(6))
+    # Six random letters from one draw (``secrets.choice`` six times read the
+    # system's random source six times: 2% of acceptance's CPU, issue 15).
+    r = secrets.randbelow(_RANDOM_SPAN)
+    tail = []
+    for _ in range(6):
+        r, i = divmod(r, len(_ALPHABET))
+        tail.append(_ALPHABET[i])
+    return "".join(reversed(out)) + "".join(tail)
 
 
 @dataclass

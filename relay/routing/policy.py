@@ -1,6 +1,8 @@
 """Policy: what happens to a message once its header is read.
 
-Two questions, answered from the database on a worker thread:
+Two questions, answered from the database on a worker thread (or from the
+process's ``DecisionCache``, which a change anywhere empties within
+``[policy] cache_seconds``: ``relay.store.generation``):
 
 1. Is every sender (envelope sender, each header From, Sender) verified for
    the credential's account? If not, the credential's policy, else the
@@ -25,6 +27,7 @@ from relay.core.addresses import sender_matches
 from relay.core.outcomes import MessageState
 from relay.core.replies import SENDER_NOT_VERIFIED, Reply, account_suspended
 from relay.core.settings import PolicySettings
+from relay.store.generation import DecisionCache
 from relay.store.models import Provider
 
 POLICIES = ("reject", "drop", "pause")
@@ -70,6 +73,8 @@ class _Context:
     patterns: list[str]
     unsubscribe: bool = False
     suspended: str | None = None  # the reason, while the account is suspended
+    # The route's ``options.test_address`` (read with the rest when cached).
+    test_address: str | None = None
 
 
 # The hot path's queries as plain SQL, prepared once: building and caching
@@ -97,10 +102,15 @@ _OPTIONS = select(Provider.options).where(Provider.id == bindparam("provider_id"
 
 class Policy:
     def __init__(
-        self, engine: Engine, settings: PolicySettings, suspend_action: str = "reject"
+        self,
+        engine: Engine,
+        settings: PolicySettings,
+        suspend_action: str = "reject",
+        cache: DecisionCache | None = None,
     ) -> None:
         self._engine = engine
         self._settings = settings
+        self._cache = cache
         # [reputation] suspend_action: a suspended account's mail is refused
         # (MAIL FROM refuses it first; this catches a suspension since) or held.
         self._suspend_action = suspend_action
@@ -108,14 +118,31 @@ class Policy:
     async def decide(self, sub: Submission) -> Decision:
         return await asyncio.to_thread(self.decide_now, sub)
 
+    async def fresh(self) -> None:
+        """Forget what was cached if anything changed (read at most every
+        ``[policy] cache_seconds``): call before ``decide_cached``."""
+        if self._cache is not None:
+            await self._cache.fresh()
+
+    def decide_cached(self, sub: Submission) -> Decision | None:
+        """The decision from what the cache holds for the account and the sender's
+        domain, without I/O (on the loop); None: not cached, ``decide`` it."""
+        if self._cache is None:
+            return None
+        ctx = self._cache.get(self._key(sub))
+        return None if ctx is None else self._judge(sub, ctx)
+
+    @staticmethod
+    def _key(sub: Submission) -> tuple[str, int, str]:
+        return ("policy", sub.account_id, _domain(sub))
+
     def decide_now(self, sub: Submission) -> Decision:
         """``decide`` on the calling thread (a worker thread: it reads the database),
         for a caller that has more to read in the same hop off the loop."""
         return self._decide(sub)
 
     def _context(self, conn: Connection, sub: Submission) -> _Context:
-        domain = sub.senders[0].rpartition("@")[2].lower() if sub.senders else ""
-        params = {"account_id": sub.account_id, "domain": domain}
+        params = {"account_id": sub.account_id, "domain": _domain(sub)}
         name, policy, unsubscribe, suspended_at, suspended_reason, *candidates = conn.execute(
             _CONTEXT, params
         ).one()
@@ -133,16 +160,27 @@ class Policy:
         return _Context(name, policy, route, patterns, bool(unsubscribe), suspended)
 
     def _decide(self, sub: Submission) -> Decision:
+        cache = self._cache if self._cache is not None and self._cache.enabled else None
+        epoch = cache.epoch if cache is not None else None  # before the read
         with self._engine.connect() as conn:
             ctx = self._context(conn, sub)
-            bad = self._unverified(sub.senders, ctx.patterns)
-            if bad and ctx.route is not None:
-                # The address the provider was checked with is one it accepts
-                # as a sender: verified for mail routed through that provider.
+            if ctx.route is not None and (
+                cache is not None or self._unverified(sub.senders, ctx.patterns)
+            ):
                 options = conn.execute(_OPTIONS, {"provider_id": ctx.route}).scalar()
                 test_address = (options or {}).get("test_address")
-                if test_address:
-                    bad = self._unverified(bad, [str(test_address)])
+                ctx = replace(ctx, test_address=str(test_address) if test_address else None)
+        if cache is not None:
+            cache.put(self._key(sub), ctx, epoch)
+        return self._judge(sub, ctx)
+
+    def _judge(self, sub: Submission, ctx: _Context) -> Decision:
+        """The decision for ``sub`` from what was read about its account (pure)."""
+        bad = self._unverified(sub.senders, ctx.patterns)
+        if bad and ctx.test_address:
+            # The address the provider was checked with is one it accepts
+            # as a sender: verified for mail routed through that provider.
+            bad = self._unverified(bad, [ctx.test_address])
         if ctx.suspended is not None:
             return self._suspended_decision(ctx)
         if bad:
@@ -177,6 +215,10 @@ class Policy:
             return Decision("rejected", reason, reply=SENDER_NOT_VERIFIED.with_text(text))
         state = MessageState.DROPPED if action == "drop" else MessageState.PAUSED
         return Decision(state, reason, ctx.route)
+
+
+def _domain(sub: Submission) -> str:
+    return sub.senders[0].rpartition("@")[2].lower() if sub.senders else ""
 
 
 def route_of(engine: Engine, settings: PolicySettings, account_id: int, sender: str) -> int | None:

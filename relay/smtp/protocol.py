@@ -21,11 +21,14 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import re
 import ssl
 import warnings
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from email._header_value_parser import get_addr_spec, get_angle_addr
+from email.errors import HeaderParseError
 from typing import Any, AnyStr, cast
 
 from aiosmtpd.smtp import MISSING, SMTP, Session, TLSSetupException, syntax
@@ -41,6 +44,12 @@ from relay.core.replies import (
 )
 
 log = logging.getLogger("relay.smtp")
+# "<dot-atom@domain>" then white space or the end: the path most clients send
+# (RFC 5321 4.1.2 Dot-string local part, a plain domain).
+_PLAIN_PATH = re.compile(
+    r"<([A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+    r"@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>[ \t]*(?![ \t(])"
+)
 
 DEFAULT_MAX_HEADER_BYTES = 1024 * 1024
 DEFAULT_MAX_HEADERS = 1000
@@ -406,6 +415,32 @@ class RelaySMTP(SMTP):
         transport = cast(asyncio.WriteTransport | None, self._original_transport or self.transport)
         if transport is not None:
             transport.abort()
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        """aiosmtpd's, without the ``typing.Protocol`` class it defines on every
+        call (a class per MAIL FROM and RCPT TO: 5% of acceptance's CPU,
+        issue 15's profile), and with a plain ``<local@domain>`` read by one
+        regex: the answer the header parser gives (tests/test_smtp_getaddr.py
+        compares), at a tenth of the cost."""
+        if not arg:
+            return "", ""
+        plain = _PLAIN_PATH.match(arg)
+        if plain is not None:
+            addr = plain.group(1)
+            localpart = addr.rpartition("@")[0]
+            if self.local_part_limit and len(localpart) > self.local_part_limit:
+                return None, None
+            return addr, arg[plain.end() :]
+        try:
+            parser = get_angle_addr if arg.lstrip().startswith("<") else get_addr_spec
+            address, rest = parser(arg)
+        except HeaderParseError:
+            return None, None
+        addr = str(address.addr_spec)
+        localpart = addr.rpartition("@")[0]
+        if self.local_part_limit and len(localpart) > self.local_part_limit:
+            return None, None
+        return addr, rest
 
     async def push(self, status: AnyStr) -> None:
         if isinstance(status, str) and not self._raw_replies:

@@ -460,6 +460,17 @@ class Suppression(Base):
     expires_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())  # soft bounces
 
 
+class PolicyGeneration(Base):
+    """One row, one counter: it moves in the same transaction as any write that
+    changes what the message path decides (relay.store.generation). Triggers of
+    migration 0008c move it, whoever writes: the service layer, the webhooks,
+    the reputation monitor, an operator's SQL."""
+
+    __tablename__ = "policy_generation"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    value: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
 class Notification(Base):
     """One thing an account was told (or is to be told), deduplicated by key."""
 
