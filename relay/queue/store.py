@@ -37,6 +37,7 @@ from relay.core.outcomes import (
     Recorded,
     Result,
 )
+from relay.queue import gate
 from relay.store.models import Account, Message, MessageContent, Recipient, UTCDateTime
 from relay.store.models import Attempt as AttemptRow
 
@@ -79,7 +80,7 @@ def claim(
         .limit(limit)
         .with_for_update(skip_locked=True)
     )
-    with engine.begin() as conn:
+    with gate.write(engine) as conn:
         ids = []
         for mid, provider_id in conn.execute(due).all():
             if provider_id is not None and per_provider is not None:
@@ -167,7 +168,7 @@ def record_many(engine: Engine, items: list[tuple[Claimed, Outcome]]) -> list[Re
     that message (None), not the batch.
     """
     now = now_utc()
-    with engine.begin() as conn:
+    with gate.write(engine) as conn:
         return [_record(conn, claimed, outcome, now) for claimed, outcome in items]
 
 
@@ -243,7 +244,7 @@ def release_lease(engine: Engine, token: str, ids: Collection[str] | None = None
         if not ids:
             return 0
         where.append(Message.id.in_(list(ids)))
-    with engine.begin() as conn:
+    with gate.write(engine) as conn:
         return int(
             conn.execute(
                 update(Message).where(*where).values(locked_by=None, locked_until=None)
@@ -254,7 +255,7 @@ def release_lease(engine: Engine, token: str, ids: Collection[str] | None = None
 def postpone(engine: Engine, token: str, message_id: str, at: dt.datetime) -> bool:
     """Give one claim back due at ``at``, nothing else changed: not sent (its
     provider's ceiling held it back), so no attempt and no state change."""
-    with engine.begin() as conn:
+    with gate.write(engine) as conn:
         done = conn.execute(
             update(Message)
             .where(Message.id == message_id, Message.locked_by == token)
@@ -269,7 +270,7 @@ def take_back(engine: Engine, identity: str, token: str) -> int:
     Only this node's own identity: nobody else can be delivering them, so they
     are due again at once instead of after the lease.
     """
-    with engine.begin() as conn:
+    with gate.write(engine) as conn:
         return int(
             conn.execute(
                 update(Message)
