@@ -313,6 +313,11 @@ class Worker:
         # Slots given to messages being written by the spool (the hand-off).
         self._reserved = 0
         self.handed = 0  # messages delivered by hand-off, not claimed
+        # Due messages this worker may have left in the queue (its last claim
+        # was cut short, the spool wrote some unclaimed): only then does a
+        # finished delivery look again at once; otherwise the poll does.
+        self._maybe_more = True
+        self.claims = 0  # claim round trips, for tests and benchmarks
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
 
@@ -322,6 +327,7 @@ class Worker:
     def spooled(self, batch: list[Acceptance]) -> None:
         """After a spool commit: a claim, unless every message due now was handed off."""
         if any(a.state == MessageState.QUEUED and a.handed is None for a in batch):
+            self._maybe_more = True
             self._wake.set()
 
     # -- the hand-off (relay.queue.spool.HandOff) --------------------------------
@@ -402,6 +408,8 @@ class Worker:
             room = {p: self._limit(p) - n for p, n in self._busy.items() if p is not None}
             batch: list[Claimed] = []
             if want > 0:
+                self.claims += 1
+                failed = False
                 try:
                     batch = await asyncio.to_thread(
                         store.claim,
@@ -414,7 +422,13 @@ class Worker:
                     )
                 except Exception as exc:  # database down: keep trying, say so
                     log.error("claim failed: %s", exc)
+                    failed = True
             excess = [m.id for m in batch if self._stopping or not self._start(m)]
+            if want > 0:
+                # Less than asked, nothing given back, no provider at its limit
+                # (a claim skips a full provider's mail): nothing else is due.
+                at_limit = any(self._busy[p] >= self._limit(p) for p in self._busy if p is not None)
+                self._maybe_more = failed or bool(excess) or len(batch) >= want or at_limit
             if excess:
                 await self._give_back(excess)
             # Fewer than asked may mean a provider filled up while others'
@@ -488,7 +502,8 @@ class Worker:
             log.exception("%s: delivery pass crashed; the lease will expire", msg.id)
         finally:
             self._done(msg.provider_id)
-            self._wake.set()
+            if self._maybe_more:
+                self._wake.set()
 
     async def _postpone(self, msg: Claimed, at: dt.datetime, reason: str | None) -> None:
         """Not sent (its provider's ceiling): the claim goes back, due at ``at``."""
