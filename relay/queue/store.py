@@ -165,11 +165,24 @@ def record_many(engine: Engine, items: list[tuple[Claimed, Outcome]]) -> list[Re
     """Write several outcomes in one transaction (one fsync for all of them).
 
     Each is written only while its claim is still ours: a lost lease skips
-    that message (None), not the batch.
+    that message (None), not the batch. The message rows are finished one by
+    one (each UPDATE's row count says whether the claim held); what follows
+    (recipients, attempts, usage) goes in one statement per kind for the batch.
     """
     now = now_utc()
     with gate.write(engine) as conn:
-        return [_record(conn, claimed, outcome, now) for claimed, outcome in items]
+        won = [_finish(conn, claimed, outcome, now) for claimed, outcome in items]
+        ours = [item for item, held in zip(items, won, strict=True) if held]
+        _write_recipients(conn, [outcome for _, outcome in ours], [c.id for c, _ in ours])
+        attempts = [_attempt_row(c.id, a, now) for c, o in ours for a in o.attempts]
+        if attempts:
+            conn.execute(_ATTEMPTS, attempts)
+        finished = [(c.id, c.account_id) for c, o in ours if o.state in FINAL_STATES]
+        usage = ledger.write_outcomes(conn, finished, now.date())
+    return [
+        Recorded(usage.get(claimed.id, [])) if held else None
+        for (claimed, _), held in zip(items, won, strict=True)
+    ]
 
 
 # The per-message statements of a delivery outcome, prepared once: building
@@ -191,9 +204,8 @@ _FAIL_PENDING = text(
 _ATTEMPTS = insert(AttemptRow)
 
 
-def _record(
-    conn: Connection, claimed: Claimed, outcome: Outcome, now: dt.datetime
-) -> Recorded | None:
+def _finish(conn: Connection, claimed: Claimed, outcome: Outcome, now: dt.datetime) -> bool:
+    """The message row's new state, if the claim is still ours."""
     final = outcome.state in FINAL_STATES
     params = {
         "state": outcome.state,
@@ -204,13 +216,7 @@ def _record(
         "id": claimed.id,
         "token": claimed.token,
     }
-    if conn.execute(_FINISH, params).rowcount != 1:
-        return None
-    _write_recipients(conn, claimed.id, outcome)
-    if outcome.attempts:
-        conn.execute(_ATTEMPTS, [_attempt_row(claimed.id, a, now) for a in outcome.attempts])
-    usage = ledger.write_outcome(conn, claimed.id, claimed.account_id, now.date()) if final else []
-    return Recorded(usage)
+    return bool(conn.execute(_FINISH, params).rowcount == 1)
 
 
 def _attempt_row(message_id: str, a: Attempt, now: dt.datetime) -> dict[str, object]:
@@ -227,14 +233,21 @@ def _attempt_row(message_id: str, a: Attempt, now: dt.datetime) -> dict[str, obj
     }
 
 
-def _write_recipients(conn: Connection, message_id: str, outcome: Outcome) -> None:
-    if outcome.delivered:
-        conn.execute(_DELIVERED, [{"id": rid} for rid in outcome.delivered])
-    if outcome.failed:
-        conn.execute(_FAILED, [{"id": r, "reply": t[:2000]} for r, t in outcome.failed.items()])
-    if outcome.state == MessageState.FAILED:
-        # Whatever was still pending when the message failed (expiry) fails too.
-        conn.execute(_FAIL_PENDING, {"id": message_id, "reply": outcome.reason})
+def _write_recipients(conn: Connection, outcomes: list[Outcome], ids: list[str]) -> None:
+    delivered = [{"id": rid} for o in outcomes for rid in o.delivered]
+    if delivered:
+        conn.execute(_DELIVERED, delivered)
+    failed = [{"id": r, "reply": t[:2000]} for o in outcomes for r, t in o.failed.items()]
+    if failed:
+        conn.execute(_FAILED, failed)
+    # Whatever was still pending when a message failed (expiry) fails too.
+    pending = [
+        {"id": mid, "reply": o.reason}
+        for o, mid in zip(outcomes, ids, strict=True)
+        if o.state == MessageState.FAILED
+    ]
+    if pending:
+        conn.execute(_FAIL_PENDING, pending)
 
 
 def release_lease(engine: Engine, token: str, ids: Collection[str] | None = None) -> int:
