@@ -23,7 +23,19 @@ import datetime as dt
 from collections import Counter
 from collections.abc import Collection, Mapping
 
-from sqlalchemy import Connection, Engine, and_, bindparam, func, insert, or_, select, text, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Integer,
+    and_,
+    bindparam,
+    func,
+    insert,
+    or_,
+    select,
+    text,
+    update,
+)
 
 from relay.accounting import ledger
 from relay.core.outcomes import (
@@ -46,6 +58,35 @@ def now_utc() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+# The claim's statements, built once: building and keying SQLAlchemy
+# constructs per claim cost more than running them (claim and load_claimed
+# were a tenth of the delivery CPU, profiled).
+_FREE_NOW = (
+    Message.state.in_(DUE_STATES),
+    or_(Message.locked_until.is_(None), Message.locked_until < bindparam("now")),
+)
+_DUE = (
+    select(Message.id, Message.provider_id)
+    .where(*_FREE_NOW, Message.next_attempt_at <= bindparam("now"))
+    .order_by(Message.next_attempt_at)
+    .limit(bindparam("limit", type_=Integer))
+    .with_for_update(skip_locked=True)
+)
+_DUE_BUT_FULL = _DUE.where(
+    or_(
+        Message.provider_id.is_(None), Message.provider_id.not_in(bindparam("full", expanding=True))
+    )
+)
+# The UPDATE repeats the claim's conditions: SQLite has no SKIP LOCKED, so two
+# processes may read the same due rows; only the first UPDATE takes them, and
+# each process then loads only the rows it holds.
+_TAKE = (
+    update(Message)
+    .where(Message.id.in_(bindparam("ids", expanding=True)), *_FREE_NOW)
+    .values(locked_by=bindparam("token"), locked_until=bindparam("until"))
+)
+
+
 def claim(
     engine: Engine,
     token: str,
@@ -66,23 +107,14 @@ def claim(
     now = now or now_utc()
     room = dict(room or {})
     full = [p for p, n in room.items() if n <= 0]
-    free_now = [
-        Message.state.in_(DUE_STATES),
-        or_(Message.locked_until.is_(None), Message.locked_until < now),
-    ]
-    conditions = [*free_now, Message.next_attempt_at <= now]
-    if full:
-        conditions.append(or_(Message.provider_id.is_(None), Message.provider_id.not_in(full)))
-    due = (
-        select(Message.id, Message.provider_id)
-        .where(*conditions)
-        .order_by(Message.next_attempt_at)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
+    due, params = (
+        (_DUE_BUT_FULL, {"now": now, "limit": limit, "full": full})
+        if full
+        else (_DUE, {"now": now, "limit": limit})
     )
     with gate.write(engine) as conn:
         ids = []
-        for mid, provider_id in conn.execute(due).all():
+        for mid, provider_id in conn.execute(due, params).all():
             if provider_id is not None and per_provider is not None:
                 free = room.get(provider_id, per_provider)
                 if free <= 0:
@@ -91,38 +123,53 @@ def claim(
             ids.append(mid)
         if not ids:
             return []
-        # The UPDATE repeats the claim's conditions: SQLite has no SKIP LOCKED,
-        # so two processes may read the same due rows; only the first UPDATE
-        # takes them, and each process then loads only the rows it holds.
-        conn.execute(
-            update(Message)
-            .where(Message.id.in_(ids), *free_now)
-            .values(locked_by=token, locked_until=now + dt.timedelta(seconds=lease))
-        )
+        until = now + dt.timedelta(seconds=lease)
+        conn.execute(_TAKE, {"ids": ids, "now": now, "token": token, "until": until})
     return load_claimed(engine, token, ids)
+
+
+_LOAD = (
+    select(
+        Message.id,
+        Message.account_id,
+        Message.provider_id,
+        Message.mail_from,
+        Message.campaign,
+        Message.attempts,
+        Message.created_at,
+        Message.expires_at,
+        Account.name,
+        MessageContent.data,
+        Account.open_tracking,
+        Account.click_tracking,
+    )
+    .join(MessageContent, MessageContent.message_id == Message.id)
+    .join(Account, Account.id == Message.account_id)
+    .where(
+        Message.id.in_(bindparam("ids", expanding=True)), Message.locked_by == bindparam("token")
+    )
+)
+_PENDING = (
+    select(Recipient.message_id, Recipient.id, Recipient.address, Recipient.kind)
+    .where(
+        Recipient.message_id.in_(bindparam("ids", expanding=True)),
+        Recipient.state == RecipientState.PENDING,
+    )
+    .order_by(Recipient.id)
+)
+_UNKNOWN = select(AttemptRow.message_id, AttemptRow.transport).where(
+    AttemptRow.id.in_(
+        select(func.max(AttemptRow.id))
+        .where(AttemptRow.message_id.in_(bindparam("ids", expanding=True)))
+        .group_by(AttemptRow.message_id)
+    ),
+    AttemptRow.result == Result.UNKNOWN,
+)
 
 
 def load_claimed(engine: Engine, token: str, ids: list[str]) -> list[Claimed]:
     with engine.connect() as conn:
-        rows = conn.execute(
-            select(
-                Message.id,
-                Message.account_id,
-                Message.provider_id,
-                Message.mail_from,
-                Message.campaign,
-                Message.attempts,
-                Message.created_at,
-                Message.expires_at,
-                Account.name,
-                MessageContent.data,
-                Account.open_tracking,
-                Account.click_tracking,
-            )
-            .join(MessageContent, MessageContent.message_id == Message.id)
-            .join(Account, Account.id == Message.account_id)
-            .where(Message.id.in_(ids), Message.locked_by == token)
-        ).all()
+        rows = conn.execute(_LOAD, {"ids": ids, "token": token}).all()
         out = {
             r[0]: Claimed(
                 *r[:8],
@@ -134,21 +181,9 @@ def load_claimed(engine: Engine, token: str, ids: list[str]) -> list[Claimed]:
             )
             for r in rows
         }
-        rcpts = conn.execute(
-            select(Recipient.message_id, Recipient.id, Recipient.address, Recipient.kind)
-            .where(Recipient.message_id.in_(list(out)), Recipient.state == RecipientState.PENDING)
-            .order_by(Recipient.id)
-        ).all()
-        last = (
-            select(func.max(AttemptRow.id))
-            .where(AttemptRow.message_id.in_(list(out)))
-            .group_by(AttemptRow.message_id)
-        )
-        unknown = conn.execute(
-            select(AttemptRow.message_id, AttemptRow.transport).where(
-                AttemptRow.id.in_(last), AttemptRow.result == Result.UNKNOWN
-            )
-        ).all()
+        held = {"ids": list(out)}
+        rcpts = conn.execute(_PENDING, held).all()
+        unknown = conn.execute(_UNKNOWN, held).all()
     for mid, rid, address, kind in rcpts:
         out[mid].recipients.append((rid, address, kind))
     for mid, transport in unknown:
