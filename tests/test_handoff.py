@@ -25,7 +25,7 @@ from relay.core.outcomes import Claimed, Outcome
 from relay.core.settings import Settings
 from relay.emulator import Emulator
 from relay.queue import store
-from relay.queue.spool import Acceptance, Spool
+from relay.queue.spool import Acceptance, Spool, write_batch
 from relay.service import providers
 from relay.store.engine import make_engine, migrate
 from relay.store.models import Account, Attempt, Message
@@ -324,3 +324,41 @@ def test_an_expired_hand_off_lease_is_claimed_by_any_worker_once(any_db_url: str
 
 def _later(seconds: float) -> dt.datetime:
     return dt.datetime.now(dt.UTC) + dt.timedelta(seconds=seconds)
+
+
+def test_a_full_queue_drains_by_wakes_not_by_the_poll(
+    tmp_path: Path, db_url: str, emulator: Emulator
+) -> None:
+    """A finished delivery wakes the claim loop while due mail may be left (here
+    30 queued, 3 in flight at a time): the drain never waits for the poll."""
+    queue = {"poll_interval": 120, "provider_concurrency": 3, "concurrency": 10}
+    settings = make_settings(tmp_path / "var", db_url, queue=queue)
+    engine = make_engine(settings.database.url)
+    try:
+        migrate(engine)
+        tenant = seed_tenant(settings, engine)
+        pid = route(settings, engine, emulator)
+        with engine.connect() as conn:
+            account_id = conn.execute(select(Account.id).where(Account.name == "acme")).scalar()
+        assert account_id is not None
+        batch = [
+            Acceptance(
+                account_id=account_id,
+                mail_from=tenant.username,
+                recipients=[(f"r{i}@example.org", "to")],
+                provider_id=pid,
+                data=message(tenant.username, to=f"r{i}@example.org"),
+            )
+            for i in range(30)
+        ]
+        write_batch(engine, batch, 3600)
+        ids = [a.queue_id for a in batch]
+        relay = RelayThread(settings, engine).start()
+        try:
+            # Far inside the 120 s poll: only wakes can have claimed them.
+            assert wait_until(lambda: delivered(engine, ids), 60), "waited for the poll"
+        finally:
+            relay.stop()
+        assert sent_ids(emulator) == Counter(ids)
+    finally:
+        engine.dispose()

@@ -425,10 +425,10 @@ class Worker:
                     failed = True
             excess = [m.id for m in batch if self._stopping or not self._start(m)]
             if want > 0:
-                # Less than asked, nothing given back, no provider at its limit
-                # (a claim skips a full provider's mail): nothing else is due.
-                at_limit = any(self._busy[p] >= self._limit(p) for p in self._busy if p is not None)
-                self._maybe_more = failed or bool(excess) or len(batch) >= want or at_limit
+                # Only an empty claim that left out no provider (a full one's
+                # mail is not asked for) says nothing else is due now.
+                full = any(n <= 0 for n in room.values())
+                self._maybe_more = failed or bool(batch) or full
             if excess:
                 await self._give_back(excess)
             # Fewer than asked may mean a provider filled up while others'
