@@ -172,7 +172,9 @@ class Relay:
                 on_throttled=lambda p, why: self.metrics.provider_throttled.labels(p, why).inc(),
                 on_pause=lambda p, left: self.metrics.provider_paused.labels(p).set(left),
             )
-            self.spool.on_commit(lambda _: self.worker.wake() if self.worker else None)
+            self.spool.on_commit(self.worker.spooled)
+            if s.queue.hand_off:
+                self.spool.hand_off(self.worker)
         self.spool.on_commit(self.counters.count_accepted)
         # What policy, suppression and suspension decide per account, kept per
         # process until a change anywhere moves the generation (relay.store.generation).

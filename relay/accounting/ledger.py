@@ -23,7 +23,7 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import Connection, insert, text
+from sqlalchemy import Connection, bindparam, insert, text
 
 from relay.core.outcomes import RecipientState
 from relay.store.models import Usage
@@ -39,10 +39,6 @@ _OUTCOME_OF_STATE = {
 }
 
 # Suppressed recipients were counted with the message (``suppressed_rows``).
-_COUNTS = text(
-    "SELECT kind, state, COUNT(*) FROM recipients WHERE message_id = :id "
-    "AND state <> 'suppressed' GROUP BY kind, state"
-)
 _USAGE = insert(Usage)
 
 
@@ -96,12 +92,32 @@ def write_outcome(
     Runs in the transaction that finishes the message, under our lease; the
     ledger's unique key turns a second finish into an error, never a double count.
     """
-    counts: Counter[tuple[str, str]] = Counter()
-    for kind, state, n in conn.execute(_COUNTS, {"id": message_id}).all():
-        counts[(kind, _OUTCOME_OF_STATE[state])] += int(n)
-    written = sorted((kind, event, n) for (kind, event), n in counts.items())
-    if not written:
-        return written
-    rows = [_row(account_id, day, message_id, kind, event, n) for kind, event, n in written]
-    conn.execute(_USAGE, rows)
+    return write_outcomes(conn, [(message_id, account_id)], day).get(message_id, [])
+
+
+# Suppressed recipients were counted with the message (``suppressed_rows``).
+_COUNTS_MANY = text(
+    "SELECT message_id, kind, state, COUNT(*) FROM recipients "
+    "WHERE message_id IN :ids AND state <> 'suppressed' GROUP BY message_id, kind, state"
+).bindparams(bindparam("ids", expanding=True))
+
+
+def write_outcomes(
+    conn: Connection, finished: list[tuple[str, int]], day: dt.date
+) -> dict[str, list[tuple[str, str, int]]]:
+    """``write_outcome`` for several (message id, account id) at once: one count
+    query and one insert for a batch of outcomes, not two statements each."""
+    if not finished:
+        return {}
+    counts: dict[str, Counter[tuple[str, str]]] = {mid: Counter() for mid, _ in finished}
+    for mid, kind, state, n in conn.execute(_COUNTS_MANY, {"ids": list(counts)}).all():
+        counts[mid][(kind, _OUTCOME_OF_STATE[state])] += int(n)
+    written: dict[str, list[tuple[str, str, int]]] = {}
+    rows: list[dict[str, Any]] = []
+    for mid, account_id in finished:
+        mine = sorted((kind, event, n) for (kind, event), n in counts[mid].items())
+        written[mid] = mine
+        rows.extend(_row(account_id, day, mid, kind, event, n) for kind, event, n in mine)
+    if rows:
+        conn.execute(_USAGE, rows)
     return written

@@ -369,6 +369,12 @@ class QueueSettings:
     lease: float = _doc("Seconds a claim is held before another node may take it.", 300.0, gt=0)
     poll_interval: float = _doc("Seconds between looks at the queue when idle.", 1.0, gt=0)
     workers: bool = _doc("Run delivery workers in this process.", True)
+    hand_off: bool = _doc(
+        "Give a message accepted while this process's worker has a free slot straight to "
+        "it, written already claimed (no claim round trip); off: every message waits for "
+        "a claim.",
+        True,
+    )
     concurrency: int = _doc("Deliveries in flight per process.", 50, ge=1)
     provider_concurrency: int = _doc(
         "Deliveries in flight per provider, per process, when it answers quickly; more "

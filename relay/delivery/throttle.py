@@ -298,6 +298,11 @@ class Throttle:
         gate.name, gate.limits = name, limits
         return gate
 
+    def paused(self, provider_id: int) -> bool:
+        """Is the provider paused (a 429 or Retry-After) as far as this process knows?"""
+        gate = self._gates.get(provider_id)
+        return gate is not None and gate.paused_until > self._clock()
+
     async def acquire(
         self, provider_id: int, name: str, limits: Limits, wait: float
     ) -> Ticket | Postponed:

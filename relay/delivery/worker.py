@@ -8,7 +8,10 @@ only the recipients still pending.
 
 A worker claims no more than it can start now (free slots, in total and per
 provider), so a SIGKILL strands only the deliveries in flight; a worker of the
-same identity takes those back when it starts again. On shutdown the
+same identity takes those back when it starts again. The hand-off
+(``Worker.reserve``, called by this process's spool): a message accepted
+while the worker has room is written already claimed by it and delivered
+from memory, with no claim round trip. On shutdown the
 deliveries in flight get what is left of the grace; then they are cancelled,
 recorded as ``unknown`` and deferred (their provider may have them).
 """
@@ -42,6 +45,7 @@ from relay.providers.base import Receipt
 from relay.providers.chain import UNNAMED_RECIPIENTS, ProviderChain, result_of
 from relay.queue import store
 from relay.queue.batch import GroupCommit
+from relay.queue.spool import Acceptance
 
 log = logging.getLogger("relay.delivery")
 
@@ -120,6 +124,15 @@ class Deliverer:
             seconds = max(a.retry_after or 0.0 for a in asked)
             self.throttle.pause(msg.provider_id, provider.name, seconds)
         return outcome
+
+    def ready(self, provider_id: int) -> bool:
+        """Could a delivery for the provider start now without waiting on its
+        ceilings? No ``max_rate`` (tokens are shared), no pause known here."""
+        if self.throttle is None:
+            return True
+        if self._pool.limits(provider_id).max_rate:
+            return False
+        return not self.throttle.paused(provider_id)
 
     def cap(self, provider_id: int | None, limit: int) -> int:
         """Deliveries this process may run at once for the provider: ``limit``,
@@ -297,11 +310,74 @@ class Worker:
         # ... and that limit follows the provider's answer time (relay.delivery.pace).
         self._pace: dict[int, Pace] = {}
         self._inflight: set[asyncio.Task[None]] = set()
+        # Slots given to messages being written by the spool (the hand-off).
+        self._reserved = 0
+        self.handed = 0  # messages delivered by hand-off, not claimed
+        # Due messages this worker may have left in the queue (its last claim
+        # was cut short, the spool wrote some unclaimed): only then does a
+        # finished delivery look again at once; otherwise the poll does.
+        self._maybe_more = True
+        self.claims = 0  # claim round trips, for tests and benchmarks
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
 
     def wake(self) -> None:
         self._wake.set()
+
+    def spooled(self, batch: list[Acceptance]) -> None:
+        """After a spool commit: a claim, unless every message due now was handed off."""
+        if any(a.state == MessageState.QUEUED and a.handed is None for a in batch):
+            self._maybe_more = True
+            self._wake.set()
+
+    # -- the hand-off (relay.queue.spool.HandOff) --------------------------------
+
+    def reserve(self, acc: Acceptance) -> str | None:
+        """A slot now for a message being spooled, or None (it waits for a claim).
+
+        Only what a claim would take at once: a queued, routed message, a free
+        slot in all and for its provider (its pace, its ``max_connections``),
+        a provider without ``max_rate`` (a token may be missing) and not
+        paused by its 429s.
+        """
+        pid = acc.provider_id
+        if self._stopping or self._task is None or pid is None:
+            return None
+        if acc.state != MessageState.QUEUED or self._free() <= 0:
+            return None
+        if self._busy[pid] >= self._limit(pid) or not self._deliverer.ready(pid):
+            return None
+        self._busy[pid] += 1
+        self._reserved += 1
+        acc.lease = self._settings.lease
+        return self.token
+
+    def cancel(self, acc: Acceptance) -> None:
+        """The spool write failed: nothing was written, the slot is free again."""
+        self._reserved -= 1
+        self._done(acc.provider_id)
+
+    def deliver(self, claimed: Claimed) -> None:
+        """Committed under our token: deliver it in the slot ``reserve`` gave."""
+        self._reserved -= 1
+        if self._stopping:  # too late to start: give the claim back
+            self._done(claimed.provider_id)
+            self._track(asyncio.create_task(self._give_back([claimed.id])))
+            return
+        self.handed += 1
+        self._track(asyncio.create_task(self._deliver(claimed)))
+
+    def _free(self) -> int:
+        return self._total() - len(self._inflight) - self._reserved
+
+    def _track(self, task: asyncio.Task[None]) -> None:
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)
+
+    def _done(self, provider_id: int | None) -> None:
+        self._busy[provider_id] -= 1
+        if self._busy[provider_id] <= 0:
+            del self._busy[provider_id]
 
     def start(self) -> None:
         if self._deliverer.throttle is not None:
@@ -326,12 +402,14 @@ class Worker:
         await self._take_back()
         limit = self._settings.provider_concurrency  # for a provider not busy here yet
         while not self._stopping:
-            want = min(self._total() - len(self._inflight), self._settings.batch_size)
+            want = min(self._free(), self._settings.batch_size)
             # Only what can start now is claimed: a claim waiting for a slot
             # would be stranded for the whole lease if this process were killed.
             room = {p: self._limit(p) - n for p, n in self._busy.items() if p is not None}
             batch: list[Claimed] = []
             if want > 0:
+                self.claims += 1
+                failed = False
                 try:
                     batch = await asyncio.to_thread(
                         store.claim,
@@ -344,7 +422,13 @@ class Worker:
                     )
                 except Exception as exc:  # database down: keep trying, say so
                     log.error("claim failed: %s", exc)
+                    failed = True
             excess = [m.id for m in batch if self._stopping or not self._start(m)]
+            if want > 0:
+                # Only an empty claim that left out no provider (a full one's
+                # mail is not asked for) says nothing else is due now.
+                full = any(n <= 0 for n in room.values())
+                self._maybe_more = failed or bool(batch) or full
             if excess:
                 await self._give_back(excess)
             # Fewer than asked may mean a provider filled up while others'
@@ -358,9 +442,7 @@ class Worker:
         ):
             return False
         self._busy[msg.provider_id] += 1
-        task = asyncio.create_task(self._deliver(msg))
-        self._inflight.add(task)
-        task.add_done_callback(self._inflight.discard)
+        self._track(asyncio.create_task(self._deliver(msg)))
         return True
 
     async def _give_back(self, ids: list[str]) -> None:
@@ -419,10 +501,9 @@ class Worker:
         except Exception:
             log.exception("%s: delivery pass crashed; the lease will expire", msg.id)
         finally:
-            self._busy[msg.provider_id] -= 1
-            if self._busy[msg.provider_id] <= 0:
-                del self._busy[msg.provider_id]
-            self._wake.set()
+            self._done(msg.provider_id)
+            if self._maybe_more:
+                self._wake.set()
 
     async def _postpone(self, msg: Claimed, at: dt.datetime, reason: str | None) -> None:
         """Not sent (its provider's ceiling): the claim goes back, due at ``at``."""

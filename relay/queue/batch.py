@@ -30,11 +30,16 @@ class GroupCommit(Generic[T, R]):
         self._writer: asyncio.Task[None] | None = None
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=name)
         self._after: list[Callable[[list[T]], None]] = []
+        self._failed: list[Callable[[list[T]], None]] = []
         self.closed = False
         self.batches = 0
 
     def after_commit(self, callback: Callable[[list[T]], None]) -> None:
         self._after.append(callback)
+
+    def on_failure(self, callback: Callable[[list[T]], None]) -> None:
+        """Call ``callback`` with each batch whose write raised (nothing was committed)."""
+        self._failed.append(callback)
 
     async def submit(self, item: T) -> R:
         fut: asyncio.Future[R] = asyncio.get_running_loop().create_future()
@@ -55,6 +60,8 @@ class GroupCommit(Generic[T, R]):
                     for _, fut in batch:
                         if not fut.done():
                             fut.set_exception(exc)
+                    for callback in self._failed:
+                        callback(items)
                     continue
                 self.batches += 1
                 for (_, fut), result in zip(batch, results, strict=True):
