@@ -758,11 +758,20 @@ def _new_session(spec: LoadSpec, tls: ssl.SSLContext) -> ClientSession:
 
 
 class _Budget:
-    """Messages left for one process's sessions, handed out a connection's worth at a time."""
+    """Messages left for one process's sessions, handed out a connection's worth at a time.
 
-    def __init__(self, messages: int, per_connection: int, deadline: float) -> None:
+    A connection's worth is ``per_connection``, or an even share of the cap when
+    the cap is smaller than every session's worth: with 400 messages for 25
+    persistent sessions of up to 1000, the first session took all 400 and the
+    other 24 none, so a capped cell (the end-to-end ones) measured one session
+    per client process instead of its concurrency.
+    """
+
+    def __init__(
+        self, messages: int, per_connection: int, deadline: float, sessions: int = 1
+    ) -> None:
         self.left = messages
-        self.per_connection = per_connection
+        self.per_connection = min(per_connection, max(1, -(-messages // max(sessions, 1))))
         self.deadline = deadline
 
     def take(self) -> int:
@@ -832,7 +841,9 @@ async def _session_loop(
 async def _drive(spec: LoadSpec, out: WorkerResult) -> None:
     tls = _client_tls()
     payload = make_message(spec.size, spec.sender, spec.recipient)
-    budget = _Budget(spec.messages, spec.per_connection, time.monotonic() + spec.time_limit)
+    budget = _Budget(
+        spec.messages, spec.per_connection, time.monotonic() + spec.time_limit, spec.concurrency
+    )
     tasks = [
         asyncio.create_task(_session_loop(spec, tls, budget, payload, out))
         for _ in range(spec.concurrency)

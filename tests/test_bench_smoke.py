@@ -7,6 +7,7 @@ ports and send a handful of messages, as ``python bench/ingest.py`` does.
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -23,6 +24,7 @@ if str(ROOT) not in sys.path:  # bench/ is a directory of scripts, not an instal
 from bench.common import (  # noqa: E402 - after the path fix above
     Summary,
     TreeMonitor,
+    _Budget,
     format_table,
     hot_spots,
     make_message,
@@ -87,6 +89,18 @@ def test_percentile_interpolates() -> None:
     summary = Summary.of([0.001, 0.002, 0.003])
     assert (summary.count, summary.p50, summary.max) == (3, 2.0, 3.0)
     assert Summary.of([]).count == 0
+
+
+def test_a_capped_budget_gives_every_session_a_share() -> None:
+    """A cap below concurrency x per_connection (the end-to-end cells) still
+    keeps every session busy, instead of the first session taking it all."""
+    budget = _Budget(400, 1000, math.inf, sessions=25)
+    shares = [budget.take() for _ in range(26)]
+    assert shares[:25] == [16] * 25 and shares[25] == 0
+    uncapped = _Budget(50_000, 1000, math.inf, sessions=25)
+    assert [uncapped.take() for _ in range(25)] == [1000] * 25
+    odd = _Budget(10, 1000, math.inf, sessions=4)
+    assert [odd.take() for _ in range(5)] == [3, 3, 3, 1, 0]
 
 
 def test_split_spreads_evenly() -> None:
