@@ -173,6 +173,7 @@ class Relay:
                 on_pause=lambda p, left: self.metrics.provider_paused.labels(p).set(left),
             )
             self.spool.on_commit(self.worker.spooled)
+            self.worker.in_flow.on_wait = self._in_flow_waited
             if s.queue.hand_off:
                 self.spool.hand_off(self.worker)
         self.spool.on_commit(self.counters.count_accepted)
@@ -191,6 +192,7 @@ class Relay:
                 else None
             ),
             limits=self.limits,
+            in_flow=self.worker.in_flow.admit if self.worker is not None else None,
         )
         intake = Intake(
             IntakeConfig(
@@ -228,6 +230,10 @@ class Relay:
     ) -> None:
         """A one-click unsubscribe POST: onto the account's list (idempotent)."""
         suppression_lists.add(self.engine, account_id, address, reason, source, detail)
+
+    def _in_flow_waited(self, seconds: float) -> None:
+        self.metrics.in_flow_waits.inc()
+        self.metrics.in_flow_wait_seconds.inc(seconds)
 
     def _shares_ports(self) -> bool:
         """SO_REUSEPORT only when ``relay serve`` started this as one of several

@@ -96,6 +96,17 @@ class Metrics:
             ["provider", "reason"],
             registry=r,
         )
+        # In-flow control (relay.queue.inflow): sessions slowed at MAIL FROM.
+        self.in_flow_waits = Counter(
+            "relay_in_flow_waits",
+            "MAIL FROM commands that waited for a delivery while the queue was behind",
+            registry=r,
+        )
+        self.in_flow_wait_seconds = Counter(
+            "relay_in_flow_wait_seconds",
+            "Seconds MAIL FROM commands waited while the queue was behind",
+            registry=r,
+        )
         self.provider_paused = Gauge(
             "relay_provider_paused_seconds",
             "Seconds left of the pause a provider's 429/Retry-After asked for (0: none)",

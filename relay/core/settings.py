@@ -375,6 +375,14 @@ class QueueSettings:
         "a claim.",
         True,
     )
+    in_flow_delay: float = _doc(
+        "While this process's worker is behind (more mail due than it can start), MAIL FROM "
+        "waits for a delivery to finish, at most this many seconds (Postfix's in_flow_delay): "
+        "acceptance slows to the delivery rate instead of growing the queue; 0: never wait.",
+        1.0,
+        ge=0,
+        le=10,
+    )
     concurrency: int = _doc("Deliveries in flight per process.", 50, ge=1)
     provider_concurrency: int = _doc(
         "Deliveries in flight per provider, per process, when it answers quickly; more "

@@ -45,6 +45,7 @@ from relay.providers.base import Receipt
 from relay.providers.chain import UNNAMED_RECIPIENTS, ProviderChain, result_of
 from relay.queue import store
 from relay.queue.batch import GroupCommit
+from relay.queue.inflow import InFlow
 from relay.queue.spool import Acceptance
 
 log = logging.getLogger("relay.delivery")
@@ -318,6 +319,8 @@ class Worker:
         # finished delivery look again at once; otherwise the poll does.
         self._maybe_more = True
         self.claims = 0  # claim round trips, for tests and benchmarks
+        # Sessions slow to the delivery rate while the queue is behind (relay.queue.inflow).
+        self.in_flow = InFlow(settings.in_flow_delay)
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
 
@@ -343,9 +346,13 @@ class Worker:
         pid = acc.provider_id
         if self._stopping or self._task is None or pid is None:
             return None
-        if acc.state != MessageState.QUEUED or self._free() <= 0:
+        if acc.state != MessageState.QUEUED:
             return None
-        if self._busy[pid] >= self._limit(pid) or not self._deliverer.ready(pid):
+        if self._free() <= 0 or self._busy[pid] >= self._limit(pid):
+            # Written unclaimed for want of a slot: more is due than we start.
+            self.in_flow.set_behind(True)
+            return None
+        if not self._deliverer.ready(pid):
             return None
         self._busy[pid] += 1
         self._reserved += 1
@@ -429,6 +436,10 @@ class Worker:
                 # mail is not asked for) says nothing else is due now.
                 full = any(n <= 0 for n in room.values())
                 self._maybe_more = failed or bool(batch) or full
+                if not failed:
+                    # A full claim: more is due than this worker starts. A short one
+                    # caught up, unless a provider at its limit was left out.
+                    self.in_flow.set_behind(len(batch) >= want or (full and self.in_flow.behind))
             if excess:
                 await self._give_back(excess)
             # Fewer than asked may mean a provider filled up while others'
@@ -502,6 +513,7 @@ class Worker:
             log.exception("%s: delivery pass crashed; the lease will expire", msg.id)
         finally:
             self._done(msg.provider_id)
+            self.in_flow.delivered()
             if self._maybe_more:
                 self._wake.set()
 
@@ -518,6 +530,7 @@ class Worker:
         """Stop claiming; let the deliveries in flight finish within ``grace`` seconds,
         cancel the rest (recorded, deferred); give back every lease still held."""
         self._stopping = True
+        self.in_flow.set_behind(False)  # no session waits for deliveries that stop
         self._wake.set()
         if self._task is not None:
             await self._task

@@ -50,6 +50,8 @@ class HandlerConfig:
     # Account and credential limits (relay.limits): sessions at AUTH, messages
     # at MAIL FROM, recipients at RCPT TO; None: no limits checked.
     limits: Limits | None = None
+    # Waits at MAIL FROM while the queue is behind (relay.queue.inflow); None: never.
+    in_flow: Callable[[], Awaitable[None]] | None = None
 
 
 def _decode(blob: bytes) -> str:
@@ -165,6 +167,9 @@ class SessionHandler:
             if refusal is not None:
                 log.info("refused: account=%s suspended at MAIL", identity.account_name)
                 return str(refusal)
+        if self._config.in_flow is not None:
+            # Before the message, so nothing accepted waits (Postfix's in_flow_delay).
+            await self._config.in_flow()
         if self._config.limits is not None and isinstance(identity, Identity):
             limited = await self._config.limits.spend(identity.credential_id, "messages")
             if limited is not None:
