@@ -437,9 +437,14 @@ class Worker:
                 full = any(n <= 0 for n in room.values())
                 self._maybe_more = failed or bool(batch) or full
                 if not failed:
-                    # A full claim: more is due than this worker starts. A short one
-                    # caught up, unless a provider at its limit was left out.
-                    self.in_flow.set_behind(len(batch) >= want or (full and self.in_flow.behind))
+                    # A full claim: more is due than this worker starts. So is one cut
+                    # short by a provider's room (at its limit before, or filled by
+                    # this claim). Only a short claim no provider's room cut caught up.
+                    taken = Counter(m.provider_id for m in batch)
+                    capped = full or any(
+                        n >= room.get(p, limit) for p, n in taken.items() if p is not None
+                    )
+                    self.in_flow.set_behind(len(batch) >= want or capped)
             if excess:
                 await self._give_back(excess)
             # Fewer than asked may mean a provider filled up while others'
