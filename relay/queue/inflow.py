@@ -31,6 +31,8 @@ import time
 from collections import deque
 from collections.abc import Callable
 
+TOKENS_KEPT = 1000  # tokens kept while behind with no session waiting
+
 
 class InFlow:
     """Tokens from finished deliveries; sessions wait for one while the queue is behind."""
@@ -61,10 +63,9 @@ class InFlow:
         if self._waiters:
             self._wake_one()
         elif self.behind:
-            # Kept for the next session, but never more than are waiting could
-            # use at once: a burst of finished deliveries is not a licence for
-            # a burst of acceptances later.
-            self._tokens = min(self._tokens + 1, 1000)
+            # Kept for the next session, up to TOKENS_KEPT: a long stretch of
+            # finished deliveries is not a licence for a burst of acceptances later.
+            self._tokens = min(self._tokens + 1, TOKENS_KEPT)
 
     def _wake_one(self) -> None:
         while self._waiters:
